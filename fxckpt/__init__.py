@@ -1,0 +1,20 @@
+"""fxckpt: automatic activation checkpointing for PyTorch training, planned under a byte budget."""
+
+from .api import CheckpointedModule, auto_checkpoint
+from .errors import CaptureError, FxckptError, InfeasibleBudgetError
+from .plan import Plan
+from .problem import RematProblem
+from .simulate import simulate
+from .solvers import SOLVERS, register_solver, solve
+
+__all__ = [
+    "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
+    "SOLVERS", "auto_checkpoint", "measure_step", "register_solver", "simulate", "solve",
+]
+
+
+def __getattr__(name):  # measure pulls in more of torch; import it on first use
+    if name in ("measure_step", "StepMeasurement"):
+        from . import measure
+        return getattr(measure, name)
+    raise AttributeError(f"module 'fxckpt' has no attribute {name!r}")

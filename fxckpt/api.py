@@ -1,0 +1,156 @@
+"""`auto_checkpoint`: capture, annotate, plan under a byte budget, rewrite."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .errors import MIB
+from .plan import Plan
+from .problem import RematProblem
+from .simulate import simulate
+from .solvers import check_budget, solve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    gm: torch.fx.GraphModule
+    plan: Plan
+    problem: RematProblem
+    frontend: str
+
+
+def _signature(args, kwargs):
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    return spec, tuple(
+        (tuple(x.shape), x.dtype, x.device, x.requires_grad) if isinstance(x, torch.Tensor) else x
+        for x in leaves
+    )
+
+
+def _budget_bytes(baseline: int, budget_mb, budget) -> int:
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or math.isnan(budget) or budget <= 0:
+            raise ValueError(f"budget is a positive fraction of the un-checkpointed activation peak, got {budget!r}")
+        return max(1, int(budget * baseline))
+    if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or math.isnan(budget_mb) or budget_mb <= 0:
+        raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb!r}")
+    return check_budget(budget_mb * MIB)
+
+
+def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=None, budget=None,
+               solver: str = "greedy") -> _Planned:
+    """Run the pipeline on one call signature: capture, annotate, solve, rewrite."""
+    from . import passes
+
+    _budget_bytes(1, budget_mb, budget)  # reject bad budgets before any work
+    captured = passes.capture(model, args if not kwargs else kwargs) if not (args and kwargs) else None
+    if captured is None:
+        raise ValueError("pass either positional arguments (a tensor or a tuple) or keyword arguments (a dict), not both")
+    gm = passes.annotate(captured)
+    problem = passes.to_problem(gm, name=type(model).__name__)
+    baseline = simulate(problem).peak_bytes
+    plan = solve(problem, _budget_bytes(baseline, budget_mb, budget), method=solver)
+    log.info("%s", plan.summary())
+    return _Planned(passes.rewrite(gm, plan), plan, problem, captured.frontend)
+
+
+class CheckpointedModule(torch.nn.Module):
+    """A model that trains like the original while recomputing what its plan says.
+
+    It shares the original's submodules, parameters and buffers (same objects, same
+    `state_dict()` keys). In training mode with grad enabled it runs the rewritten graph;
+    in `eval()` or under `torch.no_grad()` it runs the original forward, with no recompute
+    machinery. A call whose input shapes differ from the planned ones is planned again (same
+    budget and solver) and the plan cached per input signature.
+    """
+
+    def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver):
+        super().__init__()
+        object.__setattr__(self, "_model", model)
+        self._modules = model._modules
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self._non_persistent_buffers_set = model._non_persistent_buffers_set
+        self.training = model.training
+        object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver))
+        object.__setattr__(self, "plans", {signature: planned})
+        object.__setattr__(self, "_current", planned)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of the most recent call signature."""
+        return self._current.plan
+
+    @property
+    def graph_module(self) -> torch.fx.GraphModule:
+        return self._current.gm
+
+    @property
+    def problem(self) -> RematProblem:
+        return self._current.problem
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._model.train(mode)
+        return self
+
+    def forward(self, *args, **kwargs):
+        if not (self.training and torch.is_grad_enabled()):
+            return self._model(*args, **kwargs)
+        sig = _signature(args, kwargs)
+        planned = self.plans.get(sig)
+        if planned is None:
+            log.info("new input signature: planning again for it")
+            planned = plan_model(self._model, args, kwargs, **self._spec)
+            self.plans[sig] = planned
+        object.__setattr__(self, "_current", planned)
+        from .passes.frontend import training_kwargs
+        kwargs = training_kwargs(self._model, kwargs)
+        with planned.gm.fxckpt_runtime.active():
+            return planned.gm(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_model"), name)
+
+
+def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float = 500, *,
+                    budget: float | None = None, solver: str = "greedy") -> CheckpointedModule:
+    """Rewrite `model` so a training step's activation peak stays under a budget.
+
+    Args:
+        model: the module to train.
+        example_input: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
+        budget_mb: the activation budget in MiB (2**20 bytes).
+        budget: instead, a fraction of the un-checkpointed activation peak (e.g. 0.5).
+        solver: a registered solver name (see `fxckpt.solvers.SOLVERS`).
+
+    Returns:
+        A `CheckpointedModule` with `.plan` (predicted peak, recompute FLOPs, solver, solve time).
+
+    Raises:
+        InfeasibleBudgetError: the budget is below the smallest feasible peak (named in MiB).
+        ValueError: the budget is zero, negative or NaN.
+        CaptureError: no front-end could capture the model.
+
+    Example:
+        >>> import torch, fxckpt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+        >>> ckpt = fxckpt.auto_checkpoint(model, torch.randn(32, 64), budget=0.9)
+        >>> ckpt(torch.randn(32, 64)).sum().backward()
+    """
+    from .passes.frontend import split_input
+
+    args, kwargs = split_input(example_input)
+    planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver)
+    return CheckpointedModule(model, planned, _signature(args, kwargs), budget_mb=budget_mb, budget=budget, solver=solver)

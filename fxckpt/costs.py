@@ -1,0 +1,32 @@
+"""`NodeCost`: the one record annotate writes to `node.meta["fxckpt"]`; torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """What one fx node costs in a training step, measured on fake tensors.
+
+    Buffers are named "<node>:<k>" after the node that allocates them; the problem builder
+    resolves names to indices.
+    """
+
+    out_bytes: int  # new storage its output allocates (0 for views and in-place ops)
+    saved_bytes: int  # bytes its backward holds (activations and internals; parameters and inputs excluded)
+    flops: int  # forward cost (FlopCounterMode; else one per output element; 0 for views)
+    requires_grad: bool = False
+    creates: tuple[tuple[str, int], ...] = ()  # (buffer, bytes) it allocates; "<node>:saved" = saved internals
+    value: tuple[str, ...] = ()  # activation buffers its output refers to
+    saves: tuple[str, ...] = ()  # activation buffers its backward holds
+    extra_saved_bytes: int = 0  # saved internals (dropout masks, attention weights, statistics)
+    transient_bytes: int = 0  # temporaries live only while its forward runs
+    bwd_rank: int = -1  # position of its backward in the backward pass (-1: none)
+    bwd_transient_bytes: int = 0  # peak of what its backward allocates, over the level it starts at
+    grads: tuple[tuple[str | None, int], ...] = ()  # (node in whose backward it dies, bytes) left by its backward
+    is_random: bool = False
+    is_view: bool = False
+    writes: tuple[str, ...] = ()  # activation buffers it modifies in place
+    mutates: str | None = None  # what it modifies in place, e.g. "buffer bn1.running_mean"
+    ban: str | None = None  # why it must not be recomputed

@@ -1,0 +1,35 @@
+"""The errors fxckpt raises: one base type, a few subclasses, each naming the fix."""
+
+from __future__ import annotations
+
+MIB = 2**20
+
+
+class FxckptError(Exception):
+    """Base class of every error fxckpt raises on purpose."""
+
+
+class CaptureError(FxckptError):
+    """No front-end could turn the model into a torch.fx graph."""
+
+
+class InfeasibleBudgetError(FxckptError, ValueError):
+    """No plan keeps the activation peak under the budget.
+
+    Attributes:
+        budget_bytes: the budget asked for.
+        min_feasible_bytes: the smallest activation peak any plan found reaches.
+        pinned: names of the nodes whose memory cannot be recomputed away at that peak.
+    """
+
+    def __init__(self, budget_bytes: int, min_feasible_bytes: int, pinned: tuple[str, ...] = ()):
+        self.budget_bytes = int(budget_bytes)
+        self.min_feasible_bytes = int(min_feasible_bytes)
+        self.pinned = tuple(pinned)
+        shown = ", ".join(self.pinned[:8]) + (" ..." if len(self.pinned) > 8 else "")
+        super().__init__(
+            f"budget {self.budget_bytes / MIB:.2f} MiB is below the smallest feasible activation "
+            f"peak {self.min_feasible_bytes / MIB:.2f} MiB; use budget_mb >= "
+            f"{self.min_feasible_bytes / MIB:.2f}"
+            + (f" (held at the peak and not recomputable: {shown})" if shown else "")
+        )

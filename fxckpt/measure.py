@@ -1,0 +1,242 @@
+"""Measure one training step: activation peak, FLOPs and wall time.
+
+`LiveBytesMode` counts the bytes of live tensor storages created while it is active, exactly and on
+any device, including fake tensors; `measure_step` uses it (or the CUDA allocator's statistics) to
+report what a forward + backward step costs.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from .passes.frontend import step_loss  # the step convention lives with capture; re-exported here
+
+__all__ = ["LiveBytesMode", "StepMeasurement", "measure_step", "step_loss"]
+
+logger = logging.getLogger(__name__)
+
+# Its input is a constant made just now outside the dispatcher (torch.tensor(...)): new memory.
+_FRESH = (torch.ops.aten.lift_fresh.default,)
+
+
+def _tensors(tree):
+    """Every tensor in a pytree; mappings that are not registered pytrees are walked too."""
+    for leaf in pytree.tree_leaves(tree):
+        if isinstance(leaf, torch.Tensor):
+            yield leaf
+        elif isinstance(leaf, Mapping):
+            yield from _tensors(list(leaf.values()))
+
+
+def _storages(tree):
+    for t in _tensors(tree):
+        try:
+            yield t.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):
+            continue  # sparse tensors and some subclasses have no storage of their own
+
+
+class LiveBytesMode(TorchDispatchMode):
+    """Tracks the bytes of live tensor storages created by the ops dispatched while it is active.
+
+    Each new storage in an op's outputs is counted once with its ``nbytes`` (views and in-place
+    outputs share their input's storage and add nothing) and dropped when it dies. Storages that
+    existed before the mode was entered are never counted, even when an in-place op returns them
+    (e.g. accumulation into a preallocated ``.grad``). Backward ops are seen too: on the CPU the
+    autograd engine runs them on the calling thread, inside the mode. With fake tensors, enter
+    this mode inside the ``FakeTensorMode``. Not seen: memory an op uses only internally, and
+    outputs without a storage (sparse tensors).
+
+    Attributes:
+        peak_bytes: the largest live total, taken after each op's outputs are created.
+        timeline: ``(live_bytes, op_name)`` after every op, when ``record_timeline=True`` (which
+            costs a sweep of all tracked storages per op).
+    """
+
+    def __init__(self, record_timeline: bool = False):
+        super().__init__()
+        self.record_timeline = record_timeline
+        self.timeline: list[tuple[int, str]] = []
+        self.peak_bytes = 0
+        self._tracked: dict[int, tuple[StorageWeakRef, int]] = {}  # may hold dead entries until swept
+        self._tracked_bytes = 0  # sum over _tracked: an upper bound on the live bytes
+
+    @property
+    def current_bytes(self) -> int:
+        """Bytes of tracked storages alive now."""
+        self._sweep()
+        return self._tracked_bytes
+
+    def _sweep(self) -> None:
+        dead = [k for k, (ref, _) in self._tracked.items() if ref.expired()]
+        for k in dead:
+            self._tracked_bytes -= self._tracked.pop(k)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        grew, inputs = 0, None
+        for s in _storages(out):
+            key, n = s._cdata, s.nbytes()
+            entry = self._tracked.get(key)
+            if entry is not None and not entry[0].expired():  # a storage made in the mode, maybe resized
+                grew += max(0, n - entry[1])
+                self._tracked_bytes += n - entry[1]
+                self._tracked[key] = (entry[0], n)
+                continue
+            if entry is not None:  # defensive: our weak ref keeps a dead storage's address reserved
+                self._tracked_bytes -= self._tracked.pop(key)[1]
+            if inputs is None:
+                inputs = set() if func in _FRESH else {x._cdata for x in _storages((args, kwargs))}
+            if key in inputs:
+                continue  # an alias of an input from before the mode
+            # Zero-byte storages count nothing but are tracked: an out= op may resize them later.
+            self._tracked[key] = (StorageWeakRef(s), n)
+            self._tracked_bytes += n
+            grew += n
+        # Sweeping is O(tracked); only needed when the upper bound could pass the peak.
+        if self.record_timeline or (grew and self._tracked_bytes > self.peak_bytes):
+            self._sweep()
+            self.peak_bytes = max(self.peak_bytes, self._tracked_bytes)
+        if self.record_timeline:
+            self.timeline.append((self._tracked_bytes, str(func)))
+        return out
+
+
+@dataclass(frozen=True)
+class StepMeasurement:
+    """What one training step cost."""
+
+    peak_bytes: int  # activation peak, see measure_step
+    flops: int  # forward + backward, as FlopCounterMode counts them
+    seconds: float  # wall time of one untracked step (median over the timed runs)
+    device: str
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def _call(model, example_input):
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
+def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup: bool = True) -> StepMeasurement:
+    """Run training steps of ``model`` and report the activation peak, FLOPs and time of one.
+
+    A step is ``output = model(example_input)`` (a Tensor is passed as ``model(x)``, a tuple or
+    list as ``model(*args)``, a dict as ``model(**kwargs)``), ``loss = loss_fn(output)`` (default
+    `step_loss`), ``loss.backward()``, with the output referenced until backward finishes.
+
+    The *activation peak* is the peak of live tensor bytes during forward + backward minus the
+    bytes live just before forward, with every gradient already allocated: each parameter (and
+    leaf input) that requires grad gets a fresh ``torch.zeros_like`` ``.grad`` before the step,
+    so gradient accumulation adds nothing and parameters, inputs and gradients are all excluded.
+    On CUDA (any parameter or input there) it is ``torch.cuda.max_memory_allocated()`` after
+    ``reset_peak_memory_stats()``, minus ``memory_allocated()`` before; elsewhere it is counted
+    by `LiveBytesMode`. FLOPs come from a ``FlopCounterMode`` in a separate run.
+
+    ``seconds`` times separate steps with no dispatch mode (synchronizing on CUDA): one warm-up
+    step if ``warmup``, then the median of ``repeats`` steps.
+
+    The call has no side effects: every run starts from the caller's RNG state (CPU and CUDA)
+    and buffers (e.g. BatchNorm statistics), and afterwards the RNG state, buffer values and
+    each ``.grad`` (the same object, or None) are restored.
+
+    Args:
+        model: the module to step.
+        example_input: a Tensor, a tuple/list of positional arguments, or a dict of kwargs.
+        loss_fn: maps the model's output to a scalar loss; default `step_loss`.
+        repeats: number of timed steps.
+        warmup: run one untimed step before the timed ones.
+
+    Returns:
+        A `StepMeasurement`.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU())
+        >>> m = measure_step(model, torch.randn(512, 512))
+        >>> round(m.peak_mib, 2)  # kept output, its gradient, the weight's gradient before accumulation
+        3.0
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    inputs = list(_tensors(example_input))
+    ids = {id(p) for p in params}
+    leaves = params + [t for t in inputs if t.requires_grad and t.is_leaf and id(t) not in ids]
+    cuda = next((t.device for t in params + inputs if t.device.type == "cuda"), None)
+    device = str(cuda or next((t.device for t in params + inputs), torch.device("cpu")))
+
+    user_grads = [t.grad for t in leaves]
+    buffers = list(model.buffers())
+    saved_buffers = [b.detach().clone() for b in buffers]
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
+    temp_grads = [torch.zeros_like(t) for t in leaves]
+
+    def reset():
+        with torch.no_grad():
+            for t, g in zip(leaves, temp_grads):
+                t.grad = g.zero_()
+            for b, s in zip(buffers, saved_buffers):
+                b.copy_(s)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+    def step():
+        output = _call(model, example_input)
+        (loss_fn or step_loss)(output).backward()
+
+    try:
+        # NOTE: FLOPs are counted in a run of their own: FlopCounterMode tracks modules with
+        # hooks that hold tensors, which would change the peak being measured.
+        reset()
+        with FlopCounterMode(display=False) as flop_counter:
+            step()
+        reset()
+        if cuda:
+            torch.cuda.synchronize(cuda)
+            torch.cuda.reset_peak_memory_stats(cuda)
+            before = torch.cuda.memory_allocated(cuda)
+            step()
+            torch.cuda.synchronize(cuda)
+            peak = torch.cuda.max_memory_allocated(cuda) - before
+        else:
+            with LiveBytesMode() as live:
+                step()
+            peak = live.peak_bytes
+
+        times = []
+        for i in range(int(warmup) + max(1, repeats)):
+            reset()
+            if cuda:
+                torch.cuda.synchronize(cuda)
+            t0 = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize(cuda)
+            if i >= int(warmup):
+                times.append(time.perf_counter() - t0)
+    finally:
+        reset()
+        for t, g in zip(leaves, user_grads):
+            t.grad = g
+
+    result = StepMeasurement(int(peak), int(flop_counter.get_total_flops()), statistics.median(times), device)
+    logger.debug("measured step on %s: peak %.3f MiB, %.3g FLOPs, %.4f s", device, result.peak_mib,
+                 result.flops, result.seconds)
+    return result

@@ -1,0 +1,256 @@
+"""The peak-memory model of fxckpt's runtime: every plan's prediction comes from here.
+
+NOTE [ What the runtime does, and so what is simulated ]
+Forward runs every node once. A buffer lives while the forward code still reads it, and past
+that while backward holds it: autograd saves it (its producer is kept), or an unmaterialized
+recipe needs it as an input. A node chosen for recompute is never held: each saved tensor it
+produced is packed as a *recipe* (saved-tensor hooks), and a recipe needed to rebuild another
+recipe is held by that one. Backward visits nodes in reverse order. Unpacking a recipe
+materializes it once: inputs first (recursively), then the node, whose value stays cached until
+the last holder of the recipe lets go; after materializing, a recipe drops its inputs. Every
+buffer is freed when its last holder goes, exactly as CPython's reference counts free them.
+Gradients and backward temporaries do not depend on the plan: the problem carries them as
+traced on fake tensors (`Grad` lifetimes, per-node backward transients, the backward order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .problem import RematProblem
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Simulation:
+    peak_bytes: int
+    peak_at: str  # "forward <node>", "backward <node>" or "recompute <node>"
+    forward_peak_bytes: int
+    boundary_bytes: int  # held across the forward/backward boundary
+    recompute_flops: int
+    recomputed: tuple[str, ...]  # nodes materialized in backward, in order
+    timeline: tuple[tuple[int, str], ...] = field(default=(), repr=False)
+    live_at_peak: frozenset[int] = field(default=frozenset(), repr=False)  # buffers
+
+
+def needed_recipes(problem: RematProblem, recompute: frozenset[int]) -> frozenset[int]:
+    """Nodes whose recipe the runtime must build: those whose buffers backward saves, and
+    the remat inputs of those, transitively."""
+    src, last = problem.source, problem.last_writer
+    nodes, buffers = problem.nodes, problem.buffers
+    stack = [last[b] for n in nodes if n.requires_grad for b in n.saves if buffers[b].producer in recompute]
+    need: set[int] = set()
+    while stack:
+        p = stack.pop()
+        if p in need:
+            continue
+        need.add(p)
+        stack.extend(a for a in nodes[p].inputs if src[a] in recompute)
+    return frozenset(need)
+
+
+def check_plan(problem: RematProblem, recompute: Iterable[int]) -> frozenset[int]:
+    recompute = frozenset(recompute)
+    for i in recompute:
+        node = problem.nodes[i]
+        if not node.creates:
+            raise ValueError(f"node {node.name!r} allocates nothing: only its producer can be recomputed")
+        if node.ban is not None:
+            raise ValueError(f"node {node.name!r} cannot be recomputed: {node.ban}")
+    return recompute
+
+
+def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: bool = False,
+             live_at_peak: bool = False) -> Simulation:
+    """Predict the activation peak and recompute FLOPs of recomputing `recompute` (node indices).
+
+    Example:
+        >>> from fxckpt.problem import RematProblem, Node, Buffer
+        >>> p = RematProblem((Node("a", "mm", creates=(0,), value=(0,), requires_grad=True, saves=(0,)),),
+        ...                  (Buffer("a", 2**20, 0),))
+        >>> simulate(p).peak_bytes
+        1048576
+    """
+    R = check_plan(problem, recompute)
+    run = _Run(problem, R, timeline)
+    peak_step = run.go()
+    live = frozenset()
+    if live_at_peak:
+        again = _Run(problem, R, False)
+        again.go(stop=peak_step)
+        live = frozenset(b for b, c in enumerate(again.alive) if c)
+    return Simulation(
+        peak_bytes=run.peak, peak_at=run.peak_label, forward_peak_bytes=run.forward_peak,
+        boundary_bytes=run.boundary, recompute_flops=run.flops, recomputed=tuple(run.recomputed),
+        timeline=tuple(run.events), live_at_peak=live,
+    )
+
+
+class _Run:
+    """One pass over the step. `alive[b]` marks buffers counted in `live`."""
+
+    def __init__(self, problem: RematProblem, R: frozenset[int], record: bool):
+        self.p, self.R, self.record = problem, R, record
+        self.src, self.last = problem.source, problem.last_writer
+        self.need = needed_recipes(problem, R)
+        self.alive = [False] * len(problem.buffers)
+        self.rc = [0] * len(problem.buffers)  # holders after forward: autograd, recipes, caches
+        self.live = self.peak = self.forward_peak = self.boundary = self.flops = 0
+        self.peak_label, self.step, self.stop = "", 0, -1
+        self.events: list[tuple[int, str]] = []
+        self.recomputed: list[str] = []
+
+    def _mark(self, label: str, extra: int = 0) -> None:
+        now = self.live + extra
+        if self.record:
+            self.events.append((now, label))
+        if now > self.peak:
+            self.peak, self.peak_label, self.peak_step = now, label, self.step
+        if self.step == self.stop:
+            raise _Stop
+        self.step += 1
+
+    def _alloc(self, bufs) -> None:
+        for b in bufs:
+            if not self.alive[b]:
+                self.alive[b] = True
+                self.live += self.p.buffers[b].nbytes
+
+    def _drop(self, b: int) -> None:
+        self.rc[b] -= 1
+        if self.rc[b] == 0 and self.alive[b]:
+            self.alive[b] = False
+            self.live -= self.p.buffers[b].nbytes
+
+    def go(self, stop: int = -1) -> int:
+        self.stop, self.peak_step = stop, 0
+        try:
+            self._forward()
+            self._backward()
+        except _Stop:
+            pass
+        return self.peak_step
+
+    def _held_inputs(self, q: int):
+        """Buffers an unmaterialized recipe of q holds: values of its non-remat inputs."""
+        return {b for a in self.p.nodes[q].inputs if self.src[a] not in self.R for b in self.p.nodes[a].value}
+
+    def _forward(self) -> None:
+        p, R, n = self.p, self.R, len(self.p.nodes)
+        # Holders that last into backward.
+        for c, node in enumerate(p.nodes):
+            if node.requires_grad:
+                for b in set(node.saves):
+                    if p.buffers[b].producer not in R:
+                        self.rc[b] += 1
+            if node.is_output:
+                for b in node.value:
+                    self.rc[b] += 1
+        self.recipe_rc = [0] * n
+        for q in self.need:
+            for b in self._held_inputs(q):
+                self.rc[b] += 1
+            for a in set(p.nodes[q].inputs):
+                if self.src[a] in R:
+                    self.recipe_rc[a] += 1
+        for c, node in enumerate(p.nodes):
+            if node.requires_grad:
+                for b in node.saves:  # one packed recipe per saved slot
+                    if p.buffers[b].producer in R:
+                        self.recipe_rc[self.last[b]] += 1
+        # Forward liveness: a buffer is read until the last reader of any node aliasing it.
+        last = [-1] * len(p.buffers)
+        users = p.users
+        for v, node in enumerate(p.nodes):
+            end = max(users[v], default=v)
+            for b in node.value:
+                last[b] = max(last[b], end)
+            for b in node.creates:  # internals outside the value die with the step unless held
+                last[b] = max(last[b], v)
+        frees: list[list[int]] = [[] for _ in range(n)]
+        for b, end in enumerate(last):
+            if self.rc[b] == 0 and end >= 0:
+                frees[end].append(b)
+        for t, node in enumerate(p.nodes):
+            self._alloc(node.creates)
+            self.live += node.extra_saved_bytes if node.requires_grad else 0
+            self._mark(f"forward {node.name}", node.transient_bytes)
+            for b in frees[t]:
+                if self.alive[b]:
+                    self.alive[b] = False
+                    self.live -= p.buffers[b].nbytes
+        self.forward_peak = self.peak
+        self.live += p.loss_bytes
+        self.boundary = self.live
+        self.cached = [False] * n
+        self.materialized_inputs_dropped = [False] * n
+
+    def _release_recipe(self, x: int) -> None:
+        self.recipe_rc[x] -= 1
+        if self.recipe_rc[x]:
+            return
+        if self.cached[x]:
+            for b in self._cache(x):
+                self._drop(b)
+        else:  # never materialized: let its inputs go
+            self._drop_inputs(x)
+
+    def _drop_inputs(self, x: int) -> None:
+        if self.materialized_inputs_dropped[x]:
+            return
+        self.materialized_inputs_dropped[x] = True
+        for b in self._held_inputs(x):
+            self._drop(b)
+        for a in set(self.p.nodes[x].inputs):
+            if self.src[a] in self.R:
+                self._release_recipe(a)
+
+    def _cache(self, x: int):
+        """What a materialized recipe holds: its value and the internals it recomputed."""
+        node = self.p.nodes[x]
+        return set(node.value) | set(node.creates)
+
+    def _materialize(self, x: int) -> None:
+        if self.cached[x]:
+            return
+        node = self.p.nodes[x]
+        for a in node.inputs:
+            if self.src[a] in self.R:
+                self._materialize(a)
+        for b in self._cache(x):
+            self.rc[b] += 1
+        self._alloc(node.creates)
+        self.cached[x] = True
+        if node.creates or node.writes:
+            self.flops += node.flops
+            self.recomputed.append(node.name)
+        self._mark(f"recompute {node.name}", node.transient_bytes)
+        self._drop_inputs(x)
+
+    def _backward(self) -> None:
+        p, R = self.p, self.R
+        born: dict[int, list] = {}
+        dying: dict[int, int] = {}
+        for g in p.grads:
+            if g.dies != g.born:
+                born.setdefault(g.born, []).append(g.nbytes)
+                dying[g.dies] = dying.get(g.dies, 0) + g.nbytes
+        for c in p.backward_order:
+            node = p.nodes[c]
+            for b in node.saves:
+                if p.buffers[b].producer in R:
+                    self._materialize(self.last[b])
+            self._mark(f"backward {node.name}", node.bwd_transient_bytes)
+            self.live += sum(born.get(c, ())) - dying.get(c, 0)
+            for b in node.saves:
+                if p.buffers[b].producer in R:
+                    self._release_recipe(self.last[b])
+                else:
+                    self._drop(b)
+            self.live -= node.extra_saved_bytes
+
+
+class _Stop(Exception):
+    pass

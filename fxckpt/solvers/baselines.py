@@ -1,0 +1,25 @@
+"""Baselines: recompute nothing, everything, or all but √n evenly spaced nodes (Chen et al.)."""
+
+from __future__ import annotations
+
+import math
+
+from . import register_solver
+
+
+@register_solver("none")
+def solve_none(problem, budget_bytes):
+    return frozenset()
+
+
+@register_solver("all")
+def solve_all(problem, budget_bytes):
+    return frozenset(problem.candidates())
+
+
+@register_solver("sqrt")
+def solve_sqrt(problem, budget_bytes):
+    """Keep every ⌈√m⌉-th candidate in execution order and recompute the others."""
+    cands = problem.candidates()
+    step = max(1, math.isqrt(len(cands)) + (math.isqrt(len(cands)) ** 2 < len(cands)))
+    return frozenset(c for k, c in enumerate(cands) if (k + 1) % step)

@@ -1,0 +1,373 @@
+"""annotate: run the graph once on fake tensors and write a `NodeCost` to every node.
+
+No real computation happens: parameters, buffers and inputs are replaced by fake tensors of the
+same shapes, dtypes, devices and requires_grad. Saved tensors are seen through saved-tensor hooks,
+so a node's saved bytes are what autograd really keeps for its backward.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import chain
+
+import torch
+import torch.fx
+from torch._subclasses import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.nn.utils import stateless
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxckpt.costs import NodeCost
+from fxckpt.problem import Buffer, Grad, Node, RematProblem
+
+from .frontend import flat_inputs, step_loss
+from .ops import is_batchnorm
+
+log = logging.getLogger(__name__)
+META = "fxckpt"
+
+
+def _key(t: torch.Tensor) -> int:
+    return StorageWeakRef(t.untyped_storage()).cdata
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Sees every ATen op a node runs: randomness, in-place writes, temporaries."""
+
+    def __init__(self, known):
+        super().__init__()
+        self.known = known  # storages that existed before the node ran
+        self.random = False
+        self.written: list[torch.Tensor] = []
+        self.new: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            self.random = True
+        schema = func._schema
+        if schema.is_mutable:
+            for i, arg in enumerate(schema.arguments):
+                if arg.alias_info is not None and arg.alias_info.is_write:
+                    val = args[i] if i < len(args) else kwargs.get(arg.name)
+                    self.written.extend(_tensors(val))
+        out = func(*args, **kwargs)
+        for t in _tensors(out):
+            k = _key(t)
+            if k not in self.new and not self.known(k):
+                self.new[k] = (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
+        self.peak = max(self.peak, sum(n for ref, n in self.new.values() if not ref.expired()))
+        return out
+
+
+class _BackwardTrace(TorchDispatchMode):
+    """Follows backward on fake tensors: which fx node's backward runs, the storages backward
+    allocates (gradients, temporaries), and in which node's backward each of them dies.
+
+    Per node this gives the backward order, a transient (peak of backward-born bytes during its
+    backward, over their level when it starts) and the gradients it leaves for later nodes.
+    Gradients flow the same whatever is recomputed, so the simulator reuses these for any plan.
+    """
+
+    def __init__(self, known):
+        super().__init__()
+        self.known = known
+        self.current: str | None = None
+        self.order: list[str] = []
+        self.live: dict[int, tuple[StorageWeakRef, int, str]] = {}  # born in backward: (ref, bytes, step)
+        self.level = 0
+        self.start: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
+        self.loss_bytes = 0  # the loss and its seed gradient, live through backward
+        self._last_step: str | None = None
+
+    def enter(self, name: str) -> None:
+        if name != self.current:
+            self._sweep(ending=self.current)
+            self.current = name
+            if name not in self.start:
+                self.order.append(name)
+                self.start[name] = self.level
+                self.peak[name] = self.level
+
+    def _sweep(self, ending) -> None:
+        for k in [k for k, (ref, _, _) in self.live.items() if ref.expired()]:
+            ref, nbytes, born = self.live.pop(k)
+            self.level -= nbytes
+            if born != ending:
+                self.grads.append((nbytes, born, ending))
+
+    def finish(self) -> None:
+        self._sweep(ending=self.current)
+        for ref, nbytes, born in self.live.values():
+            self.grads.append((nbytes, born, None))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.current is None:  # the engine seeding backward (the loss's gradient)
+            self.loss_bytes += sum(t.untyped_storage().nbytes() for t in _tensors(out) if not self.known(_key(t)))
+            return out
+        self._sweep(ending=self.current)
+        for t in _tensors(out):
+            k = _key(t)
+            if k not in self.live and not self.known(k):
+                nbytes = t.untyped_storage().nbytes()
+                self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
+                self.level += nbytes
+        self.peak[self.current] = max(self.peak[self.current], self.level)
+        return out
+
+
+class _Annotator(torch.fx.Interpreter):
+    def __init__(self, gm: torch.fx.GraphModule, external: dict[int, str]):
+        super().__init__(gm, garbage_collect_values=True)
+        self.external = external  # storage -> name of the parameter, buffer or input
+        self.owner: dict[int, tuple[str, StorageWeakRef]] = {}  # storage -> activation buffer
+        self.writers: dict[str, list[str]] = {}  # activation buffer -> nodes writing it in place
+        self.costs: dict[str, NodeCost] = {}
+        self.grad_fns: dict = {}  # autograd node -> fx node name
+
+    def _known(self, k: int) -> bool:
+        entry = self.owner.get(k)
+        return k in self.external or (entry is not None and not entry[1].expired())
+
+    def _buffer(self, t: torch.Tensor) -> str | None:
+        entry = self.owner.get(_key(t))
+        return entry[0] if entry is not None and not entry[1].expired() else None
+
+    def run_node(self, n: torch.fx.Node):
+        if n.op in ("placeholder", "get_attr", "output"):
+            return super().run_node(n)
+        saved: list[torch.Tensor] = []
+
+        def pack(t):
+            saved.append(t)
+            return t
+
+        rec = _OpRecorder(self._known)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
+            out = super().run_node(n)
+        self.costs[n.name] = self._cost(n, out, saved, rec, fc.get_total_flops())
+        self._claim_grad_fns(n.name, out)
+        return out
+
+    def _claim_grad_fns(self, name: str, out) -> None:
+        """Autograd nodes this fx node created: their pre-hooks tell the backward trace whose
+        backward is running."""
+        stack = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+        while stack:
+            fn = stack.pop()
+            if fn in self.grad_fns or type(fn).__name__ == "AccumulateGrad":
+                continue
+            self.grad_fns[fn] = name
+            stack.extend(f for f, _ in fn.next_functions if f is not None)
+
+    def _cost(self, n, out, saved, rec, counted_flops) -> NodeCost:
+        outs = _tensors(out)
+        creates, value, seen = [], [], set()
+        for t in outs:
+            k = _key(t)
+            if k in seen or k in self.external:
+                continue
+            seen.add(k)
+            name = self._buffer(t)
+            if name is None:
+                name = f"{n.name}:{len(creates)}"
+                nbytes = t.untyped_storage().nbytes()
+                creates.append((name, nbytes))
+                self.owner[k] = (name, StorageWeakRef(t.untyped_storage()))
+            value.append(name)
+        saves, extra, extra_keys = [], 0, set()
+        for t in saved:
+            k = _key(t)
+            if k in self.external:
+                continue
+            name = self._buffer(t)
+            if name is not None:
+                if name not in saves:
+                    saves.append(name)
+            elif k not in extra_keys:
+                extra_keys.add(k)
+                extra += t.untyped_storage().nbytes()
+        requires_grad = any(t.requires_grad for t in outs)
+        mutates, writes = None, []
+        for t in rec.written:
+            k = _key(t)
+            if k in self.external:
+                mutates = f"{self.external[k]}"
+            elif (b := self._buffer(t)) is not None and b not in writes:
+                writes.append(b)
+                self.writers.setdefault(b, []).append(n.name)
+        created_bytes = sum(b for _, b in creates)
+        flops = counted_flops or (sum(t.numel() for t in outs) if creates else 0)
+        ban = None  # random ops stay candidates: the runtime replays their RNG state exactly
+        if mutates is not None and not is_batchnorm(n, self.module):
+            ban = f"modifies {mutates} in place"
+        if requires_grad and extra:  # saved internals: a buffer of their own, freed or recomputed with the node
+            creates.append((f"{n.name}:saved", extra))
+            saves.append(f"{n.name}:saved")
+        return NodeCost(
+            out_bytes=created_bytes,
+            saved_bytes=sum(self._bytes(s, creates) for s in saves) if requires_grad else 0,
+            flops=int(flops),
+            requires_grad=requires_grad,
+            creates=tuple(creates), value=tuple(value), saves=tuple(saves) if requires_grad else (),
+            extra_saved_bytes=extra if requires_grad else 0,
+            transient_bytes=max(0, rec.peak - created_bytes - extra),
+            is_random=rec.random, is_view=bool(outs) and not creates, writes=tuple(writes), mutates=mutates, ban=ban,
+        )
+
+    def _bytes(self, name: str, creates) -> int:
+        node = name.rsplit(":", 1)[0]
+        return dict(self.costs[node].creates if node in self.costs else creates)[name]
+
+
+
+def annotate(captured) -> torch.fx.GraphModule:
+    """Write `node.meta["fxckpt"] = NodeCost(...)` on every computing node of `captured.gm`.
+
+    Example:
+        >>> import torch, fxckpt.passes as P
+        >>> cap = P.capture(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), torch.randn(2, 4))
+        >>> gm = P.annotate(cap)
+        >>> [n.meta["fxckpt"].out_bytes for n in gm.graph.nodes if "fxckpt" in n.meta]
+        [32, 32]
+    """
+    gm = captured.gm
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    fakes: dict[int, torch.Tensor] = {}
+    external: dict[int, str] = {}
+
+    def fake(t, name):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if id(t) not in fakes:
+            fakes[id(t)] = mode.from_tensor(t)
+            external[_key(fakes[id(t)])] = name
+        return fakes[id(t)]
+
+    state = {name: fake(t, name) for name, t in chain(gm.named_parameters(remove_duplicate=False),
+                                                       gm.named_buffers(remove_duplicate=False))}
+    for node in gm.graph.nodes:  # constants lifted by torch.export live as plain attributes
+        if node.op == "get_attr" and node.target not in state:
+            value = getattr(gm, node.target, None)
+            if isinstance(value, torch.Tensor):
+                state[node.target] = fake(value, node.target)
+    flat = [fake(v, f"input {i}") for i, v in enumerate(flat_inputs(gm, captured.args, captured.kwargs))]
+    runner = _Annotator(gm, external)
+    with mode, stateless._reparametrize_module(gm, state, tie_weights=True, strict=False):
+        out = runner.run(*flat)
+        trace = _trace_backward(gm, runner, out, [t for t in fakes.values() if t.requires_grad])
+    _ban_mutated(gm, runner)
+    gm.meta[META] = {"loss_bytes": trace.loss_bytes}
+    rank = {name: i for i, name in enumerate(trace.order)}
+    born: dict[str, list] = {}
+    for nbytes, b, d in trace.grads:
+        born.setdefault(b, []).append((d, nbytes))
+    for node in gm.graph.nodes:
+        if node.name in runner.costs:
+            runner.costs[node.name] = _replace(
+                runner.costs[node.name], bwd_rank=rank.get(node.name, -1),
+                bwd_transient_bytes=trace.peak.get(node.name, 0) - trace.start.get(node.name, 0),
+                grads=tuple(born.get(node.name, ())))
+            node.meta[META] = runner.costs[node.name]
+    return gm
+
+
+def _trace_backward(gm, runner: _Annotator, out, leaves) -> _BackwardTrace:
+    """Backward of the step on fake tensors, gradients of leaves preallocated as in a real step."""
+    with torch.no_grad():
+        for t in leaves:
+            t.grad = torch.zeros_like(t)
+    output = out  # Interpreter.run already rebuilt the output structure
+    grads = {_key(t.grad) for t in leaves}  # accumulating into .grad allocates nothing
+    known = lambda k: k in grads or runner._known(k)  # noqa: E731
+    trace = _BackwardTrace(known)
+    handles = [fn.register_prehook(lambda grads, name=name: trace.enter(name)) for fn, name in runner.grad_fns.items()]
+    try:
+        with _OpRecorder(trace.known) as rec:  # what computing the loss allocates, held through backward
+            loss = step_loss(output)
+        trace.loss_bytes = sum(n for ref, n in rec.new.values() if not ref.expired())
+        trace.known = lambda k: k in rec.new or known(k)
+        with trace:
+            loss.backward()
+        trace.finish()
+    finally:
+        for h in handles:
+            h.remove()
+    return trace
+
+
+def _ban_mutated(gm, runner: _Annotator) -> None:
+    """A node that read an activation which is later written in place (by another node) cannot
+    be recomputed: the replay would see the new contents. Writers themselves can be: replaying
+    the producer and then the writes in order rebuilds the final contents, which is all that
+    autograd may have saved."""
+    if not runner.writers:
+        return
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    for n in gm.graph.nodes:
+        cost = runner.costs.get(n.name)
+        if cost is None or cost.ban is not None:
+            continue
+        for a in n.all_input_nodes:
+            late = [w for b in getattr(runner.costs.get(a.name), "value", ()) for w in runner.writers.get(b, ())
+                    if order[a.name] < order[w] and w != n.name]
+            if late:
+                runner.costs[n.name] = _replace(cost, ban=f"reads {a.name}, which {late[0]} modifies in place")
+                break
+
+
+def _replace(cost: NodeCost, **changes) -> NodeCost:
+    from dataclasses import replace
+    return replace(cost, **changes)
+
+
+def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
+    """The torch-free `RematProblem` of an annotated graph, in execution order."""
+    nodes = [n for n in gm.graph.nodes if META in n.meta]
+    index = {n: i for i, n in enumerate(nodes)}
+    by_name = {n.name: n for n in nodes}
+    buffers: list[Buffer] = []
+    buf_index: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for bname, nbytes in n.meta[META].creates:
+            buf_index[bname] = len(buffers)
+            buffers.append(Buffer(bname, nbytes, i))
+    outputs = {a for a in pytree.tree_leaves(next(iter(reversed(gm.graph.nodes))).args) if isinstance(a, torch.fx.Node)}
+    out_nodes = []
+    for i, n in enumerate(nodes):
+        c: NodeCost = n.meta[META]
+        policy = n.meta.get("recompute")
+        prefer = None
+        if policy is not None:
+            prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
+        ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
+        out_nodes.append(Node(
+            name=n.name, op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in n.all_input_nodes if a in index)),
+            creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
+            writes=tuple(buf_index[b] for b in c.writes),
+            saves=tuple(buf_index[b] for b in c.saves), flops=c.flops,
+            requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
+            bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
+        ))
+    grads = tuple(Grad(nbytes, index[n], index[by_name[d]] if d is not None else -1)
+                  for n in nodes for d, nbytes in n.meta[META].grads)
+    return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads,
+                        loss_bytes=gm.meta.get(META, {}).get("loss_bytes", 0), name=name)
+
+
+def _op_name(n: torch.fx.Node) -> str:
+    if n.op == "call_module":
+        return f"module {n.target}"
+    if n.op == "call_method":
+        return f"method {n.target}"
+    return getattr(n.target, "__name__", str(n.target)) if not isinstance(n.target, torch._ops.OpOverload) else str(n.target)

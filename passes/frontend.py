@@ -1,0 +1,169 @@
+"""capture: (model, example_input) -> a torch.fx GraphModule that runs the same computation.
+
+`torch.fx.symbolic_trace` for plain modules; torch.export's training IR (non-strict) for real
+models it cannot trace. Both give GraphModules whose parameters and buffers are the model's own
+objects, so everything after capture is one code path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from fxckpt.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A captured graph and how to call it."""
+
+    gm: torch.fx.GraphModule
+    frontend: str  # "symbolic_trace" or "export"
+    args: tuple
+    kwargs: dict
+
+
+def split_input(example_input: Any) -> tuple[tuple, dict]:
+    """A tensor is one positional argument, a tuple or list the positional arguments, a dict
+    the keyword arguments."""
+    if isinstance(example_input, dict):
+        return (), dict(example_input)
+    if isinstance(example_input, (tuple, list)):
+        return tuple(example_input), {}
+    return (example_input,), {}
+
+
+def training_kwargs(model: torch.nn.Module, kwargs: dict) -> dict:
+    """Hugging Face models return a KV cache by default; training needs none, and Hugging Face's
+    own gradient checkpointing turns it off the same way."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if "use_cache" in params and "use_cache" not in kwargs:
+        return {**kwargs, "use_cache": False}
+    return kwargs
+
+
+def capture(model: torch.nn.Module, example_input: Any) -> Captured:
+    """Trace `model` called on `example_input` into a GraphModule sharing the model's state.
+
+    Raises:
+        CaptureError: naming what each front-end failed on, and the manual fallback.
+    """
+    args, kwargs = split_input(example_input)
+    kwargs = training_kwargs(model, kwargs)
+    errors = []
+    try:
+        gm = torch.fx.symbolic_trace(model)
+        _check_runs_like(gm, model, args, kwargs)
+        return Captured(adopt_state(gm, model), "symbolic_trace", args, kwargs)
+    except Exception as e:  # symbolic_trace fails in many ways on real models
+        errors.append(f"torch.fx.symbolic_trace: {type(e).__name__}: {_first_line(e)}")
+    try:
+        ep = torch.export.export(model, args, kwargs, strict=False)
+        gm = ep.module()
+        return Captured(adopt_state(torch.fx.GraphModule(gm, gm.graph), model), "export", args, kwargs)
+    except Exception as e:
+        errors.append(f"torch.export.export(strict=False): {type(e).__name__}: {_first_line(e)}")
+    raise CaptureError(
+        f"cannot capture {type(model).__name__} as a graph:\n  " + "\n  ".join(errors)
+        + "\nFallback: checkpoint parts of the model by hand with fxckpt.checkpoint / "
+        "torch.utils.checkpoint, or make the failing construct traceable."
+    )
+
+
+def step_loss(output) -> torch.Tensor:
+    """The scalar to call ``backward()`` on for a model's ``output``.
+
+    A scalar tensor is used as is; else a non-None ``.loss`` attribute or ``"loss"`` key (Hugging
+    Face ``ModelOutput`` has both); else the sum of ``t.float().sum()`` over every floating tensor
+    in the output that requires grad.
+    """
+    if isinstance(output, torch.Tensor) and output.dim() == 0:
+        return output
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if loss is not None:
+        return loss
+    terms = [t.float().sum() for t in (t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)) if t.is_floating_point() and t.requires_grad]
+    if not terms:
+        raise ValueError(f"no loss in the model's output and no tensor that requires grad: {type(output).__name__}")
+    return functools.reduce(operator.add, terms)
+
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _check_runs_like(gm: torch.fx.GraphModule, model: torch.nn.Module, args, kwargs) -> None:
+    """symbolic_trace ignores the example input; make sure the graph accepts that call."""
+    sig = inspect.signature(gm.forward)
+    sig.bind(*args, **kwargs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if any(n.target.startswith("*") for n in placeholders):
+        raise TypeError("variadic *args/**kwargs forward")
+
+
+def adopt_state(gm: torch.fx.GraphModule, model: torch.nn.Module) -> torch.fx.GraphModule:
+    """Make `gm` resolve every submodule, parameter and buffer through the model's own objects.
+
+    The model's `_modules`, `_parameters` and `_buffers` dictionaries are shared, not copied: an
+    optimizer built on `model.parameters()` keeps working, `state_dict()` has the same keys, and
+    `.to(device)` on either moves both. Attributes the graph needs that the model lacks (constants
+    lifted by torch.export) are kept as plain attributes.
+    """
+    values = {n.target: _getattr_path(gm, n.target) for n in gm.graph.nodes if n.op in ("get_attr", "call_module")}
+    gm._modules = model._modules
+    gm._parameters = model._parameters
+    gm._buffers = model._buffers
+    gm._non_persistent_buffers_set = model._non_persistent_buffers_set
+    for target, value in values.items():
+        if not _resolves(gm, target):
+            if "." in target:
+                raise CaptureError(f"graph constant {target!r} lives in a submodule the model does not have")
+            object.__setattr__(gm, target, value)
+    gm.training = model.training
+    return gm
+
+
+def _getattr_path(obj, target: str):
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    return obj
+
+
+def _resolves(model, target: str) -> bool:
+    try:
+        _getattr_path(model, target)
+        return True
+    except AttributeError:
+        return False
+
+
+def flat_inputs(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> list:
+    """The values of the graph's placeholders for a call `gm(*args, **kwargs)`."""
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    if info is None:
+        sig = inspect.signature(gm.forward)
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return list(bound.arguments.values())
+    import torch.fx._pytree as fx_pytree
+    if info.in_spec.num_children == 2 and kwargs is not None:
+        return fx_pytree.tree_flatten_spec((list(args), kwargs), info.in_spec)
+    return pytree.tree_leaves(args)

@@ -1,0 +1,63 @@
+"""How to run one fx node again, in forward or as a recomputation."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+# Batch norm ops and the positions of (running_mean, running_var) among their arguments.
+_BN_STATS = {
+    aten.batch_norm.default: (3, 4),
+    aten.native_batch_norm.default: (3, 4),
+    aten._native_batch_norm_legit.default: (3, 4),
+    aten._native_batch_norm_legit_functional.default: (3, 4),
+    torch.batch_norm: (3, 4),
+    F.batch_norm: (1, 2),
+}
+
+
+def is_batchnorm(node: torch.fx.Node, root: torch.nn.Module) -> bool:
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), torch.nn.modules.batchnorm._BatchNorm)
+    return node.op == "call_function" and node.target in _BN_STATS
+
+
+def node_fn(node: torch.fx.Node, root: torch.nn.Module, *, recompute: bool = False) -> Callable[..., Any]:
+    """A callable f with f(*node.args, **node.kwargs) == the node's value.
+
+    For a recomputation, batch norm runs without its running statistics: in training mode its
+    output depends only on the batch, and the statistics must be updated exactly once per step.
+    """
+    if node.op == "call_function":
+        if recompute and node.target in _BN_STATS:
+            return _without_stats(node.target, *_BN_STATS[node.target])
+        return node.target
+    if node.op == "call_method":
+        return lambda self, *a, **k: getattr(self, node.target)(*a, **k)
+    if node.op == "call_module":
+        mod = root.get_submodule(node.target)
+        if recompute and isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            return lambda x: F.batch_norm(x, None, None, mod.weight, mod.bias, True, 0.0, mod.eps)
+        return mod
+    raise ValueError(f"node {node.format_node()} does not compute a value")
+
+
+def _without_stats(fn, i_mean: int, i_var: int):
+    def run(*args, **kwargs):
+        args = list(args)
+        for i, name in ((i_mean, "running_mean"), (i_var, "running_var")):
+            if i < len(args):
+                args[i] = None
+            elif name in kwargs:
+                kwargs[name] = None
+        return fn(*args, **kwargs)
+    return run
+
+
+ALIAS_TARGETS = {operator.getitem}

@@ -1,0 +1,284 @@
+"""rewrite: (GraphModule, Plan) -> a GraphModule that recomputes what the plan says.
+
+NOTE [ Per-tensor rematerialization through saved-tensor hooks ]
+We chose saved-tensor hooks over `torch.utils.checkpoint` regions. A region recomputes all of
+its saved tensors at once in backward, so its peak is the kept tensors plus the largest region's
+working set, and plans are limited to region boundaries; eager checkpointing also re-runs
+BatchNorm (statistics updated twice) and needs RNG stashing for dropout. With hooks, each node
+the plan recomputes records a `Recipe` (its function and the handles of its inputs) when it runs
+forward; the pack hook swaps any saved tensor living in that node's storage for the recipe; the
+unpack hook materializes it once, under no_grad, from kept inputs or other recipes. Random ops
+are never recomputed (the plan keeps them) and batch norm is recomputed without its running
+statistics, so gradients and buffers are bitwise those of the original model. The memory this
+holds is exactly what `fxckpt.simulate` models: recipes cache their value until the last saved
+slot that refers to them is released by autograd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.fx
+from torch.fx.node import map_arg
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import _pytree as pytree
+
+from fxckpt.simulate import needed_recipes
+
+from .annotation import META, to_problem
+from .frontend import adopt_state
+from .ops import node_fn
+
+_EMPTY = object()
+
+
+def _storage(t: torch.Tensor) -> int:
+    return StorageWeakRef(t.untyped_storage()).cdata
+
+
+def _known_storages(args, kwargs, state) -> set[int]:
+    """Storages a node did not create: its inputs' and its module's parameters and buffers."""
+    leaves = [*pytree.tree_leaves((args, kwargs)), *state]
+    return {_storage(t) for t in leaves if isinstance(t, torch.Tensor)}
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    fn: Callable
+    template: tuple  # (args, kwargs) with the node's inputs as fx Nodes
+    inputs: tuple[str, ...]  # names of those inputs, in the order begin() receives their values
+    remat: frozenset[str]  # inputs that are recipes too
+    writer: bool  # allocates or writes its storage: it rebuilds the final contents
+    random: bool  # replays the RNG state it started from
+    internals: bool  # its backward saves tensors of its own: rerun with autograd to rebuild them
+    state: tuple = ()  # parameters and buffers of a called module
+
+
+class Recipe:
+    """How to rebuild one node: its function, its inputs (tensors or recipes), the RNG state a
+    random op started from, and, for nodes whose backward saves internals (attention weights,
+    dropout masks), the requires_grad of its inputs so that a rerun saves the same tensors."""
+
+    __slots__ = ("spec", "args", "kwargs", "rng", "grad_flags", "value", "saved")
+
+    def __init__(self, spec: RecipeSpec, args, kwargs, rng=None, grad_flags=None):
+        self.spec, self.args, self.kwargs, self.rng, self.grad_flags = spec, args, kwargs, rng, grad_flags
+        self.value, self.saved = _EMPTY, None
+
+    def materialize(self):
+        if self.value is _EMPTY:
+            args, kwargs = pytree.tree_map_only(Recipe, Recipe.materialize, (self.args, self.kwargs))
+            if self.grad_flags is None:
+                with torch.no_grad(), _replaying(self.rng):
+                    self.value = self.spec.fn(*args, **kwargs)
+            else:
+                self.value, self.saved = self._rerun_with_autograd(args, kwargs)
+            self.args = self.kwargs = self.rng = self.grad_flags = None  # let the inputs go
+        return self.value
+
+    def _rerun_with_autograd(self, args, kwargs):
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        flags = iter(self.grad_flags)
+        leaves = [x.detach().requires_grad_(next(flags)) if isinstance(x, torch.Tensor) else x for x in leaves]
+        args, kwargs = pytree.tree_unflatten(leaves, spec)
+        known = _known_storages(args, kwargs, self.spec.state)
+        saved = []
+
+        def pack(t):
+            if _storage(t) not in known:
+                saved.append(t)
+            # This graph never runs backward. Holding nothing avoids the cycle an output saved
+            # by its own grad_fn would make (it would outlive the recipe until a gc pass).
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never), _replaying(self.rng):
+            value = self.spec.fn(*args, **kwargs)
+        outputs = _known_storages(value, None, ())
+        internals = [t.detach() for t in saved if _storage(t) not in outputs]
+        # The graph's saved variables hold `pack`, which holds `saved`, whose tensors hold the
+        # graph: clear it, or the cycle keeps the inputs alive until a gc pass. Detached for the
+        # same reason: a grad_fn chain would keep the rerun's inputs alive.
+        saved.clear()
+        return pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, value), internals
+
+
+def _never(_):
+    raise RuntimeError("fxckpt: backward through a recomputation graph")
+
+
+def rng_state(args, kwargs):
+    """RNG states a random op is about to draw from: the CPU generator's and, for CUDA
+    tensors among its inputs, their devices' generators."""
+    devices = sorted({t.device.index or 0 for t in pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in devices]
+
+
+@contextlib.contextmanager
+def _replaying(rng):
+    if rng is None:
+        yield
+        return
+    cpu, cuda = rng
+    with torch.random.fork_rng(devices=[d for d, _ in cuda]):
+        torch.set_rng_state(cpu)
+        for d, state in cuda:
+            torch.cuda.set_rng_state(state, d)
+        yield
+
+
+class _Packed:
+    """A saved tensor swapped for a recipe: a view of its value (`leaf`), or its k-th internal.
+    Tensors a node saves while it runs are resolved when it finishes (`record`)."""
+
+    __slots__ = ("recipe", "leaf", "internal", "geometry", "pending")
+
+    def __init__(self, recipe: Recipe, t: torch.Tensor, leaf: int = -1):
+        self.recipe, self.leaf, self.internal = recipe, leaf, -1
+        self.geometry = (tuple(t.shape), t.stride(), t.storage_offset())
+        # Held until the node finishes: a freed internal's storage address could be reused by
+        # the node's output, and storages are told apart by address.
+        self.pending = t if leaf < 0 else None
+
+    def unpack(self) -> torch.Tensor:
+        value = self.recipe.materialize()
+        if self.internal >= 0:
+            return self.recipe.saved[self.internal]
+        base = [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)][self.leaf]
+        if (tuple(base.shape), base.stride(), base.storage_offset()) == self.geometry:
+            return base
+        return base.as_strided(*self.geometry)
+
+
+class RematRuntime:
+    """Per-module runtime state; `active()` wraps one forward call."""
+
+    def __init__(self, specs: dict[str, RecipeSpec]):
+        self.specs = specs
+        self._active = False
+        self._recipes: dict[str, Recipe] = {}
+        self._storages: dict[int, tuple[StorageWeakRef, Recipe, int]] = {}
+        self._capturing: tuple | None = None  # (recipe, known storages, packed) while a node runs
+
+    @contextlib.contextmanager
+    def active(self):
+        if self._active:
+            raise RuntimeError("a fxckpt module was re-entered while its forward is running")
+        self._active = True
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
+                yield
+        finally:
+            self._active = False
+            self._capturing = None
+            self._recipes.clear()
+            self._storages.clear()
+
+    def begin(self, name: str, inputs: list) -> None:
+        """Called by the rewritten graph right before node `name` runs in forward."""
+        if not self._active:
+            return
+        spec = self.specs[name]
+        env = dict(zip(spec.inputs, inputs))
+        args, kwargs = map_arg(spec.template, lambda n: env[n.name])
+        grad_flags = None
+        if spec.internals:
+            grad_flags = [x.requires_grad for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+        r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[n.name] if n.name in spec.remat else env[n.name])
+        recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags)
+        self._recipes[name] = recipe
+        self._capturing = (recipe, _known_storages(args, kwargs, spec.state), [])
+
+    def record(self, name: str, value) -> None:
+        """Called by the rewritten graph right after node `name` ran in forward."""
+        if not self._active:
+            return
+        recipe, writer = self._recipes[name], self.specs[name].writer
+        tensors = [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
+        leaf_of = {}
+        for i, t in enumerate(tensors):
+            leaf_of.setdefault(_storage(t), i)
+        internals = 0
+        for packed in self._capturing[2]:  # saved while it ran: its own output, or an internal
+            key = _storage(packed.pending)
+            if key in leaf_of:
+                packed.leaf = leaf_of[key]
+            else:
+                packed.internal, internals = internals, internals + 1
+            packed.pending = None
+        if internals and recipe.grad_flags is None:
+            raise RuntimeError(f"fxckpt: {name} saved internals that annotation did not see")
+        self._capturing = None
+        for i, t in enumerate(tensors):
+            key = _storage(t)
+            old = self._storages.get(key)
+            if writer or old is None or old[0].expired():  # the last writer rebuilds the final contents
+                self._storages[key] = (StorageWeakRef(t.untyped_storage()), recipe, i)
+
+    def _pack(self, t: torch.Tensor):
+        key = _storage(t)
+        cap = self._capturing
+        if cap is not None and key not in cap[1]:  # created by the node running now
+            packed = _Packed(cap[0], t)
+            cap[2].append(packed)
+            return packed
+        entry = self._storages.get(key)
+        if entry is None or entry[0].expired():
+            return t
+        return _Packed(entry[1], t, leaf=entry[2])
+
+
+def _unpack(x):
+    return x.unpack() if isinstance(x, _Packed) else x
+
+
+def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
+    """A new GraphModule, sharing `gm`'s state, that recomputes `plan.recompute` in backward.
+
+    The result is a plain forward when called directly; the returned module's
+    `fxckpt_runtime.active()` context turns the plan on (`CheckpointedModule` does this).
+    """
+    problem = to_problem(gm)
+    R = problem.indices(plan.recompute)
+    need = needed_recipes(problem, R)
+    need_names = {problem.nodes[i].name for i in need}
+    remat_names = {problem.nodes[i].name for i, s in enumerate(problem.source) if s in R}
+
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    out = graph.graph_copy(gm.graph, env)
+    graph.output(out)
+    graph._codegen = gm.graph._codegen
+    specs: dict[str, RecipeSpec] = {}
+    rt_node = None
+    for old in gm.graph.nodes:
+        if old.name not in need_names:
+            continue
+        new = env[old]
+        if rt_node is None:
+            first = next(n for n in graph.nodes if n.op != "placeholder")
+            with graph.inserting_before(first):
+                rt_node = graph.get_attr("fxckpt_runtime")
+        inputs = tuple(a.name for a in old.all_input_nodes)
+        remat = frozenset(a for a in inputs if a in remat_names)
+        assert remat <= need_names, f"recipe inputs {sorted(remat - need_names)} of {old.name} are not recorded"
+        cost = old.meta[META]
+        state = tuple(gm.get_submodule(old.target).state_dict(keep_vars=True).values()) if old.op == "call_module" else ()
+        specs[old.name] = RecipeSpec(
+            node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
+            random=cost.is_random, internals=cost.extra_saved_bytes > 0, state=state)
+        with graph.inserting_before(new):
+            graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
+        with graph.inserting_after(new):
+            graph.call_method("record", (rt_node, old.name, new))
+    runtime = RematRuntime(specs)
+    object.__setattr__(gm, "fxckpt_runtime", runtime)  # so the GraphModule finds its get_attr
+    try:
+        new_gm = torch.fx.GraphModule(gm, graph)
+    finally:
+        object.__delattr__(gm, "fxckpt_runtime")
+    adopt_state(new_gm, gm)
+    object.__setattr__(new_gm, "fxckpt_runtime", runtime)
+    return new_gm

@@ -1,0 +1,373 @@
+"""A zoo of TINY models for correctness tests.
+
+Each factory ``make_<name>()`` returns ``(model, example_input)``:
+
+* ``model`` is in ``train()`` mode, built under ``torch.manual_seed`` so that two
+  calls give identical weights and inputs;
+* ``example_input`` is a Tensor (call ``model(x)``), a tuple (``model(*x)``) or a
+  dict of kwargs (``model(**x)``); :func:`call_model` does the dispatch.
+
+Every model runs forward + backward on the CPU in well under a second. All but
+``gpt2`` trace with ``torch.fx.symbolic_trace`` (Hugging Face's GPT-2 does not).
+Models with dropout (``transformer``, ``gpt2``) need the RNG re-seeded before each
+run to compare two runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Example = Any  # torch.Tensor | tuple | dict[str, Any]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """An independent copy (same weights, same tying, same requires_grad)."""
+    return copy.deepcopy(model)
+
+
+def call_model(model: Callable, example: Example):
+    """Call ``model`` with ``example`` as a Tensor, positional tuple or kwargs dict."""
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, (tuple, list)):
+        return model(*example)
+    return model(example)
+
+
+def scalar_loss(output) -> torch.Tensor:
+    """A scalar to call ``backward()`` on, for any zoo model's output."""
+    loss = getattr(output, "loss", None)  # Hugging Face ModelOutput
+    if loss is not None:
+        return loss
+    if isinstance(output, dict):
+        output = output["loss"] if "loss" in output else next(iter(output.values()))
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    out = output.float()
+    # A fixed, position-dependent weighting: unlike mean(out**2) alone it does not
+    # go flat behind a LayerNorm, so every parameter gets a non-trivial gradient.
+    w = torch.linspace(-1.0, 1.0, out.numel(), device=out.device).view(out.shape)
+    return (out * w).sum() + out.pow(2).mean()
+
+
+# ---------------------------------------------------------------- mlp
+
+
+def make_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(32, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.GELU(),
+        nn.Linear(64, 16),
+    )
+    x = torch.randn(8, 32)
+    return model.train(), x
+
+
+# ---------------------------------------------------------------- transformer
+
+
+class SelfAttention(nn.Module):
+    """Hand-written causal multi-head self-attention."""
+
+    def __init__(self, d: int, n_heads: int, p: float = 0.1):
+        super().__init__()
+        assert d % n_heads == 0
+        self.n_heads = n_heads
+        self.head_dim = d // n_heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.attn_drop = nn.Dropout(p)
+
+    def forward(self, x):
+        b, t, d = x.size(0), x.size(1), x.size(2)
+        h, hd = self.n_heads, self.head_dim
+        q = self.q(x).view(b, t, h, hd).transpose(1, 2)  # (b, h, t, hd)
+        k = self.k(x).view(b, t, h, hd).transpose(1, 2)
+        v = self.v(x).view(b, t, h, hd).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+        # Causal mask built from the scores' own shape (slicing a buffer with a
+        # traced length would break torch.fx.symbolic_trace).
+        future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)
+        scores = scores.masked_fill(future, float("-inf"))
+        probs = self.attn_drop(F.softmax(scores, dim=-1))
+        y = (probs @ v).transpose(1, 2).reshape(b, t, d)
+        return self.out(y)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, d: int, n_heads: int, p: float = 0.1):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, n_heads, p=p)
+        self.drop1 = nn.Dropout(p)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * d, d)
+        self.drop2 = nn.Dropout(p)
+
+    def forward(self, x):
+        x = x + self.drop1(self.attn(self.ln1(x)))
+        x = x + self.drop2(self.fc2(self.act(self.fc1(self.ln2(x)))))
+        return x
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, d: int = 32, n_heads: int = 4, n_layers: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(d, n_heads) for _ in range(n_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, d)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def make_transformer():
+    torch.manual_seed(0)
+    model = TinyTransformer(d=32, n_heads=4, n_layers=3)
+    x = torch.randn(2, 16, 32)
+    return model.train(), x
+
+
+# ---------------------------------------------------------------- cnn
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(c_out),
+            )
+        else:
+            self.down = nn.Identity()
+
+    def forward(self, x):
+        identity = self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity  # in-place add
+        return self.relu(out)
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+        )
+        self.layer1 = ResBlock(8, 8)
+        self.layer2 = ResBlock(8, 16, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, n_classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def make_cnn():
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x = torch.randn(4, 3, 16, 16)
+    return model.train(), x
+
+
+# ---------------------------------------------------------------- unet
+
+
+def _cbr(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyUNet(nn.Module):
+    def __init__(self, c_in: int = 3, n_classes: int = 2):
+        super().__init__()
+        self.enc1 = _cbr(c_in, 8)  # 16x16
+        self.enc2 = _cbr(8, 16)  # 8x8
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _cbr(16, 32)  # 4x4
+        self.up2 = nn.ConvTranspose2d(32, 16, 2, stride=2)  # -> 8x8
+        self.dec2 = _cbr(32, 16)  # cat(up2, enc2)
+        self.up1 = nn.Sequential(  # -> 16x16
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(16, 8, 1),
+        )
+        self.dec1 = _cbr(16, 8)  # cat(up1, enc1)
+        self.head = nn.Conv2d(8, n_classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        b = self.bottleneck(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(b), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        return self.head(d1)
+
+
+def make_unet():
+    torch.manual_seed(0)
+    model = TinyUNet()
+    x = torch.randn(2, 3, 16, 16)
+    return model.train(), x
+
+
+# ---------------------------------------------------------------- gpt2 (Hugging Face)
+
+
+def make_gpt2():
+    """Tiny GPT2LMHeadModel, random weights, default dropout (0.1).
+
+    Not traceable by ``torch.fx.symbolic_trace``; the input is a kwargs dict and
+    the output a ``CausalLMOutputWithCrossAttentions`` whose ``.loss`` is set.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=128,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    input_ids = torch.randint(0, config.vocab_size, (2, 16))
+    example = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        "labels": input_ids.clone(),
+    }
+    return model.train(), example
+
+
+# ---------------------------------------------------------------- tied
+
+
+class TiedLM(nn.Module):
+    """Tiny LM whose output projection shares its weight with the embedding."""
+
+    def __init__(self, vocab: int = 64, d: int = 32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.fc = nn.Linear(d, d)
+        self.act = nn.GELU()
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.emb.weight  # tied
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.act(self.fc(h))
+        return self.head(self.ln(h))
+
+
+def make_tied():
+    torch.manual_seed(0)
+    model = TiedLM()
+    ids = torch.randint(0, 64, (2, 8))
+    return model.train(), ids
+
+
+# ---------------------------------------------------------------- frozen
+
+
+def make_frozen():
+    """MLP whose first Linear is frozen; the input itself requires grad."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 32),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.Tanh(),
+        nn.Linear(32, 4),
+    )
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    x = torch.randn(8, 16).requires_grad_()
+    return model.train(), x
+
+
+# ---------------------------------------------------------------- inplace_views
+
+
+class InplaceViews(nn.Module):
+    """In-place ops and views on intermediates, then a Linear."""
+
+    def __init__(self, d_in: int = 16, d: int = 32, seq: int = 6, n_out: int = 8):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d)
+        self.fc2 = nn.Linear((seq // 2) * d, n_out)
+
+    def forward(self, x):  # x: (b, seq, d_in)
+        h = self.fc1(x)  # (b, seq, d)
+        h.relu_()  # in-place on an intermediate
+        half = h.size(1) // 2
+        a = h[:, :half, :]  # slicing (views)
+        b = h[:, half:, :]
+        y = a * 2.0
+        z = torch.tanh(b)
+        y += z  # in-place add of two intermediates
+        t = y.transpose(1, 2)  # (b, d, half), non-contiguous view
+        u = t.reshape(t.size(0), -1)  # copy
+        v = y.view(y.size(0), -1)  # view of contiguous y
+        return self.fc2(u + v)
+
+
+def make_inplace_views():
+    torch.manual_seed(0)
+    model = InplaceViews()
+    x = torch.randn(4, 6, 16)
+    return model.train(), x
+
+
+# ---------------------------------------------------------------- registry
+
+
+ZOO: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
+    "mlp": make_mlp,
+    "transformer": make_transformer,
+    "cnn": make_cnn,
+    "unet": make_unet,
+    "gpt2": make_gpt2,
+    "tied": make_tied,
+    "frozen": make_frozen,
+    "inplace_views": make_inplace_views,
+}
+
+# Names whose model is NOT traceable by torch.fx.symbolic_trace.
+NOT_SYMBOLIC_TRACEABLE = frozenset({"gpt2"})
+SYMBOLIC_TRACEABLE = tuple(n for n in ZOO if n not in NOT_SYMBOLIC_TRACEABLE)

@@ -1,0 +1,136 @@
+"""The torch-free core: problem, simulator, plan, solvers. No torch needed to run these."""
+
+import ast
+import math
+import pathlib
+
+import pytest
+
+from fxckpt.errors import InfeasibleBudgetError
+from fxckpt.plan import Plan
+from fxckpt.problem import Buffer, Grad, Node, RematProblem
+from fxckpt.simulate import needed_recipes, simulate
+from fxckpt.solvers import SOLVERS, solve
+
+MiB = 2**20
+ROOT = pathlib.Path(__file__).resolve().parents[1] / "fxckpt"
+CORE = ["costs.py", "errors.py", "problem.py", "simulate.py", "plan.py", *[f"solvers/{p.name}" for p in (ROOT / "solvers").glob("*.py")]]
+
+
+@pytest.mark.parametrize("path", CORE)
+def test_core_modules_import_no_torch(path):
+    tree = ast.parse((ROOT / path).read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path} imports {names}"
+
+
+def chain(k: int, nbytes: int = MiB, flops: int = 100) -> RematProblem:
+    """x0 -> x1 -> ... : node i creates buffer i and its backward saves its input (like a linear)
+    and passes a gradient of its input's size to node i-1; the last node is the output."""
+    nodes = []
+    for i in range(k):
+        nodes.append(Node(f"n{i}", "op", inputs=(i - 1,) if i else (), creates=(i,), value=(i,),
+                          saves=(i - 1,) if i else (), requires_grad=True, flops=flops,
+                          bwd_transient_bytes=nbytes if i else 0,
+                          is_output=i == k - 1, ban="graph output" if i == k - 1 else None))
+    grads = tuple(Grad(nbytes, i, i - 1) for i in range(1, k))
+    return RematProblem(tuple(nodes), tuple(Buffer(f"n{i}:0", nbytes, i) for i in range(k)), grads=grads)
+
+
+def test_simulate_chain_exact():
+    p = chain(4)
+    s = simulate(p, timeline=True)
+    # forward: n0..n2 held (saved by their consumers) + n3 output = 4 MiB at the boundary.
+    assert s.boundary_bytes == 4 * MiB
+    # backward n3: holds 4 MiB, + the gradient of its input n2 (1 MiB); the output's own
+    # gradient is the caller's (a loss scalar).
+    assert s.peak_bytes == 5 * MiB and s.peak_at == "backward n3"
+    assert s.recompute_flops == 0
+
+
+def test_simulate_recompute_materializes_once_and_frees():
+    p = chain(4)
+    s = simulate(p, {1}, timeline=True)
+    labels = [label for _, label in s.timeline]
+    assert labels.count("recompute n1") == 1
+    assert s.recompute_flops == 100
+    assert s.boundary_bytes == 3 * MiB  # n1 is not held; its input n0 is (by n1's recipe and n1's backward)
+    assert needed_recipes(p, frozenset({1})) == {1}
+
+
+def test_recipe_inputs_are_held_and_chains_recompute():
+    p = chain(5)
+    s = simulate(p, {1, 2})
+    assert s.recomputed == ("n1", "n2") or s.recomputed == ("n2", "n1") or set(s.recomputed) == {"n1", "n2"}
+    assert s.recompute_flops == 200
+    assert s.boundary_bytes == 3 * MiB  # n0, n3 and the output n4
+
+
+@pytest.mark.parametrize("method", sorted(SOLVERS))
+@pytest.mark.parametrize("case", ["empty", "one", "above_peak", "zero_bytes", "nothing_recomputable"])
+def test_edge_cases_every_solver(method, case):
+    if case == "empty":
+        p = RematProblem()
+    elif case == "one":
+        p = chain(1)
+    elif case == "zero_bytes":
+        p = chain(4, nbytes=0)
+    elif case == "nothing_recomputable":
+        base = chain(4)
+        p = RematProblem(tuple(Node(**{**n.__dict__, "ban": "test"}) for n in base.nodes), base.buffers, base.grads)
+    else:
+        p = chain(6)
+    peak = simulate(p).peak_bytes
+    budget = max(peak, 1)
+    plan = solve(p, budget, method=method) if method not in ("all", "sqrt") or case != "above_peak" else None
+    if plan is not None:
+        assert plan.predicted_peak_bytes == simulate(p, p.indices(plan.recompute)).peak_bytes
+        assert plan.predicted_peak_bytes <= budget
+    if method == "greedy":
+        assert plan.recompute == frozenset() and plan.recompute_flops == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), None, "1"])
+def test_bad_budgets(bad):
+    with pytest.raises(ValueError):
+        solve(chain(3), bad)
+
+
+def test_infeasible_names_smallest_feasible_budget():
+    p = chain(8)
+    with pytest.raises(InfeasibleBudgetError) as e:
+        solve(p, MiB)
+    floor = e.value.min_feasible_bytes
+    assert floor > MiB and f"{floor / MiB:.2f} MiB" in str(e.value)
+    plan = solve(p, floor)  # the named budget is feasible
+    assert plan.predicted_peak_bytes <= floor
+
+
+def test_greedy_meets_budget_and_is_monotone():
+    p = chain(12)
+    base = simulate(p).peak_bytes
+    costs = []
+    for frac in (1.0, 0.9, 0.8, 0.7):
+        try:
+            plan = solve(p, int(frac * base))
+        except InfeasibleBudgetError:
+            break
+        assert plan.predicted_peak_bytes <= frac * base
+        costs.append(plan.recompute_flops)
+    assert len(costs) >= 3 and costs == sorted(costs)
+
+
+def test_plan_json_round_trip_and_table():
+    p = chain(6)
+    plan = solve(p, int(0.8 * simulate(p).peak_bytes))
+    again = Plan.from_json(plan.to_json())
+    assert again == plan
+    text = str(plan)
+    assert "recompute" in text and plan.solver in text
+    assert "<table>" in plan._repr_html_()
+    assert math.isclose(plan.predicted_peak_mib, plan.predicted_peak_bytes / MiB)
