@@ -71,9 +71,11 @@ class _BackwardTrace(TorchDispatchMode):
     """Follows backward on fake tensors: which fx node's backward runs, the storages backward
     allocates (gradients, temporaries), and in which node's backward each of them dies.
 
-    Per node this gives the backward order, a transient (peak of backward-born bytes during its
-    backward, over their level when it starts) and the gradients it leaves for later nodes.
-    Gradients flow the same whatever is recomputed, so the simulator reuses these for any plan.
+    Per node this gives the backward order, a transient (peak of all live bytes during its
+    backward, over their level when it starts: what it allocates, less what autograd releases
+    part-way, e.g. the first of two saved tensors of a composite op) and the gradients it leaves
+    for later nodes. Gradients flow the same whatever is recomputed, so the simulator reuses
+    these for any plan.
     """
 
     def __init__(self, known):
@@ -83,6 +85,8 @@ class _BackwardTrace(TorchDispatchMode):
         self.order: list[str] = []
         self.live: dict[int, tuple[StorageWeakRef, int, str]] = {}  # born in backward: (ref, bytes, step)
         self.level = 0
+        self.held: dict[int, tuple[StorageWeakRef, int]] = {}  # forward-born, alive at backward start
+        self.held_bytes = 0
         self.start: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
@@ -95,10 +99,17 @@ class _BackwardTrace(TorchDispatchMode):
             self.current = name
             if name not in self.start:
                 self.order.append(name)
-                self.start[name] = self.level
-                self.peak[name] = self.level
+                self.start[name] = self.peak[name] = self.level + self.held_bytes
+
+    def hold(self, storages) -> None:
+        for k, (ref, nbytes) in storages.items():
+            if not ref.expired():
+                self.held[k] = (ref, nbytes)
+                self.held_bytes += nbytes
 
     def _sweep(self, ending) -> None:
+        for k in [k for k, (ref, _) in self.held.items() if ref.expired()]:
+            self.held_bytes -= self.held.pop(k)[1]
         for k in [k for k, (ref, _, _) in self.live.items() if ref.expired()]:
             ref, nbytes, born = self.live.pop(k)
             self.level -= nbytes
@@ -118,11 +129,11 @@ class _BackwardTrace(TorchDispatchMode):
         self._sweep(ending=self.current)
         for t in _tensors(out):
             k = _key(t)
-            if k not in self.live and not self.known(k):
+            if k not in self.live and k not in self.held and not self.known(k):
                 nbytes = t.untyped_storage().nbytes()
                 self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
                 self.level += nbytes
-        self.peak[self.current] = max(self.peak[self.current], self.level)
+        self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes)
         return out
 
 
@@ -134,6 +145,7 @@ class _Annotator(torch.fx.Interpreter):
         self.writers: dict[str, list[str]] = {}  # activation buffer -> nodes writing it in place
         self.costs: dict[str, NodeCost] = {}
         self.grad_fns: dict = {}  # autograd node -> fx node name
+        self.storages: dict[int, tuple[StorageWeakRef, int]] = {}  # every storage forward created
 
     def _known(self, k: int) -> bool:
         entry = self.owner.get(k)
@@ -156,6 +168,7 @@ class _Annotator(torch.fx.Interpreter):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
             out = super().run_node(n)
         self.costs[n.name] = self._cost(n, out, saved, rec, fc.get_total_flops())
+        self.storages.update(rec.new)
         self._claim_grad_fns(n.name, out)
         return out
 
@@ -297,6 +310,7 @@ def _trace_backward(gm, runner: _Annotator, out, leaves) -> _BackwardTrace:
             loss = step_loss(output)
         trace.loss_bytes = sum(n for ref, n in rec.new.values() if not ref.expired())
         trace.known = lambda k: k in rec.new or known(k)
+        trace.hold(runner.storages)
         with trace:
             loss.backward()
         trace.finish()
