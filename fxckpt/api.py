@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import MIB
+from .errors import MIB, InfeasibleBudgetError
 from .plan import Plan
 from .problem import RematProblem
 from .simulate import simulate
@@ -45,21 +45,55 @@ def _budget_bytes(baseline: int, budget_mb, budget) -> int:
     return check_budget(budget_mb * MIB)
 
 
+_RETRIES = 3  # re-solves under a tighter budget when the dry run finds the plan over budget
+
+
 def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=None, budget=None,
-               solver: str = "greedy") -> _Planned:
-    """Run the pipeline on one call signature: capture, annotate, solve, rewrite."""
+               solver: str = "greedy", verify: bool = True) -> _Planned:
+    """Run the pipeline on one call signature: capture, annotate, solve, rewrite, and (verify)
+    a dry run of the rewritten step on fake tensors that must fit the budget too."""
     from . import passes
 
     _budget_bytes(1, budget_mb, budget)  # reject bad budgets before any work
-    captured = passes.capture(model, args if not kwargs else kwargs) if not (args and kwargs) else None
-    if captured is None:
+    if args and kwargs:
         raise ValueError("pass either positional arguments (a tensor or a tuple) or keyword arguments (a dict), not both")
+    captured = passes.capture(model, kwargs if kwargs else args)
     gm = passes.annotate(captured)
     problem = passes.to_problem(gm, name=type(model).__name__)
-    baseline = simulate(problem).peak_bytes
-    plan = solve(problem, _budget_bytes(baseline, budget_mb, budget), method=solver)
+    budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
+    target = budget_bytes
+    for attempt in range(_RETRIES + 1):
+        plan = replace(solve(problem, target, method=solver), budget_bytes=budget_bytes)
+        new_gm = passes.rewrite(gm, plan)
+        if not verify:
+            break
+        plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs))
+        if plan.dry_run_peak_bytes <= budget_bytes:
+            break
+        log.warning("dry run of the plan peaks at %.2f MiB, over the %.2f MiB budget: solving again",
+                    plan.dry_run_peak_bytes / MIB, budget_bytes / MIB)
+        target -= plan.dry_run_peak_bytes - budget_bytes
+        if attempt == _RETRIES or target <= 0:
+            raise InfeasibleBudgetError(budget_bytes, plan.dry_run_peak_bytes)
     log.info("%s", plan.summary())
-    return _Planned(passes.rewrite(gm, plan), plan, problem, captured.frontend)
+    return _Planned(new_gm, plan, problem, captured.frontend)
+
+
+def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> int:
+    """The activation peak of one training step of a rewritten graph, run on fake tensors:
+    the runtime's real behaviour (recipes, caches, frees) with no real computation."""
+    from .measure import LiveBytesMode
+    from .passes.annotation import FakeStep
+    from .passes.frontend import step_loss
+
+    with FakeStep(gm, args, kwargs) as step:
+        step.leaves()
+        with LiveBytesMode() as live:
+            with gm.fxckpt_runtime.active():
+                out = gm(*step.args, **step.kwargs)
+            step_loss(out).backward()
+            del out
+    return live.peak_bytes
 
 
 class CheckpointedModule(torch.nn.Module):

@@ -36,6 +36,8 @@ class Plan:
         forward_flops: FLOPs of one forward under the same convention.
         solver, solve_seconds, optimality_gap: who decided, how long it took, and the
             relative gap to a proven optimum where one is known.
+        dry_run_peak_bytes: the peak of the rewritten step run on fake tensors (no real
+            compute), when `auto_checkpoint` verified the plan; it must fit the budget too.
         rows: one row per activation node, with the reason for its decision.
     """
 
@@ -50,6 +52,7 @@ class Plan:
     rows: tuple[PlanRow, ...] = field(repr=False)
     peak_at: str = ""
     optimality_gap: float | None = None
+    dry_run_peak_bytes: int | None = None  # the rewritten step run on fake tensors, when verified
 
     @property
     def predicted_peak_mib(self) -> float:
@@ -66,6 +69,7 @@ class Plan:
             f"fxckpt plan ({self.solver}, {self.solve_seconds:.3f} s): budget {budget}, predicted peak "
             f"{self.predicted_peak_bytes / MIB:.2f} MiB (no checkpointing: {self.baseline_peak_bytes / MIB:.2f} MiB), "
             f"recompute {len(self.recompute)} nodes, +{100 * self.recompute_overhead:.1f}% FLOPs; peak at {self.peak_at}"
+            + ("" if self.dry_run_peak_bytes is None else f"; dry run {self.dry_run_peak_bytes / MIB:.2f} MiB")
         )
 
     def __str__(self) -> str:

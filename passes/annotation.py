@@ -7,6 +7,7 @@ so a node's saved bytes are what autograd really keeps for its backward.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from itertools import chain
 
@@ -244,6 +245,53 @@ class _Annotator(torch.fx.Interpreter):
 
 
 
+class FakeStep:
+    """The model's state and inputs as fake tensors: same shapes, dtypes, devices, requires_grad.
+
+    Inside the context, `gm`'s parameters and buffers are the fakes; `flat` are the graph's
+    placeholder values; `external` names the storages that exist before the step.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict):
+        self.gm, self.mode = gm, FakeTensorMode(allow_non_fake_inputs=False)
+        self.fakes: dict[int, torch.Tensor] = {}
+        self.external: dict[int, str] = {}
+        self.state = {name: self.fake(t, name) for name, t in chain(gm.named_parameters(remove_duplicate=False),
+                                                                    gm.named_buffers(remove_duplicate=False))}
+        for node in gm.graph.nodes:  # constants lifted by torch.export live as plain attributes
+            if node.op == "get_attr" and node.target not in self.state:
+                value = getattr(gm, node.target, None)
+                if isinstance(value, torch.Tensor):
+                    self.state[node.target] = self.fake(value, node.target)
+        self.args, self.kwargs = pytree.tree_map(lambda v: self.fake(v, "input"), (args, kwargs))
+        self.flat = flat_inputs(gm, self.args, self.kwargs)
+        self._stack = contextlib.ExitStack()
+
+    def fake(self, t, name):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if id(t) not in self.fakes:
+            self.fakes[id(t)] = self.mode.from_tensor(t)
+            self.external[_key(self.fakes[id(t)])] = name
+        return self.fakes[id(t)]
+
+    def leaves(self) -> list[torch.Tensor]:
+        """Fakes whose gradient a step accumulates: allocate their .grad first, as a real step has."""
+        leaves = [t for t in self.fakes.values() if t.requires_grad and t.is_leaf]
+        with torch.no_grad():
+            for t in leaves:
+                t.grad = torch.zeros_like(t)
+        return leaves
+
+    def __enter__(self):
+        self._stack.enter_context(self.mode)
+        self._stack.enter_context(stateless._reparametrize_module(self.gm, self.state, tie_weights=True, strict=False))
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
+
+
 def annotate(captured) -> torch.fx.GraphModule:
     """Write `node.meta["fxckpt"] = NodeCost(...)` on every computing node of `captured.gm`.
 
@@ -255,30 +303,10 @@ def annotate(captured) -> torch.fx.GraphModule:
         [32, 32]
     """
     gm = captured.gm
-    mode = FakeTensorMode(allow_non_fake_inputs=False)
-    fakes: dict[int, torch.Tensor] = {}
-    external: dict[int, str] = {}
-
-    def fake(t, name):
-        if not isinstance(t, torch.Tensor):
-            return t
-        if id(t) not in fakes:
-            fakes[id(t)] = mode.from_tensor(t)
-            external[_key(fakes[id(t)])] = name
-        return fakes[id(t)]
-
-    state = {name: fake(t, name) for name, t in chain(gm.named_parameters(remove_duplicate=False),
-                                                       gm.named_buffers(remove_duplicate=False))}
-    for node in gm.graph.nodes:  # constants lifted by torch.export live as plain attributes
-        if node.op == "get_attr" and node.target not in state:
-            value = getattr(gm, node.target, None)
-            if isinstance(value, torch.Tensor):
-                state[node.target] = fake(value, node.target)
-    flat = [fake(v, f"input {i}") for i, v in enumerate(flat_inputs(gm, captured.args, captured.kwargs))]
-    runner = _Annotator(gm, external)
-    with mode, stateless._reparametrize_module(gm, state, tie_weights=True, strict=False):
-        out = runner.run(*flat)
-        trace = _trace_backward(gm, runner, out, [t for t in fakes.values() if t.requires_grad])
+    with FakeStep(gm, captured.args, captured.kwargs) as step:
+        runner = _Annotator(gm, step.external)
+        out = runner.run(*step.flat)
+        trace = _trace_backward(runner, out, step.leaves())
     _ban_mutated(gm, runner)
     gm.meta[META] = {"loss_bytes": trace.loss_bytes}
     rank = {name: i for i, name in enumerate(trace.order)}
@@ -295,11 +323,8 @@ def annotate(captured) -> torch.fx.GraphModule:
     return gm
 
 
-def _trace_backward(gm, runner: _Annotator, out, leaves) -> _BackwardTrace:
+def _trace_backward(runner: _Annotator, out, leaves) -> _BackwardTrace:
     """Backward of the step on fake tensors, gradients of leaves preallocated as in a real step."""
-    with torch.no_grad():
-        for t in leaves:
-            t.grad = torch.zeros_like(t)
     output = out  # Interpreter.run already rebuilt the output structure
     grads = {_key(t.grad) for t in leaves}  # accumulating into .grad allocates nothing
     known = lambda k: k in grads or runner._known(k)  # noqa: E731

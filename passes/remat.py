@@ -54,7 +54,11 @@ class RecipeSpec:
     writer: bool  # allocates or writes its storage: it rebuilds the final contents
     random: bool  # replays the RNG state it started from
     internals: bool  # its backward saves tensors of its own: rerun with autograd to rebuild them
-    state: tuple = ()  # parameters and buffers of a called module
+    module: torch.nn.Module | None = None  # a called module, whose parameters and buffers it uses
+
+    def state(self) -> list:
+        m = self.module
+        return [] if m is None else [*m.parameters(), *m.buffers()]
 
 
 class Recipe:
@@ -84,7 +88,7 @@ class Recipe:
         flags = iter(self.grad_flags)
         leaves = [x.detach().requires_grad_(next(flags)) if isinstance(x, torch.Tensor) else x for x in leaves]
         args, kwargs = pytree.tree_unflatten(leaves, spec)
-        known = _known_storages(args, kwargs, self.spec.state)
+        known = _known_storages(args, kwargs, self.spec.state())
         saved = []
 
         def pack(t):
@@ -189,7 +193,7 @@ class RematRuntime:
         r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[n.name] if n.name in spec.remat else env[n.name])
         recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags)
         self._recipes[name] = recipe
-        self._capturing = (recipe, _known_storages(args, kwargs, spec.state), [])
+        self._capturing = (recipe, _known_storages(args, kwargs, spec.state()), [])
 
     def record(self, name: str, value) -> None:
         """Called by the rewritten graph right after node `name` ran in forward."""
@@ -265,10 +269,10 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
         remat = frozenset(a for a in inputs if a in remat_names)
         assert remat <= need_names, f"recipe inputs {sorted(remat - need_names)} of {old.name} are not recorded"
         cost = old.meta[META]
-        state = tuple(gm.get_submodule(old.target).state_dict(keep_vars=True).values()) if old.op == "call_module" else ()
         specs[old.name] = RecipeSpec(
             node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
-            random=cost.is_random, internals=cost.extra_saved_bytes > 0, state=state)
+            random=cost.is_random, internals=cost.extra_saved_bytes > 0,
+            module=gm.get_submodule(old.target) if old.op == "call_module" else None)
         with graph.inserting_before(new):
             graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
         with graph.inserting_after(new):

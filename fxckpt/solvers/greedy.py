@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..simulate import simulate
 from . import register_solver
 
-_TRIES = 8  # candidates simulated per step: the byte/FLOP score alone misjudges timing
+_TRIES = 8  # candidates simulated at a time: the byte/FLOP score alone misjudges timing
+_MAX_TRIALS = 64  # per step, before settling for a candidate that keeps the peak level
 
 
 def _score(problem, p, live) -> float:
@@ -22,20 +23,31 @@ def descend(problem, budget_bytes: int) -> frozenset[int]:
     sim = simulate(problem, R, live_at_peak=True)
     best = (sim.peak_bytes, R)
     while sim.peak_bytes > budget_bytes:
-        scored = sorted(((_score(problem, p, sim.live_at_peak), p) for p in allowed if p not in R), reverse=True)
-        scored = [p for s, p in scored if s > 0][:_TRIES]
-        if not scored:
+        choice = _step(problem, R, sim, allowed)
+        if choice is None:
             break
-        trials = [(simulate(problem, R | {p}), p) for p in scored]
-        gain = [((sim.peak_bytes - t.peak_bytes) / (problem.nodes[p].flops + 1), -t.peak_bytes, p)
-                for t, p in trials if t.peak_bytes <= sim.peak_bytes]
-        if not gain:
-            break
-        R = R | {max(gain)[2]}
+        R = R | {choice}
         sim = simulate(problem, R, live_at_peak=True)
         if sim.peak_bytes < best[0]:
             best = (sim.peak_bytes, R)
     return R if sim.peak_bytes <= budget_bytes else best[1]
+
+
+def _step(problem, R, sim, allowed) -> int | None:
+    """The candidate held at the peak that lowers it most per FLOP, searching in score order,
+    _TRIES at a time; failing that, the best-scored one that at least does not raise it (the
+    peak may sit on a plateau of equal steps)."""
+    ranked = sorted(((_score(problem, p, sim.live_at_peak), p) for p in allowed if p not in R), reverse=True)
+    ranked = [p for s, p in ranked if s > 0]
+    level = None
+    for start in range(0, min(len(ranked), _MAX_TRIALS), _TRIES):
+        trials = [(simulate(problem, R | {p}).peak_bytes, p) for p in ranked[start:start + _TRIES]]
+        lower = [((sim.peak_bytes - peak) / (problem.nodes[p].flops + 1), p) for peak, p in trials if peak < sim.peak_bytes]
+        if lower:
+            return max(lower)[1]
+        if level is None:
+            level = next((p for peak, p in trials if peak == sim.peak_bytes), None)
+    return level
 
 
 def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
