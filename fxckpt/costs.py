@@ -28,5 +28,6 @@ class NodeCost:
     is_random: bool = False
     is_view: bool = False
     writes: tuple[str, ...] = ()  # activation buffers it modifies in place
+    reads: tuple[tuple[str, str], ...] = ()  # (input, the node that wrote it in place since): replays read the writer
     mutates: str | None = None  # what it modifies in place, e.g. "buffer bn1.running_mean"
     ban: str | None = None  # why it must not be recomputed

@@ -307,7 +307,7 @@ def annotate(captured) -> torch.fx.GraphModule:
         runner = _Annotator(gm, step.external)
         out = runner.run(*step.flat)
         trace = _trace_backward(runner, out, step.leaves())
-    _ban_mutated(gm, runner)
+    _in_place_reads(gm, runner)
     gm.meta[META] = {"loss_bytes": trace.loss_bytes}
     rank = {name: i for i, name in enumerate(trace.order)}
     born: dict[str, list] = {}
@@ -345,24 +345,32 @@ def _trace_backward(runner: _Annotator, out, leaves) -> _BackwardTrace:
     return trace
 
 
-def _ban_mutated(gm, runner: _Annotator) -> None:
-    """A node that read an activation which is later written in place (by another node) cannot
-    be recomputed: the replay would see the new contents. Writers themselves can be: replaying
-    the producer and then the writes in order rebuilds the final contents, which is all that
-    autograd may have saved."""
+def _in_place_reads(gm, runner: _Annotator) -> None:
+    """In-place writes to activations. A node reading an input whose storage another node wrote
+    after the input was made reads the written contents: its recipe reads the last writer
+    instead (`NodeCost.reads`). A node whose input is written *after* it ran cannot be
+    recomputed: the replay would see contents it never saw. Writers themselves can be:
+    replaying the producer, then the writes in order, rebuilds the final contents, which is all
+    that autograd may have saved."""
     if not runner.writers:
         return
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     for n in gm.graph.nodes:
         cost = runner.costs.get(n.name)
-        if cost is None or cost.ban is not None:
+        if cost is None:
             continue
+        reads, ban = [], cost.ban
         for a in n.all_input_nodes:
-            late = [w for b in getattr(runner.costs.get(a.name), "value", ()) for w in runner.writers.get(b, ())
-                    if order[a.name] < order[w] and w != n.name]
-            if late:
-                runner.costs[n.name] = _replace(cost, ban=f"reads {a.name}, which {late[0]} modifies in place")
-                break
+            writers = [w for b in getattr(runner.costs.get(a.name), "value", ()) for w in runner.writers.get(b, ())
+                       if order[a.name] < order[w] and w != n.name]
+            before = [w for w in writers if order[w] < order[n.name]]
+            if before:
+                reads.append((a.name, max(before, key=order.get)))
+            after = [w for w in writers if order[w] > order[n.name]]
+            if after and ban is None:
+                ban = f"reads {a.name}, which {after[0]} modifies in place later"
+        if reads or ban != cost.ban:
+            runner.costs[n.name] = _replace(cost, ban=ban, reads=tuple(reads))
 
 
 def _replace(cost: NodeCost, **changes) -> NodeCost:
@@ -390,8 +398,10 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
         if policy is not None:
             prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
         ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
+        reads = dict(c.reads)
+        inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
         out_nodes.append(Node(
-            name=n.name, op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in n.all_input_nodes if a in index)),
+            name=n.name, op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
             creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
             writes=tuple(buf_index[b] for b in c.writes),
             saves=tuple(buf_index[b] for b in c.saves), flops=c.flops,

@@ -50,7 +50,7 @@ class RecipeSpec:
     fn: Callable
     template: tuple  # (args, kwargs) with the node's inputs as fx Nodes
     inputs: tuple[str, ...]  # names of those inputs, in the order begin() receives their values
-    remat: frozenset[str]  # inputs that are recipes too
+    remat: dict[str, str]  # inputs that are recipes too -> the recipe (the input, or its last in-place writer)
     writer: bool  # allocates or writes its storage: it rebuilds the final contents
     random: bool  # replays the RNG state it started from
     internals: bool  # its backward saves tensors of its own: rerun with autograd to rebuild them
@@ -190,7 +190,7 @@ class RematRuntime:
         grad_flags = None
         if spec.internals:
             grad_flags = [x.requires_grad for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-        r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[n.name] if n.name in spec.remat else env[n.name])
+        r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[spec.remat[n.name]] if n.name in spec.remat else env[n.name])
         recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags)
         self._recipes[name] = recipe
         self._capturing = (recipe, _known_storages(args, kwargs, spec.state()), [])
@@ -265,10 +265,12 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
             first = next(n for n in graph.nodes if n.op != "placeholder")
             with graph.inserting_before(first):
                 rt_node = graph.get_attr("fxckpt_runtime")
-        inputs = tuple(a.name for a in old.all_input_nodes)
-        remat = frozenset(a for a in inputs if a in remat_names)
-        assert remat <= need_names, f"recipe inputs {sorted(remat - need_names)} of {old.name} are not recorded"
         cost = old.meta[META]
+        inputs = tuple(a.name for a in old.all_input_nodes)
+        reads = dict(cost.reads)
+        remat = {a: reads.get(a, a) for a in inputs if a in remat_names}
+        missing = set(remat.values()) - need_names
+        assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
         specs[old.name] = RecipeSpec(
             node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
             random=cost.is_random, internals=cost.extra_saved_bytes > 0,
