@@ -71,7 +71,7 @@ def make_mlp():
         nn.GELU(),
         nn.Linear(64, 16),
     )
-    x = torch.randn(8, 32)
+    x = torch.randn(256, 32)
     return model.train(), x
 
 
@@ -144,7 +144,7 @@ class TinyTransformer(nn.Module):
 def make_transformer():
     torch.manual_seed(0)
     model = TinyTransformer(d=32, n_heads=4, n_layers=3)
-    x = torch.randn(2, 16, 32)
+    x = torch.randn(4, 32, 32)
     return model.train(), x
 
 
@@ -196,7 +196,7 @@ class TinyCNN(nn.Module):
 def make_cnn():
     torch.manual_seed(0)
     model = TinyCNN()
-    x = torch.randn(4, 3, 16, 16)
+    x = torch.randn(8, 3, 16, 16)
     return model.train(), x
 
 
@@ -239,7 +239,7 @@ class TinyUNet(nn.Module):
 def make_unet():
     torch.manual_seed(0)
     model = TinyUNet()
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(4, 3, 32, 32)
     return model.train(), x
 
 
@@ -265,10 +265,10 @@ def make_gpt2():
         eos_token_id=0,
     )
     model = GPT2LMHeadModel(config)
-    input_ids = torch.randint(0, config.vocab_size, (2, 16))
+    input_ids = torch.randint(0, config.vocab_size, (4, 32))
     example = {
         "input_ids": input_ids,
-        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        "attention_mask": torch.ones_like(input_ids),
         "labels": input_ids.clone(),
     }
     return model.train(), example
@@ -298,7 +298,7 @@ class TiedLM(nn.Module):
 def make_tied():
     torch.manual_seed(0)
     model = TiedLM()
-    ids = torch.randint(0, 64, (2, 8))
+    ids = torch.randint(0, 64, (16, 64))
     return model.train(), ids
 
 
@@ -317,7 +317,7 @@ def make_frozen():
     )
     for p in model[0].parameters():
         p.requires_grad_(False)
-    x = torch.randn(8, 16).requires_grad_()
+    x = torch.randn(512, 16).requires_grad_()
     return model.train(), x
 
 
@@ -350,7 +350,7 @@ class InplaceViews(nn.Module):
 def make_inplace_views():
     torch.manual_seed(0)
     model = InplaceViews()
-    x = torch.randn(4, 6, 16)
+    x = torch.randn(64, 6, 16)
     return model.train(), x
 
 
