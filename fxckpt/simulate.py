@@ -63,8 +63,11 @@ def check_plan(problem: RematProblem, recompute: Iterable[int]) -> frozenset[int
 
 
 def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: bool = False,
-             live_at_peak: bool = False) -> Simulation:
+             live_at_peak: bool = False, cap: int | None = None) -> Simulation:
     """Predict the activation peak and recompute FLOPs of recomputing `recompute` (node indices).
+
+    With `cap`, the run stops as soon as the live bytes reach `cap` and reports a peak of at
+    least `cap` (a solver asking "is this lower?" needs no more).
 
     Example:
         >>> from fxckpt.problem import RematProblem, Node, Buffer
@@ -74,7 +77,7 @@ def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: 
         1048576
     """
     R = check_plan(problem, recompute)
-    run = _Run(problem, R, timeline)
+    run = _Run(problem, R, timeline, cap)
     peak_step = run.go()
     live = frozenset()
     if live_at_peak:
@@ -82,47 +85,102 @@ def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: 
         again.go(stop=peak_step)
         live = frozenset(b for b, c in enumerate(again.alive) if c)
     return Simulation(
-        peak_bytes=run.peak, peak_at=run.peak_label, forward_peak_bytes=run.forward_peak,
+        peak_bytes=run.peak, peak_at=run.label(run.peak_event), forward_peak_bytes=run.forward_peak,
         boundary_bytes=run.boundary, recompute_flops=run.flops, recomputed=tuple(run.recomputed),
-        timeline=tuple(run.events), live_at_peak=live,
+        timeline=tuple((b, run.label(e)) for b, e in run.events), live_at_peak=live,
     )
+
+
+class _Static:
+    """What a run needs that does not depend on the plan, computed once per problem."""
+
+    def __init__(self, p: RematProblem):
+        self.nbytes = [b.nbytes for b in p.buffers]
+        self.producer = [b.producer for b in p.buffers]
+        self.saves = [tuple(n.saves) if n.requires_grad else () for n in p.nodes]
+        self.saved_by = [0] * len(p.buffers)  # savers holding each buffer (when its producer is kept)
+        for sv in self.saves:
+            for b in set(sv):
+                self.saved_by[b] += 1
+        self.output_holds = [0] * len(p.buffers)
+        for n in p.nodes:
+            if n.is_output:
+                for b in n.value:
+                    self.output_holds[b] += 1
+        last = [-1] * len(p.buffers)  # forward: read until the last reader of any alias
+        for v, node in enumerate(p.nodes):
+            end = max(p.users[v], default=v)
+            for b in node.value:
+                last[b] = max(last[b], end)
+            for b in node.creates:  # internals outside the value die with the step unless held
+                last[b] = max(last[b], v)
+        self.forward_last = last
+        self.cache = [tuple(set(n.value) | set(n.creates)) for n in p.nodes]
+        self.inputs = [tuple(dict.fromkeys(n.inputs)) for n in p.nodes]
+        self.born = [0] * len(p.nodes)
+        self.dying = [0] * len(p.nodes)
+        for g in p.grads:
+            if g.dies != g.born:
+                self.born[g.born] += g.nbytes
+                if g.dies >= 0:  # -1: lives to the end of the step
+                    self.dying[g.dies] += g.nbytes
+
+
+_STATIC: dict[int, tuple[RematProblem, _Static]] = {}
+
+
+def _static(p: RematProblem) -> _Static:
+    hit = _STATIC.get(id(p))
+    if hit is None or hit[0] is not p:
+        if len(_STATIC) > 64:
+            _STATIC.clear()
+        hit = _STATIC[id(p)] = (p, _Static(p))
+    return hit[1]
 
 
 class _Run:
     """One pass over the step. `alive[b]` marks buffers counted in `live`."""
 
-    def __init__(self, problem: RematProblem, R: frozenset[int], record: bool):
-        self.p, self.R, self.record = problem, R, record
+    def __init__(self, problem: RematProblem, R: frozenset[int], record: bool, cap: int | None = None):
+        self.p, self.R, self.record, self.cap = problem, R, record, cap
+        self.st = _static(problem)
         self.src, self.last = problem.source, problem.last_writer
         self.need = needed_recipes(problem, R)
         self.alive = [False] * len(problem.buffers)
         self.rc = [0] * len(problem.buffers)  # holders after forward: autograd, recipes, caches
         self.live = self.peak = self.forward_peak = self.boundary = self.flops = 0
-        self.peak_label, self.step, self.stop = "", 0, -1
-        self.events: list[tuple[int, str]] = []
+        self.peak_event, self.step, self.stop = ("", -1), 0, -1
+        self.events: list[tuple[int, tuple[str, int]]] = []
         self.recomputed: list[str] = []
 
-    def _mark(self, label: str, extra: int = 0) -> None:
+    def label(self, event) -> str:
+        kind, i = event
+        return f"{kind} {self.p.nodes[i].name}" if kind else ""
+
+    def _mark(self, kind: str, i: int, extra: int = 0) -> None:
         now = self.live + extra
         if self.record:
-            self.events.append((now, label))
+            self.events.append((now, (kind, i)))
         if now > self.peak:
-            self.peak, self.peak_label, self.peak_step = now, label, self.step
+            self.peak, self.peak_event, self.peak_step = now, (kind, i), self.step
+            if self.cap is not None and now >= self.cap:
+                raise _Stop
         if self.step == self.stop:
             raise _Stop
         self.step += 1
 
     def _alloc(self, bufs) -> None:
+        alive, nbytes = self.alive, self.st.nbytes
         for b in bufs:
-            if not self.alive[b]:
-                self.alive[b] = True
-                self.live += self.p.buffers[b].nbytes
+            if not alive[b]:
+                alive[b] = True
+                self.live += nbytes[b]
 
     def _drop(self, b: int) -> None:
         self.rc[b] -= 1
         if self.rc[b] == 0 and self.alive[b]:
             self.alive[b] = False
-            self.live -= self.p.buffers[b].nbytes
+            self.live -= self.st.nbytes[b]
 
     def go(self, stop: int = -1) -> int:
         self.stop, self.peak_step = stop, 0
@@ -135,52 +193,40 @@ class _Run:
 
     def _held_inputs(self, q: int):
         """Buffers an unmaterialized recipe of q holds: values of its non-remat inputs."""
-        return {b for a in self.p.nodes[q].inputs if self.src[a] not in self.R for b in self.p.nodes[a].value}
+        nodes, src, R = self.p.nodes, self.src, self.R
+        return {b for a in self.st.inputs[q] if src[a] not in R for b in nodes[a].value}
 
     def _forward(self) -> None:
-        p, R, n = self.p, self.R, len(self.p.nodes)
-        # Holders that last into backward.
-        for c, node in enumerate(p.nodes):
-            if node.requires_grad:
-                for b in set(node.saves):
-                    if p.buffers[b].producer not in R:
-                        self.rc[b] += 1
-            if node.is_output:
-                for b in node.value:
-                    self.rc[b] += 1
-        self.recipe_rc = [0] * n
+        p, R, st, n = self.p, self.R, self.st, len(self.p.nodes)
+        rc, producer = self.rc, st.producer
+        for b in range(len(rc)):  # holders that last into backward
+            rc[b] = (0 if producer[b] in R else st.saved_by[b]) + st.output_holds[b]
+        self.recipe_rc = recipe_rc = [0] * n
         for q in self.need:
             for b in self._held_inputs(q):
-                self.rc[b] += 1
-            for a in set(p.nodes[q].inputs):
+                rc[b] += 1
+            for a in st.inputs[q]:
                 if self.src[a] in R:
-                    self.recipe_rc[a] += 1
-        for c, node in enumerate(p.nodes):
-            if node.requires_grad:
-                for b in node.saves:  # one packed recipe per saved slot
-                    if p.buffers[b].producer in R:
-                        self.recipe_rc[self.last[b]] += 1
-        # Forward liveness: a buffer is read until the last reader of any node aliasing it.
-        last = [-1] * len(p.buffers)
-        users = p.users
-        for v, node in enumerate(p.nodes):
-            end = max(users[v], default=v)
-            for b in node.value:
-                last[b] = max(last[b], end)
-            for b in node.creates:  # internals outside the value die with the step unless held
-                last[b] = max(last[b], v)
+                    recipe_rc[a] += 1
+        if R:
+            for sv in st.saves:
+                for b in sv:  # one packed recipe per saved slot
+                    if producer[b] in R:
+                        recipe_rc[self.last[b]] += 1
         frees: list[list[int]] = [[] for _ in range(n)]
-        for b, end in enumerate(last):
-            if self.rc[b] == 0 and end >= 0:
+        for b, end in enumerate(st.forward_last):
+            if rc[b] == 0 and end >= 0:
                 frees[end].append(b)
+        alive, nbytes = self.alive, st.nbytes
         for t, node in enumerate(p.nodes):
             self._alloc(node.creates)
-            self.live += node.extra_saved_bytes if node.requires_grad else 0
-            self._mark(f"forward {node.name}", node.transient_bytes)
+            if node.requires_grad:
+                self.live += node.extra_saved_bytes
+            self._mark("forward", t, node.transient_bytes)
             for b in frees[t]:
-                if self.alive[b]:
-                    self.alive[b] = False
-                    self.live -= p.buffers[b].nbytes
+                if alive[b]:
+                    alive[b] = False
+                    self.live -= nbytes[b]
         self.forward_peak = self.peak
         self.live += p.loss_bytes
         self.boundary = self.live
@@ -192,7 +238,7 @@ class _Run:
         if self.recipe_rc[x]:
             return
         if self.cached[x]:
-            for b in self._cache(x):
+            for b in self.st.cache[x]:
                 self._drop(b)
         else:  # never materialized: let its inputs go
             self._drop_inputs(x)
@@ -203,14 +249,9 @@ class _Run:
         self.materialized_inputs_dropped[x] = True
         for b in self._held_inputs(x):
             self._drop(b)
-        for a in set(self.p.nodes[x].inputs):
+        for a in self.st.inputs[x]:
             if self.src[a] in self.R:
                 self._release_recipe(a)
-
-    def _cache(self, x: int):
-        """What a materialized recipe holds: its value and the internals it recomputed."""
-        node = self.p.nodes[x]
-        return set(node.value) | set(node.creates)
 
     def _materialize(self, x: int) -> None:
         if self.cached[x]:
@@ -219,33 +260,29 @@ class _Run:
         for a in node.inputs:
             if self.src[a] in self.R:
                 self._materialize(a)
-        for b in self._cache(x):
+        for b in self.st.cache[x]:
             self.rc[b] += 1
         self._alloc(node.creates)
         self.cached[x] = True
         if node.creates or node.writes:
             self.flops += node.flops
             self.recomputed.append(node.name)
-        self._mark(f"recompute {node.name}", node.transient_bytes)
+        self._mark("recompute", x, node.transient_bytes)
         self._drop_inputs(x)
 
     def _backward(self) -> None:
-        p, R = self.p, self.R
-        born: dict[int, list] = {}
-        dying: dict[int, int] = {}
-        for g in p.grads:
-            if g.dies != g.born:
-                born.setdefault(g.born, []).append(g.nbytes)
-                dying[g.dies] = dying.get(g.dies, 0) + g.nbytes
+        p, R, st, producer = self.p, self.R, self.st, self.st.producer
         for c in p.backward_order:
             node = p.nodes[c]
-            for b in node.saves:
-                if p.buffers[b].producer in R:
-                    self._materialize(self.last[b])
-            self._mark(f"backward {node.name}", node.bwd_transient_bytes)
-            self.live += sum(born.get(c, ())) - dying.get(c, 0)
-            for b in node.saves:
-                if p.buffers[b].producer in R:
+            saves = st.saves[c]
+            if R:
+                for b in saves:
+                    if producer[b] in R:
+                        self._materialize(self.last[b])
+            self._mark("backward", c, node.bwd_transient_bytes)
+            self.live += st.born[c] - st.dying[c]
+            for b in saves:
+                if producer[b] in R:
                     self._release_recipe(self.last[b])
                 else:
                     self._drop(b)

@@ -23,31 +23,38 @@ def descend(problem, budget_bytes: int) -> frozenset[int]:
     sim = simulate(problem, R, live_at_peak=True)
     best = (sim.peak_bytes, R)
     while sim.peak_bytes > budget_bytes:
-        choice = _step(problem, R, sim, allowed)
-        if choice is None:
+        choices = _step(problem, R, sim, allowed)
+        if not choices:
             break
-        R = R | {choice}
+        R = R | {choices[0]}
+        for p in choices[1:]:  # the chunk's other winners, kept while each still lowers the peak
+            peak = simulate(problem, R).peak_bytes
+            if peak <= budget_bytes:
+                break
+            trial = simulate(problem, R | {p}, cap=peak).peak_bytes
+            if trial < peak:
+                R = R | {p}
         sim = simulate(problem, R, live_at_peak=True)
         if sim.peak_bytes < best[0]:
             best = (sim.peak_bytes, R)
     return R if sim.peak_bytes <= budget_bytes else best[1]
 
 
-def _step(problem, R, sim, allowed) -> int | None:
-    """The candidate held at the peak that lowers it most per FLOP, searching in score order,
-    _TRIES at a time; failing that, the best-scored one that at least does not raise it (the
-    peak may sit on a plateau of equal steps)."""
+def _step(problem, R, sim, allowed) -> list[int]:
+    """Candidates held at the peak that lower it, best gain per FLOP first, searching in score
+    order _TRIES at a time; failing that, the best-scored one that at least does not raise it
+    (the peak may sit on a plateau of equal steps)."""
     ranked = sorted(((_score(problem, p, sim.live_at_peak), p) for p in allowed if p not in R), reverse=True)
     ranked = [p for s, p in ranked if s > 0]
     level = None
     for start in range(0, min(len(ranked), _MAX_TRIALS), _TRIES):
-        trials = [(simulate(problem, R | {p}).peak_bytes, p) for p in ranked[start:start + _TRIES]]
+        trials = [(simulate(problem, R | {p}, cap=sim.peak_bytes + 1).peak_bytes, p) for p in ranked[start:start + _TRIES]]
         lower = [((sim.peak_bytes - peak) / (problem.nodes[p].flops + 1), p) for peak, p in trials if peak < sim.peak_bytes]
         if lower:
-            return max(lower)[1]
+            return [p for _, p in sorted(lower, reverse=True)]
         if level is None:
             level = next((p for peak, p in trials if peak == sim.peak_bytes), None)
-    return level
+    return [] if level is None else [level]
 
 
 def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
@@ -56,7 +63,7 @@ def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
         if problem.nodes[p].prefer == "recompute":
             continue
         trial = R - {p}
-        if simulate(problem, trial).peak_bytes <= budget_bytes:
+        if simulate(problem, trial, cap=budget_bytes + 1).peak_bytes <= budget_bytes:
             R = trial
     return R
 
