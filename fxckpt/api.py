@@ -49,7 +49,7 @@ _RETRIES = 3  # re-solves under a tighter budget when the dry run finds the plan
 
 
 def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=None, budget=None,
-               solver: str = "greedy", verify: bool = True) -> _Planned:
+               solver: str = "auto", verify: bool = True) -> _Planned:
     """Run the pipeline on one call signature: capture, annotate, solve, rewrite, and (verify)
     a dry run of the rewritten step on fake tensors that must fit the budget too."""
     from . import passes
@@ -159,7 +159,7 @@ class CheckpointedModule(torch.nn.Module):
 
 
 def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float = 500, *,
-                    budget: float | None = None, solver: str = "greedy") -> CheckpointedModule:
+                    budget: float | None = None, solver: str = "auto") -> CheckpointedModule:
     """Rewrite `model` so a training step's activation peak stays under a budget.
 
     Args:

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--budget", type=float, default=0.5, help="fraction of the un-checkpointed activation peak")
-    ap.add_argument("--solver", default="greedy")
+    ap.add_argument("--solver", default="auto")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 

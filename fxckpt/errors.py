@@ -13,6 +13,10 @@ class CaptureError(FxckptError):
     """No front-end could turn the model into a torch.fx graph."""
 
 
+class SolverError(FxckptError):
+    """A solver returned a plan over the budget although a plan under it exists."""
+
+
 class InfeasibleBudgetError(FxckptError, ValueError):
     """No plan keeps the activation peak under the budget.
 

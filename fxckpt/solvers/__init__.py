@@ -8,7 +8,7 @@ import math
 import time
 from typing import Callable
 
-from ..errors import InfeasibleBudgetError
+from ..errors import InfeasibleBudgetError, SolverError
 from ..plan import Plan, make_plan
 from ..problem import RematProblem
 from ..simulate import simulate
@@ -34,7 +34,7 @@ def check_budget(budget_bytes) -> int:
     return int(budget_bytes) if math.isfinite(budget_bytes) else 2**62
 
 
-def solve(problem: RematProblem, budget_bytes: int, method: str = "greedy") -> Plan:
+def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Plan:
     """Choose what to recompute so the simulated activation peak is at most `budget_bytes`.
 
     Example:
@@ -55,6 +55,10 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "greedy") -> P
         best = min_peak_plan(problem)
         sim = simulate(problem, best, live_at_peak=True)
         floor = min(sim.peak_bytes, plan.predicted_peak_bytes)
+        if floor <= budget:
+            raise SolverError(
+                f"solver {method!r} planned a peak of {plan.predicted_peak_bytes / 2**20:.2f} MiB, over the "
+                f"{budget / 2**20:.2f} MiB budget, although a plan at {floor / 2**20:.2f} MiB exists; use method='auto'")
         pinned = sorted({problem.nodes[problem.buffers[b].producer].name for b in sim.live_at_peak
                          if problem.nodes[problem.buffers[b].producer].ban is not None})
         raise InfeasibleBudgetError(budget, floor, tuple(pinned))
@@ -62,9 +66,13 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "greedy") -> P
 
 
 def min_peak_plan(problem: RematProblem) -> frozenset[int]:
-    """The lowest-peak plan the greedy search reaches (the smallest feasible budget it knows)."""
+    """The lowest-peak plan known: exact for small problems, the greedy descent's otherwise."""
+    from .auto import EXACT_UP_TO
+    from .exhaustive import solve_exhaustive
     from .greedy import descend
+    if len(problem.candidates()) <= EXACT_UP_TO:
+        return solve_exhaustive(problem, 0)
     return descend(problem, 0)
 
 
-from . import baselines, greedy  # noqa: E402,F401  (register the built-in solvers)
+from . import auto, baselines, exhaustive, greedy  # noqa: E402,F401  (register the built-in solvers)

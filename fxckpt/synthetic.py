@@ -1,0 +1,59 @@
+"""Random `RematProblem`s for tests and benchmarks: chains, diamonds, long skips, fan-outs.
+
+Torch-free. Each node allocates one buffer; its backward saves its inputs (a matmul), its own
+output (an activation function), or nothing (an add); it passes its inputs gradients of their
+size, which die in their own backward; a few nodes are random or banned.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .problem import Buffer, Grad, Node, RematProblem
+
+SHAPES = ("chain", "diamond", "skip", "fanout")
+
+
+def random_problem(n: int, shape: str = "chain", seed: int = 0, *, ban_rate: float = 0.05) -> RematProblem:
+    """A random forward graph of `n` nodes in execution order.
+
+    Example:
+        >>> p = random_problem(20, "skip", seed=1)
+        >>> len(p.nodes), len(p.buffers)
+        (20, 20)
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    rng = random.Random(seed)
+    inputs: list[tuple[int, ...]] = []
+    for i in range(n):
+        if i == 0:
+            ins: tuple[int, ...] = ()
+        elif shape == "chain":
+            ins = (i - 1,)
+        elif shape == "diamond":  # blocks of 4: a -> (b, c) -> d
+            k = i % 4
+            ins = (i - 1,) if k in (1, 2) and i >= 1 else (i - 1, i - 2) if k == 3 else (i - 1,)
+            if k == 2:
+                ins = (i - 2,)
+        elif shape == "skip":  # a residual stream with long skips
+            ins = (i - 1,) if i < 3 or rng.random() < 0.6 else (i - 1, rng.randrange(0, i - 1))
+        else:  # fanout: random earlier producers, several consumers each
+            ins = tuple(sorted({i - 1, *(rng.randrange(0, i) for _ in range(rng.randint(0, 2)))}))
+        inputs.append(tuple(dict.fromkeys(ins)))
+    nbytes = [rng.choice((1, 2, 4, 8)) * 2**20 for _ in range(n)]
+    nodes, grads = [], []
+    for i, ins in enumerate(inputs):
+        kind = rng.random()
+        saves = ins if kind < 0.45 else (i,) if kind < 0.8 else ()
+        grads.extend(Grad(nbytes[a], i, a) for a in ins)
+        last = i == n - 1
+        nodes.append(Node(
+            name=f"n{i}", op="matmul" if kind < 0.45 else "act" if kind < 0.8 else "add",
+            inputs=ins, creates=(i,), value=(i,), saves=saves, requires_grad=True,
+            flops=nbytes[i] * (rng.choice((64, 256, 1024)) if kind < 0.45 else 1) // 4,
+            bwd_transient_bytes=sum(nbytes[a] for a in ins), is_output=last,
+            ban="graph output" if last else ("random ban" if rng.random() < ban_rate else None),
+        ))
+    return RematProblem(tuple(nodes), tuple(Buffer(f"n{i}:0", nbytes[i], i) for i in range(n)), tuple(grads),
+                        name=f"{shape}-{n}-{seed}")

@@ -1,0 +1,85 @@
+"""Solvers on random graphs (torch-free): feasibility, exactness of the reference, monotonicity."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fxckpt.errors import InfeasibleBudgetError, SolverError
+from fxckpt.simulate import simulate
+from fxckpt.solvers import SOLVERS, min_peak_plan, solve
+from fxckpt.synthetic import SHAPES, random_problem
+
+problems = st.builds(random_problem, n=st.integers(6, 14), shape=st.sampled_from(SHAPES), seed=st.integers(0, 10**6))
+fractions = st.floats(0.2, 1.1)
+SMALL = dict(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _solve(p, budget, method):
+    try:
+        return solve(p, budget, method)
+    except (InfeasibleBudgetError, SolverError) as e:
+        return e
+
+
+@settings(**SMALL)
+@given(problems, fractions)
+def test_every_solver_meets_the_budget_or_says_why(p, frac):
+    budget = max(1, int(frac * simulate(p).peak_bytes))
+    exact = _solve(p, budget, "exhaustive") if len(p.candidates()) <= 12 else None
+    for method in sorted(SOLVERS):
+        if method == "exhaustive" and exact is None:
+            continue
+        got = _solve(p, budget, method)
+        if isinstance(got, SolverError):  # fixed strategies ignore budgets; greedy can miss
+            assert method in ("none", "all", "sqrt", "greedy") or (method == "auto" and exact is None), f"{method}: {got}"
+            continue
+        if isinstance(got, InfeasibleBudgetError):
+            assert got.min_feasible_bytes > budget
+            if exact is not None:
+                assert isinstance(exact, InfeasibleBudgetError)
+            continue
+        assert got.predicted_peak_bytes <= budget
+        assert got.predicted_peak_bytes == simulate(p, p.indices(got.recompute)).peak_bytes
+        if exact is not None:
+            assert not isinstance(exact, InfeasibleBudgetError), f"{method} found a plan the exact search missed"
+            assert got.recompute_flops >= exact.recompute_flops
+
+
+@settings(**SMALL)
+@given(problems)
+def test_exact_cost_is_monotone_in_the_budget(p):
+    if len(p.candidates()) > 12:
+        return
+    base = simulate(p).peak_bytes
+    costs = []
+    for frac in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5):
+        got = _solve(p, int(frac * base), "exhaustive")
+        if isinstance(got, InfeasibleBudgetError):
+            break
+        costs.append(got.recompute_flops)
+    assert costs == sorted(costs)
+
+
+@settings(**SMALL)
+@given(problems)
+def test_infeasible_error_names_a_budget_that_is_feasible(p):
+    floor = simulate(p, min_peak_plan(p)).peak_bytes
+    with pytest.raises(InfeasibleBudgetError) as e:
+        solve(p, floor - 1, "auto")
+    assert e.value.min_feasible_bytes == floor
+    assert solve(p, floor, "auto").predicted_peak_bytes <= floor
+
+
+def test_auto_is_exact_on_small_graphs():
+    for seed in range(10):
+        p = random_problem(10, "skip", seed)
+        budget = int(0.7 * simulate(p).peak_bytes)
+        a, e = _solve(p, budget, "auto"), _solve(p, budget, "exhaustive")
+        assert type(a) is type(e)
+        if not isinstance(a, InfeasibleBudgetError):
+            assert a.recompute_flops == e.recompute_flops
+
+
+def test_exhaustive_refuses_large_graphs():
+    with pytest.raises(ValueError, match="greedy"):
+        solve(random_problem(60, "chain", 0), 2**30, "exhaustive")
