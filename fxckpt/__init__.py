@@ -1,7 +1,7 @@
 """fxckpt: automatic activation checkpointing for PyTorch training, planned under a byte budget."""
 
 from .api import CheckpointedModule, auto_checkpoint
-from .errors import CaptureError, FxckptError, InfeasibleBudgetError
+from .errors import CaptureError, FxckptError, InfeasibleBudgetError, SolverError
 from .plan import Plan
 from .problem import RematProblem
 from .simulate import simulate
@@ -9,7 +9,7 @@ from .solvers import SOLVERS, register_solver, solve
 
 __all__ = [
     "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
-    "SOLVERS", "auto_checkpoint", "measure_step", "register_solver", "simulate", "solve",
+    "SOLVERS", "SolverError", "auto_checkpoint", "measure_step", "register_solver", "simulate", "solve",
 ]
 
 

@@ -28,8 +28,10 @@ class _Planned:
 
 
 def _signature(args, kwargs):
+    from .passes.remat import autocast_state
+
     leaves, spec = pytree.tree_flatten((args, kwargs))
-    return spec, tuple(
+    return spec, autocast_state(), tuple(
         (tuple(x.shape), x.dtype, x.device, x.requires_grad) if isinstance(x, torch.Tensor) else x
         for x in leaves
     )
@@ -57,8 +59,9 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
     _budget_bytes(1, budget_mb, budget)  # reject bad budgets before any work
     if args and kwargs:
         raise ValueError("pass either positional arguments (a tensor or a tuple) or keyword arguments (a dict), not both")
-    captured = passes.capture(model, kwargs if kwargs else args)
-    gm = passes.annotate(captured)
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        captured = passes.capture(model, kwargs if kwargs else args)
+    gm = passes.annotate(captured)  # under the caller's autocast, as the step will run
     problem = passes.to_problem(gm, name=type(model).__name__)
     budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
     target = budget_bytes

@@ -17,6 +17,7 @@ slot that refers to them is released by autograd.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +33,7 @@ from .annotation import META, to_problem
 from .frontend import adopt_state
 from .ops import node_fn
 
+log = logging.getLogger(__name__)
 _EMPTY = object()
 
 
@@ -66,17 +68,19 @@ class Recipe:
     random op started from, and, for nodes whose backward saves internals (attention weights,
     dropout masks), the requires_grad of its inputs so that a rerun saves the same tensors."""
 
-    __slots__ = ("spec", "args", "kwargs", "rng", "grad_flags", "value", "saved")
+    __slots__ = ("spec", "args", "kwargs", "rng", "grad_flags", "amp", "rerun", "value", "saved")
 
-    def __init__(self, spec: RecipeSpec, args, kwargs, rng=None, grad_flags=None):
+    def __init__(self, spec: RecipeSpec, args, kwargs, rng=None, grad_flags=None, amp=()):
         self.spec, self.args, self.kwargs, self.rng, self.grad_flags = spec, args, kwargs, rng, grad_flags
+        self.amp = amp  # autocast state of the forward: backward runs outside it
+        self.rerun = spec.internals  # rebuild saved internals with autograd
         self.value, self.saved = _EMPTY, None
 
     def materialize(self):
         if self.value is _EMPTY:
             args, kwargs = pytree.tree_map_only(Recipe, Recipe.materialize, (self.args, self.kwargs))
-            if self.grad_flags is None:
-                with torch.no_grad(), _replaying(self.rng):
+            if not self.rerun:
+                with torch.no_grad(), _replaying(self.rng), _autocast(self.amp):
                     self.value = self.spec.fn(*args, **kwargs)
             else:
                 self.value, self.saved = self._rerun_with_autograd(args, kwargs)
@@ -97,7 +101,8 @@ class Recipe:
             # This graph never runs backward. Holding nothing avoids the cycle an output saved
             # by its own grad_fn would make (it would outlive the recipe until a gc pass).
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never), _replaying(self.rng):
+        with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never), _replaying(self.rng),
+              _autocast(self.amp)):
             value = self.spec.fn(*args, **kwargs)
         outputs = _known_storages(value, None, ())
         internals = [t.detach() for t in saved if _storage(t) not in outputs]
@@ -106,6 +111,19 @@ class Recipe:
         # same reason: a grad_fn chain would keep the rerun's inputs alive.
         saved.clear()
         return pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, value), internals
+
+
+def autocast_state() -> tuple:
+    """Autocast settings in force, per device type, to recompute under the same ones."""
+    return tuple((d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d))
+
+
+@contextlib.contextmanager
+def _autocast(amp: tuple):
+    with contextlib.ExitStack() as stack:
+        for device, dtype in amp:
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        yield
 
 
 def _never(_):
@@ -165,12 +183,14 @@ class RematRuntime:
         self._recipes: dict[str, Recipe] = {}
         self._storages: dict[int, tuple[StorageWeakRef, Recipe, int]] = {}
         self._capturing: tuple | None = None  # (recipe, known storages, packed) while a node runs
+        self._amp: tuple = ()
 
     @contextlib.contextmanager
     def active(self):
         if self._active:
             raise RuntimeError("a fxckpt module was re-entered while its forward is running")
         self._active = True
+        self._amp = autocast_state()
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
                 yield
@@ -187,11 +207,11 @@ class RematRuntime:
         spec = self.specs[name]
         env = dict(zip(spec.inputs, inputs))
         args, kwargs = map_arg(spec.template, lambda n: env[n.name])
-        grad_flags = None
-        if spec.internals:
-            grad_flags = [x.requires_grad for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+        # Recorded for every recipe: a node may save internals annotation did not see (say,
+        # casts under an autocast the plan was not made for); a rerun with autograd rebuilds them.
+        grad_flags = [x.requires_grad for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
         r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[spec.remat[n.name]] if n.name in spec.remat else env[n.name])
-        recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags)
+        recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags, self._amp)
         self._recipes[name] = recipe
         self._capturing = (recipe, _known_storages(args, kwargs, spec.state()), [])
 
@@ -212,8 +232,10 @@ class RematRuntime:
             else:
                 packed.internal, internals = internals, internals + 1
             packed.pending = None
-        if internals and recipe.grad_flags is None:
-            raise RuntimeError(f"fxckpt: {name} saved internals that annotation did not see")
+        if internals and not self.specs[name].internals:
+            log.warning("fxckpt: %s saved tensors the plan did not expect; recomputing them exactly, "
+                        "but memory may differ from the prediction (was the plan made under another autocast?)", name)
+        recipe.rerun = recipe.rerun or internals > 0
         self._capturing = None
         for i, t in enumerate(tensors):
             key = _storage(t)

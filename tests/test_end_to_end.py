@@ -198,3 +198,24 @@ def test_recomputing_everything_is_exact(name):
             "bn" in r.name for r in ckpt.plan.rows if r.decision == "recompute")
     if name in ("transformer", "gpt2"):
         assert any("drop" in r.name for r in ckpt.plan.rows if r.decision == "recompute"), "dropout is replayed"
+
+
+def test_autocast_forward_recomputes_under_the_same_autocast():
+    model, example = ZOO["transformer"]()
+    ref_model = clone_model(model)
+    ckpt = fxckpt.auto_checkpoint(model, example, budget=100.0, solver="all")
+    for m in (ckpt, ref_model):
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(example)
+        scalar_loss(out).backward()
+    for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        assert torch.equal(p.grad, q.grad), n
+
+
+def test_public_api():
+    assert sorted(fxckpt.__all__) == sorted([
+        "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
+        "SOLVERS", "SolverError", "auto_checkpoint", "measure_step", "register_solver", "simulate", "solve"])
+    for name in fxckpt.__all__:
+        assert getattr(fxckpt, name).__doc__, name

@@ -18,6 +18,13 @@ SOLVERS: dict[str, Solver] = {}
 
 
 def register_solver(name: str):
+    """Register `fn(problem, budget_bytes) -> frozenset of node indices` under `name`.
+
+    Example:
+        >>> @register_solver("nothing-doc-example")
+        ... def nothing(problem, budget_bytes):
+        ...     return frozenset()
+    """
     def deco(fn: Solver) -> Solver:
         if name in SOLVERS:
             raise RuntimeError(f"solver {name!r} is registered twice")
@@ -52,17 +59,23 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
     seconds = time.perf_counter() - t0
     plan = make_plan(problem, chosen, solver=method, budget_bytes=budget, solve_seconds=seconds)
     if plan.predicted_peak_bytes > budget:
-        best = min_peak_plan(problem)
-        sim = simulate(problem, best, live_at_peak=True)
-        floor = min(sim.peak_bytes, plan.predicted_peak_bytes)
-        if floor <= budget:
-            raise SolverError(
-                f"solver {method!r} planned a peak of {plan.predicted_peak_bytes / 2**20:.2f} MiB, over the "
-                f"{budget / 2**20:.2f} MiB budget, although a plan at {floor / 2**20:.2f} MiB exists; use method='auto'")
-        pinned = sorted({problem.nodes[problem.buffers[b].producer].name for b in sim.live_at_peak
-                         if problem.nodes[problem.buffers[b].producer].ban is not None})
-        raise InfeasibleBudgetError(budget, floor, tuple(pinned))
+        raise _why_not(problem, budget, method, plan.predicted_peak_bytes)
     return plan
+
+
+def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Exception:
+    """The error for a plan over budget: another solver fits it (SolverError), or nothing
+    known does (InfeasibleBudgetError naming the smallest feasible peak and what pins it)."""
+    other = SOLVERS["auto"](problem, budget) if method != "auto" else None
+    other_peak = simulate(problem, other).peak_bytes if other is not None else got
+    if other_peak <= budget:
+        return SolverError(
+            f"solver {method!r} planned a peak of {got / 2**20:.2f} MiB, over the {budget / 2**20:.2f} MiB "
+            f"budget, although a plan at {other_peak / 2**20:.2f} MiB exists; use method='auto'")
+    sim = simulate(problem, min_peak_plan(problem), live_at_peak=True)
+    nodes, buffers = problem.nodes, problem.buffers
+    pinned = sorted({nodes[buffers[b].producer].name for b in sim.live_at_peak if nodes[buffers[b].producer].ban is not None})
+    return InfeasibleBudgetError(budget, min(sim.peak_bytes, other_peak, got), tuple(pinned))
 
 
 def min_peak_plan(problem: RematProblem) -> frozenset[int]:
