@@ -1,6 +1,7 @@
 """fxckpt: automatic activation checkpointing for PyTorch training, planned under a byte budget."""
 
 from .api import CheckpointedModule, auto_checkpoint
+from .batch import max_batch_size, peak_formula
 from .errors import CaptureError, FxckptError, InfeasibleBudgetError, SolverError
 from .plan import Plan
 from .problem import RematProblem
@@ -9,7 +10,8 @@ from .solvers import SOLVERS, register_solver, solve
 
 __all__ = [
     "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
-    "SOLVERS", "SolverError", "auto_checkpoint", "measure_step", "register_solver", "simulate", "solve",
+    "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
+    "register_solver", "simulate", "solve",
 ]
 
 

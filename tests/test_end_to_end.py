@@ -216,6 +216,7 @@ def test_autocast_forward_recomputes_under_the_same_autocast():
 def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
         "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
-        "SOLVERS", "SolverError", "auto_checkpoint", "measure_step", "register_solver", "simulate", "solve"])
+        "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
+        "register_solver", "simulate", "solve"])
     for name in fxckpt.__all__:
         assert getattr(fxckpt, name).__doc__, name
