@@ -16,6 +16,7 @@ class NodeCost:
     out_bytes: int  # new storage its output allocates (0 for views and in-place ops)
     saved_bytes: int  # bytes its backward holds (activations and internals; parameters and inputs excluded)
     flops: int  # forward cost (FlopCounterMode; else one per output element; 0 for views)
+    bwd_flops: int = 0  # its backward's FLOPs, as FlopCounterMode counts them (matmuls, convolutions)
     requires_grad: bool = False
     creates: tuple[tuple[str, int], ...] = ()  # (buffer, bytes) it allocates; "<node>:saved" = saved internals
     value: tuple[str, ...] = ()  # activation buffers its output refers to

@@ -38,6 +38,7 @@ class Node:
     name: str
     op: str
     inputs: tuple[int, ...] = ()  # activation nodes whose values it reads
+    scope: str = ""  # the module path it runs in, e.g. "transformer.h.3.attn"
     creates: tuple[int, ...] = ()  # buffers it allocates (its value, and internals its backward saves)
     value: tuple[int, ...] = ()  # buffers its output refers to (created or aliased)
     writes: tuple[int, ...] = ()  # activation buffers it modifies in place (value among them)

@@ -18,7 +18,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from fxckpt.costs import NodeCost
 from fxckpt.problem import Buffer, Grad, Node, RematProblem
@@ -92,6 +92,7 @@ class _BackwardTrace(TorchDispatchMode):
         self.peak: dict[str, int] = {}
         self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
         self.loss_bytes = 0  # the loss and its seed gradient, live through backward
+        self.flops: dict[str, int] = {}  # FlopCounterMode's count of each node's backward
         self._last_step: str | None = None
 
     def enter(self, name: str) -> None:
@@ -135,6 +136,9 @@ class _BackwardTrace(TorchDispatchMode):
                 self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
                 self.level += nbytes
         self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.flops[self.current] = self.flops.get(self.current, 0) + count(*args, **(kwargs or {}), out_val=out)
         return out
 
 
@@ -316,7 +320,7 @@ def annotate(captured) -> torch.fx.GraphModule:
     for node in gm.graph.nodes:
         if node.name in runner.costs:
             runner.costs[node.name] = _replace(
-                runner.costs[node.name], bwd_rank=rank.get(node.name, -1),
+                runner.costs[node.name], bwd_rank=rank.get(node.name, -1), bwd_flops=int(trace.flops.get(node.name, 0)),
                 bwd_transient_bytes=trace.peak.get(node.name, 0) - trace.start.get(node.name, 0),
                 grads=tuple(born.get(node.name, ())))
             node.meta[META] = runner.costs[node.name]
@@ -401,7 +405,7 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
         reads = dict(c.reads)
         inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
         out_nodes.append(Node(
-            name=n.name, op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
+            name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
             creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
             writes=tuple(buf_index[b] for b in c.writes),
             saves=tuple(buf_index[b] for b in c.saves), flops=c.flops,
@@ -412,6 +416,19 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
                   for n in nodes for d, nbytes in n.meta[META].grads)
     return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads,
                         loss_bytes=gm.meta.get(META, {}).get("loss_bytes", 0), name=name)
+
+
+def _scope(n: torch.fx.Node) -> str:
+    """The module path a node runs in (e.g. "transformer.h.3.attn"), from torch.fx's
+    nn_module_stack; a call_module node is in its own module."""
+    if n.op == "call_module":
+        return str(n.target)
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1]
+    path = path[0] if isinstance(path, tuple) else path
+    return str(path).replace("L['self'].", "").replace("L__self___", "")
 
 
 def _op_name(n: torch.fx.Node) -> str:

@@ -357,17 +357,31 @@ def make_inplace_views():
 # ---------------------------------------------------------------- registry
 
 
+def make_bert():
+    """Tiny Hugging Face BertForSequenceClassification called with keywords and labels."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=64, num_labels=3)
+    model = BertForSequenceClassification(config)
+    input_ids = torch.randint(0, config.vocab_size, (4, 32))
+    example = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": torch.tensor([0, 1, 2, 1])}
+    return model.train(), example
+
+
 ZOO: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
     "mlp": make_mlp,
     "transformer": make_transformer,
     "cnn": make_cnn,
     "unet": make_unet,
     "gpt2": make_gpt2,
+    "bert": make_bert,
     "tied": make_tied,
     "frozen": make_frozen,
     "inplace_views": make_inplace_views,
 }
 
 # Names whose model is NOT traceable by torch.fx.symbolic_trace.
-NOT_SYMBOLIC_TRACEABLE = frozenset({"gpt2"})
+NOT_SYMBOLIC_TRACEABLE = frozenset({"gpt2", "bert"})
 SYMBOLIC_TRACEABLE = tuple(n for n in ZOO if n not in NOT_SYMBOLIC_TRACEABLE)
