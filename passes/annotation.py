@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from fxckpt.costs import NodeCost
+from fxckpt.errors import FxckptError
 from fxckpt.problem import Buffer, Grad, Node, RematProblem
 
 from .frontend import flat_inputs, step_loss
@@ -170,8 +171,12 @@ class _Annotator(torch.fx.Interpreter):
             return t
 
         rec = _OpRecorder(self._known)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
-            out = super().run_node(n)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
+                out = super().run_node(n)
+        except Exception as e:
+            raise FxckptError(f"annotating on fake tensors failed at node={n.format_node()}: {type(e).__name__}: {e}. "
+                              "Fallback: checkpoint by hand with fxckpt.checkpoint / torch.utils.checkpoint.") from e
         self.costs[n.name] = self._cost(n, out, saved, rec, fc.get_total_flops())
         self.storages.update(rec.new)
         self._claim_grad_fns(n.name, out)

@@ -370,6 +370,39 @@ def make_bert():
     return model.train(), example
 
 
+def make_llama():
+    """Tiny Llama-style decoder (RMSNorm, rotary embeddings, SwiGLU), keywords and labels."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config)
+    input_ids = torch.randint(0, config.vocab_size, (4, 32))
+    return model.train(), {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
+
+
+def make_vit():
+    """Tiny Hugging Face ViT image classifier, positional pixel_values."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=128, num_labels=5, hidden_dropout_prob=0.1)
+    model = ViTForImageClassification(config)
+    return model.train(), (torch.randn(4, 3, 32, 32),)
+
+
+def make_resnet():
+    """Tiny Hugging Face ResNet (bottleneck blocks, BatchNorm, in-place ReLU)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck", num_labels=5)
+    model = ResNetForImageClassification(config)
+    return model.train(), {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 3])}
+
+
 ZOO: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
     "mlp": make_mlp,
     "transformer": make_transformer,
@@ -377,11 +410,14 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
     "unet": make_unet,
     "gpt2": make_gpt2,
     "bert": make_bert,
+    "llama": make_llama,
+    "vit": make_vit,
+    "resnet": make_resnet,
     "tied": make_tied,
     "frozen": make_frozen,
     "inplace_views": make_inplace_views,
 }
 
 # Names whose model is NOT traceable by torch.fx.symbolic_trace.
-NOT_SYMBOLIC_TRACEABLE = frozenset({"gpt2", "bert"})
+NOT_SYMBOLIC_TRACEABLE = frozenset({"gpt2", "bert", "llama", "vit", "resnet"})
 SYMBOLIC_TRACEABLE = tuple(n for n in ZOO if n not in NOT_SYMBOLIC_TRACEABLE)
