@@ -7,9 +7,11 @@ from .plan import Plan
 from .problem import RematProblem
 from .simulate import simulate
 from .solvers import SOLVERS, register_solver, solve
+from .solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
 
 __all__ = [
-    "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
+    "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+    "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing",
     "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
     "register_solver", "simulate", "solve",
 ]

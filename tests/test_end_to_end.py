@@ -215,7 +215,8 @@ def test_autocast_forward_recomputes_under_the_same_autocast():
 
 def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
-        "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "Plan", "RematProblem",
+        "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+        "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing",
         "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
         "register_solver", "simulate", "solve"])
     for name in fxckpt.__all__:

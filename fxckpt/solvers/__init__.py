@@ -88,4 +88,4 @@ def min_peak_plan(problem: RematProblem) -> frozenset[int]:
     return descend(problem, 0)
 
 
-from . import auto, baselines, exhaustive, greedy  # noqa: E402,F401  (register the built-in solvers)
+from . import auto, baselines, chain, exhaustive, greedy  # noqa: E402,F401  (register the built-in solvers)
