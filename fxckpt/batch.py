@@ -9,7 +9,7 @@ import sympy
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import MIB, InfeasibleBudgetError
+from .errors import MIB, InfeasibleBudgetError, SolverError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def max_batch_size(model: torch.nn.Module, example_input: Any, budget_mb: float,
     def fits(batch):
         try:
             return auto_checkpoint(model, with_batch(example_input, batch, batch_dim), budget_mb=budget_mb, solver=solver)
-        except InfeasibleBudgetError:
+        except (InfeasibleBudgetError, SolverError):  # no plan, or none this solver finds
             return None
 
     lo, hi, best = 0, None, None
