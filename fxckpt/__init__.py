@@ -2,6 +2,7 @@
 
 from .api import CheckpointedModule, auto_checkpoint
 from .batch import max_batch_size, peak_formula
+from .manual import CheckpointedSequential, SelectiveCheckpoint, checkpoint
 from .errors import CaptureError, FxckptError, InfeasibleBudgetError, SolverError
 from .plan import Plan
 from .problem import RematProblem
@@ -10,8 +11,8 @@ from .solvers import SOLVERS, register_solver, solve
 from .solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
 
 __all__ = [
-    "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
-    "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing",
+    "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+    "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
     "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
     "register_solver", "simulate", "solve",
 ]

@@ -49,16 +49,23 @@ logger = logging.getLogger(__name__)
 #   * thread-local: the hook ignores calls from other threads, so a forward running elsewhere
 #     keeps its updates.
 # The cost is one copy of each norm layer's buffers (a few vectors) per recomputation.
+# When `fn` is a module's bound `forward` (as `SelectiveCheckpoint` passes it), that module is
+# called without `__call__`, so it is saved on entry instead.
 # Limits: only calls through `Module.__call__` are seen, so `F.batch_norm` on tensors the
-# caller owns, or `bn.forward(x)` called directly, still update twice; other modules that
+# caller owns, or `bn.forward(x)` called directly inside `fn`, still update twice; modules that
 # change their own state in forward (e.g. `torch.nn.utils.spectral_norm`'s power iteration)
 # are not covered either.
 
 
 class _KeepNormStats:
-    """Context: undo, on exit, the changes made to normalization buffers while it was active."""
+    """Context: undo, on exit, the changes made to normalization buffers while it was active.
 
-    def __init__(self):
+    ``owner`` is a module whose ``forward`` is called directly (not through ``__call__``, so no
+    hook sees it): its buffers are saved on entry.
+    """
+
+    def __init__(self, owner: nn.Module | None = None):
+        self._owner = owner
         self._thread = None
         self._saved: dict[int, tuple[nn.Module, list[tuple[str, torch.Tensor]]]] = {}
 
@@ -72,6 +79,8 @@ class _KeepNormStats:
         # retain_graph=True), so all state is reset here.
         self._thread, self._saved = threading.get_ident(), {}
         self._handle = nn.modules.module.register_module_forward_pre_hook(self._snapshot)
+        if self._owner is not None:
+            self._snapshot(self._owner, ())
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -86,8 +95,8 @@ class _KeepNormStats:
         return False
 
 
-def _contexts():
-    return contextlib.nullcontext(), _KeepNormStats()
+def _contexts(owner: nn.Module | None = None):
+    return contextlib.nullcontext(), _KeepNormStats(owner)
 
 
 def checkpoint(fn: Callable, /, *args, **kwargs):
@@ -129,10 +138,12 @@ def checkpoint(fn: Callable, /, *args, **kwargs):
     if not torch.is_grad_enabled():
         return fn(*args, **kwargs)
     tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    owner = getattr(fn, "__self__", None)  # `bn.forward` recomputes without passing any hook
+    contexts = functools.partial(_contexts, owner if isinstance(owner, nn.Module) else None)
     # The positional tensors only tell torch which devices' RNG states to stash (and autocast's
     # device type), and get their version checked before recomputing; `fn` gets the originals.
     return torch.utils.checkpoint.checkpoint(
-        lambda *_: fn(*args, **kwargs), *tensors, use_reentrant=False, preserve_rng_state=True, context_fn=_contexts
+        lambda *_: fn(*args, **kwargs), *tensors, use_reentrant=False, preserve_rng_state=True, context_fn=contexts
     )
 
 
@@ -248,7 +259,7 @@ def _resolve(model: nn.Module, layer) -> str:
         if child is None:
             where = f"'{'.'.join(done)}'" if done else f"the model ({type(model).__name__})"
             raise ValueError(f"checkpoint_layers: no submodule {layer!r}: {where} has no child {part!r}; "
-                             f"its children are {sorted(k for k, v in module._modules.items() if v is not None)}")
+                             f"its children are {[k for k, v in module._modules.items() if v is not None]}")
         module = child
         done.append(part)
     return layer

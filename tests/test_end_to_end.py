@@ -215,8 +215,8 @@ def test_autocast_forward_recomputes_under_the_same_autocast():
 
 def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
-        "CaptureError", "CheckpointedModule", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
-        "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing",
+        "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+        "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
         "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
         "register_solver", "simulate", "solve"])
     for name in fxckpt.__all__:

@@ -63,6 +63,8 @@ def test_exact_cost_is_monotone_in_the_budget(p):
 @settings(**SMALL)
 @given(problems)
 def test_infeasible_error_names_a_budget_that_is_feasible(p):
+    if len(p.candidates()) > 12:  # the floor is exact where the search is exhaustive
+        return
     floor = simulate(p, min_peak_plan(p)).peak_bytes
     with pytest.raises(InfeasibleBudgetError) as e:
         solve(p, floor - 1, "auto")
