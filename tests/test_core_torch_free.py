@@ -134,3 +134,14 @@ def test_plan_json_round_trip_and_table():
     assert "recompute" in text and plan.solver in text
     assert "<table>" in plan._repr_html_()
     assert math.isclose(plan.predicted_peak_mib, plan.predicted_peak_bytes / MiB)
+
+
+def test_timeline_plot_draws_both_curves_and_the_budget():
+    pytest.importorskip("matplotlib")
+    from fxckpt.viz import plot_timeline
+
+    p = chain(8)
+    plan = solve(p, int(0.8 * simulate(p).peak_bytes))
+    ax = plot_timeline(p, plan)
+    assert len(ax.lines) == 3
+    assert max(ax.lines[1].get_ydata()) <= plan.budget_bytes / MiB
