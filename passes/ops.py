@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Callable
 
 import torch
@@ -59,5 +58,3 @@ def _without_stats(fn, i_mean: int, i_var: int):
         return fn(*args, **kwargs)
     return run
 
-
-ALIAS_TARGETS = {operator.getitem}

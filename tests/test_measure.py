@@ -72,7 +72,7 @@ def test_resized_storages_and_constants():
         torch.add(mib_tensor(), 1, out=a)  # resizes a's storage from 0 bytes to 1 MiB
         b = torch.ones(256, 512)
         b.resize_(512, 512)
-        c = torch.tensor([1.0, 2.0, 3.0])  # a constant, lifted into the mode by aten.lift_fresh
+        _c = torch.tensor([1.0, 2.0, 3.0])  # a constant, lifted into the mode by aten.lift_fresh
     assert m.peak_bytes == 2 * MiB + 12  # the temporary ones() dies after the add
     del a, b
     assert m.current_bytes == 12
