@@ -29,6 +29,8 @@ from .ops import is_batchnorm
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
+# Ops whose fake (meta) kernels report less memory than the real CPU kernels allocate.
+_FAKE_UNDERSIZED = {getattr(torch.ops.aten, "mkldnn_rnn_layer").default} if hasattr(torch.ops.aten, "mkldnn_rnn_layer") else set()
 
 
 def _key(t: torch.Tensor) -> int:
@@ -45,7 +47,7 @@ class _OpRecorder(TorchDispatchMode):
     def __init__(self, known):
         super().__init__()
         self.known = known  # storages that existed before the node ran
-        self.random = False
+        self.random = self.warned = False
         self.written: list[torch.Tensor] = []
         self.new: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
@@ -54,6 +56,10 @@ class _OpRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if torch.Tag.nondeterministic_seeded in func.tags:
             self.random = True
+        if func in _FAKE_UNDERSIZED and not self.warned:
+            self.warned = True
+            log.warning("%s allocates a workspace that fake tensors report as empty: predicted peaks will be "
+                        "too low (disable with torch.backends.mkldnn.flags(enabled=False) around training)", func)
         schema = func._schema
         if schema.is_mutable:
             for i, arg in enumerate(schema.arguments):
