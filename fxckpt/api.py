@@ -15,6 +15,7 @@ from .plan import Plan
 from .problem import RematProblem
 from .simulate import simulate
 from .solvers import check_budget, solve
+from .wrap import ModelWrapper
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> int:
     return live.peak_bytes
 
 
-class CheckpointedModule(torch.nn.Module):
+class CheckpointedModule(ModelWrapper):
     """A model that trains like the original while recomputing what its plan says.
 
     It shares the original's submodules, parameters and buffers (same objects, same
@@ -110,13 +111,7 @@ class CheckpointedModule(torch.nn.Module):
     """
 
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver):
-        super().__init__()
-        object.__setattr__(self, "_model", model)
-        self._modules = model._modules
-        self._parameters = model._parameters
-        self._buffers = model._buffers
-        self._non_persistent_buffers_set = model._non_persistent_buffers_set
-        self.training = model.training
+        super().__init__(model)
         object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver))
         object.__setattr__(self, "plans", {signature: planned})
         object.__setattr__(self, "_current", planned)
@@ -133,11 +128,6 @@ class CheckpointedModule(torch.nn.Module):
     @property
     def problem(self) -> RematProblem:
         return self._current.problem
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._model.train(mode)
-        return self
 
     def forward(self, *args, **kwargs):
         if not (self.training and torch.is_grad_enabled()):

@@ -85,6 +85,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .errors import MIB, InfeasibleBudgetError
+from .wrap import ModelWrapper
 
 __all__ = [
     "DEFAULT_BUDGETS", "EXTRA_FLOP_RULES", "STRATEGIES", "ZOO", "SegmentCheckpoint", "SegmentError", "ZooModel",
@@ -513,7 +514,7 @@ def sqrt_segments(order: Sequence[tuple[str, bool]], n_blocks: int) -> list[list
     return segments
 
 
-class SegmentCheckpoint(nn.Module):
+class SegmentCheckpoint(ModelWrapper):
     """Run ``model`` with each of ``segments`` (lists of block names, called back to back)
     checkpointed as one unit: only the first block's inputs are kept, and backward recomputes
     the whole segment.
@@ -530,19 +531,8 @@ class SegmentCheckpoint(nn.Module):
     """
 
     def __init__(self, model: nn.Module, segments: Iterable[Sequence[str]]):
-        super().__init__()
-        object.__setattr__(self, "_model", model)
-        self._modules = model._modules
-        self._parameters = model._parameters
-        self._buffers = model._buffers
-        self._non_persistent_buffers_set = model._non_persistent_buffers_set
-        self.training = model.training
+        super().__init__(model)
         self.segments: tuple[tuple[str, ...], ...] = tuple(tuple(s) for s in segments if s)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._model.train(mode)
-        return self
 
     def forward(self, *args, **kwargs):
         model = self._model

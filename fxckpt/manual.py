@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.utils import _pytree as pytree
 
+from .wrap import ModelWrapper
+
 __all__ = ["CheckpointedSequential", "SelectiveCheckpoint", "checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -279,7 +281,7 @@ def _forward_checkpointed(module: nn.Module):
             del module.forward
 
 
-class SelectiveCheckpoint(nn.Module):
+class SelectiveCheckpoint(ModelWrapper):
     """Run ``model`` with the chosen layers under `checkpoint` (training mode, grad enabled).
 
     ``checkpoint_layers`` entries are ints or dotted submodule names (``"encoder.layers.3"``).
@@ -322,7 +324,7 @@ class SelectiveCheckpoint(nn.Module):
     """
 
     def __init__(self, model: nn.Module, checkpoint_layers: Iterable[int | str] | int | str):
-        super().__init__()
+        super().__init__(model)
         if isinstance(checkpoint_layers, (int, str)):
             checkpoint_layers = [checkpoint_layers]
         names, ids = [], set()
@@ -338,13 +340,6 @@ class SelectiveCheckpoint(nn.Module):
             if inner:
                 raise ValueError(f"checkpoint_layers: {inner} are inside {name!r}, which is checkpointed "
                                  f"as a whole; choose one or the other")
-        object.__setattr__(self, "_model", model)
-        self._modules = model._modules
-        self._parameters = model._parameters
-        self._buffers = model._buffers
-        self._non_persistent_buffers_set = model._non_persistent_buffers_set
-        self._version = type(model)._version
-        self.training = model.training
         self.checkpoint_layers: tuple[str, ...] = tuple(names)
         logger.debug("SelectiveCheckpoint(%s): checkpointing %s", type(model).__name__, names)
 
@@ -352,11 +347,6 @@ class SelectiveCheckpoint(nn.Module):
     def module(self) -> nn.Module:
         """The wrapped model."""
         return self._model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._model.train(mode)
-        return self
 
     def forward(self, *args, **kwargs):
         model = self._model
