@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import ZOO, compare_strategies, print_comparison_table, to_markdown
+from .benchmark import ZERO_GRADS, ZOO, compare_strategies, print_comparison_table, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,11 @@ How it was measured (`fxckpt.benchmark`; same method for every strategy of a mod
   attention; pointwise ops count 0) over `none`'s. Compiled rows count the same rules on the forward
   and backward graphs inductor compiles, each time one runs (so recomputation in the backward graph
   is included; code between graph breaks is not).
-- **time +%**: median of the strategy's timed steps (after a warm-up) over the median of `none` steps
-  timed in between them (each timed step is followed by one of `none` on its own copy, so load from
-  other processes hits both alike). The machine had 2 cores shared with other work: treat
-  differences of ~10% as noise.
+- **time +% [range]**: median of the strategy's timed steps (after a warm-up) over the median of the
+  `none` steps timed in between them (each timed step is followed by one of `none` on its own copy,
+  so load from other processes hits both alike); in brackets the smallest and largest ratio of a
+  step to the `none` step right after it. The machine had 2 cores shared with other work: two rows'
+  times differ only where their ranges do not overlap.
 - **solve/compile s**: fxckpt's solver seconds (the whole planning time is in the notes), or
   torch.compile's first step minus a normal step.
 - **max |Δgrad|**: largest absolute difference of any parameter gradient from `none`'s, both steps
@@ -65,7 +66,7 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["status"] == "ok" and r["peak_mib"] is not None and r["flops_overhead_pct"] is not None]
+    ok = [r for r in rows if r["peak_mib"] is not None and r["flops_overhead_pct"] is not None]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
     fx = sorted((r for r in ok if r["strategy"].startswith("fxckpt")), key=lambda r: r["peak_mib"])
     if fx:
@@ -78,9 +79,20 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> None:
         if r["strategy"] == "none":
             marker, color = "*", "black"
         ax.scatter(r["peak_mib"], r["flops_overhead_pct"], marker=marker, color=color, s=70, zorder=4)
+    fig.canvas.draw()  # fixes the axes limits, so that data points map to pixels
+    right = ax.get_window_extent().x1
+    points = [ax.transData.transform((r["peak_mib"], r["flops_overhead_pct"])) for r in ok]
+    placed = [(px - 5, py - 5, 10.0, 10.0) for px, py in points]  # pixel boxes (left, bottom, w, h): markers first
     for (x, y), names in _coincident(ok).items():
-        ax.annotate(" / ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7,
-                    color="tab:red" if all(n.startswith("fxckpt") for n in names) else "black")
+        text = " / ".join(names)
+        width = 4.2 * len(text)
+        point = ax.transData.transform((x, y))
+        flip = point[0] + 6 + width > right  # no room on the right: put the label left of the point
+        dx, dy = _free_offset(point, width, placed, flip)
+        ax.annotate(text, (x, y), textcoords="offset pixels", xytext=(dx, dy), fontsize=7,
+                    ha="right" if flip else "left",
+                    color="tab:red" if all(n.startswith("fxckpt") for n in names) else "black",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if dy != 5 else None)
     ax.set_xlabel("measured activation peak (MiB)")
     ax.set_ylabel("recompute FLOPs overhead vs none (%)")
     ax.set_title(title)
@@ -95,6 +107,19 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _free_offset(point, width: float, placed: list[tuple[float, float, float, float]], flip: bool) -> tuple[float, float]:
+    """A pixel offset from ``point`` for a label ``width`` pixels wide, to its right (left if
+    ``flip``), that overlaps no box in ``placed`` (tried: 5 px up, then higher, then lower); the
+    label's box is added to ``placed``."""
+    height, dx = 11.0, (-6 if flip else 6)
+    for dy in [5 + 12 * k for k in range(8)] + [-12 * k for k in range(1, 6)]:
+        left, bottom = (point[0] - 6 - width if flip else point[0] + 6), point[1] + dy
+        if all(left + width < l or l + w < left or bottom + height < b or b + h < bottom for l, b, w, h in placed):
+            placed.append((left, bottom, width, height))
+            return dx, dy
+    return dx, 5
 
 
 def _coincident(rows: Sequence[dict]) -> dict[tuple[float, float], list[str]]:
@@ -112,10 +137,64 @@ def _fmt(x: float | None, unit: str = "") -> str:
     return "n/a" if x is None else f"{x:+.1f}{unit}"
 
 
+def _over_memory(r: dict, a: dict, x: str) -> str | None:
+    """fxckpt's measured peak above the anchor's, and whether its own plan and LiveBytesMode agree."""
+    if r["peak_mib"] <= a["peak_mib"] * (1 + _PEAK_TOLERANCE):
+        return None
+    text = f"measured peak {r['peak_mib']:.1f} MiB is above the {a['peak_mib']:.1f} MiB of {x}"
+    live, planned = r.get("live_peak_mib"), r.get("predicted_mib")
+    if live is not None and planned is not None and live <= a["peak_mib"] * (1 + _PEAK_TOLERANCE):
+        where = f"; the profiler's peak is inside {r['peak_op']}" if r.get("peak_op") else ""
+        text += (f" (planned {planned:.1f} MiB, LiveBytesMode {live:.1f} MiB: the excess is memory outside live "
+                 f"tensor storages, which the profiler sees and fxckpt's model does not, such as scratch buffers "
+                 f"inside ops or CPU RNG-state copies{where})")
+    elif planned is not None:
+        text += f" (planned {planned:.1f} MiB)"
+    return text
+
+
+def _more_flops(r: dict, a: dict, x: str) -> str | None:
+    if r["flops_overhead_pct"] is None or a["flops_overhead_pct"] is None:
+        return None
+    if r["flops_overhead_pct"] <= a["flops_overhead_pct"] + _FLOPS_TOLERANCE:
+        return None
+    why = " (inductor also recomputes fused pointwise ops, which count 0 FLOPs)" if x.startswith("compile") else ""
+    return (f"recomputes more: FLOPs {_fmt(r['flops_overhead_pct'], '%')} vs {_fmt(a['flops_overhead_pct'], '%')} "
+            f"for {x}{why}")
+
+
+def _overlap(r: dict, a: dict) -> bool:
+    """Whether two rows' time ranges overlap (their times are not distinguishable)."""
+    (rlo, rhi), (alo, ahi) = r.get("time_range_pct") or (None, None), a.get("time_range_pct") or (None, None)
+    return rlo is None or alo is None or (rlo <= ahi and alo <= rhi)
+
+
+def _time(r: dict) -> str:
+    text = _fmt(r["time_overhead_pct"], "%")
+    if r.get("time_range_pct"):
+        text += " [{:+.0f}, {:+.0f}]".format(*r["time_range_pct"])
+    return text
+
+
+def _slower(r: dict, a: dict, x: str, more_flops: bool) -> str | None:
+    if r["time_overhead_pct"] <= a["time_overhead_pct"]:
+        return None
+    if _overlap(r, a):
+        return f"not faster: time {_time(r)} vs {_time(a)} for {x}, ranges overlap (no clear difference)"
+    if x.startswith("compile"):
+        why = "compiled, fused kernels against fxckpt's eager step"
+    elif more_flops:
+        why = "it recomputes more"
+    else:
+        why = ("with fewer or equal recompute FLOPs, so the difference is fxckpt's runtime: saved-tensor hooks, "
+               "recipes, the captured graph")
+    return f"slower: time {_time(r)} vs {_time(a)} for {x} ({why})"
+
+
 def not_ahead(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
     """For each "fxckpt @ X" row: findings where fxckpt is not ahead of X at X's memory (it cannot
-    reach it, goes over it, recomputes more FLOPs, or takes longer), and the anchors it beats on
-    both FLOPs and time."""
+    reach it, ends above it, recomputes more FLOPs, takes longer, or fails), and the anchors it
+    beats on both FLOPs and time."""
     by_name = {r["strategy"]: r for r in rows}
     findings, ahead = [], []
     for r in rows:
@@ -123,45 +202,24 @@ def not_ahead(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
             continue
         x = r["strategy"][len("fxckpt @ "):]
         a = by_name.get(x)
-        if a is None or a["status"] != "ok":
+        if a is None or a["peak_mib"] is None:
             continue
-        compiled = x.startswith("compile")
+        label = f"**{x}** ({a['peak_mib']:.1f} MiB)"
+        wrong = f" ({x}'s own gradients are wrong: status {ZERO_GRADS!r})" if a["status"] == ZERO_GRADS else ""
         if r["status"] == "infeasible":
-            findings.append(f"**{x}** ({a['peak_mib']:.1f} MiB): fxckpt cannot reach this memory; {r['notes']}. "
-                            f"fxckpt's floor is set by what is live at its peak and cannot be recomputed away, "
-                            f"which {x} lowers by other means" + (" (compiled code frees and fuses buffers "
-                                                                 "that eager code keeps)" if compiled else "") + ".")
+            findings.append(f"{label}: fxckpt cannot reach this memory: {r['notes']}.")
             continue
         if r["status"] != "ok":
-            findings.append(f"**{x}**: fxckpt failed at this budget: {r['status']} {r['notes']}".rstrip() + ".")
+            findings.append(f"{label}: fxckpt at this budget: status {r['status']!r} {r['notes']}".rstrip() + ".")
             continue
-        problems = []
-        if r["peak_mib"] > a["peak_mib"] * (1 + _PEAK_TOLERANCE):
-            why = (f"planned {r['predicted_mib']:.1f} MiB and LiveBytesMode measured {r['live_peak_mib']:.1f} MiB, "
-                   f"so the excess is memory outside live tensor storages, which the profiler sees and fxckpt's "
-                   f"model does not: scratch buffers inside ops, CPU RNG-state copies" if r.get("live_peak_mib") is not None and r.get("predicted_mib")
-                   and r["live_peak_mib"] <= a["peak_mib"] * (1 + _PEAK_TOLERANCE)
-                   else f"planned {r['predicted_mib']:.1f} MiB" if r.get("predicted_mib") else "")
-            problems.append(f"measured peak {r['peak_mib']:.1f} MiB is above the {a['peak_mib']:.1f} MiB of {x}"
-                            + (f" ({why})" if why else ""))
-        more_flops = (r["flops_overhead_pct"] is not None and a["flops_overhead_pct"] is not None
-                      and r["flops_overhead_pct"] > a["flops_overhead_pct"] + _FLOPS_TOLERANCE)
-        if more_flops:
-            problems.append(f"recomputes more: FLOPs {_fmt(r['flops_overhead_pct'], '%')} vs "
-                            f"{_fmt(a['flops_overhead_pct'], '%')} for {x}"
-                            + (" (inductor recomputes fused pointwise ops, which count 0 FLOPs)" if compiled else ""))
-        slower = r["time_overhead_pct"] > a["time_overhead_pct"]
-        if slower:
-            cause = ("compiled, fused kernels against fxckpt's eager step" if compiled else
-                     "with fewer or equal recompute FLOPs, so the difference is fxckpt's runtime overhead "
-                     "(saved-tensor hooks and recipes) or noise" if not more_flops else "it recomputes more")
-            problems.append(f"slower: time {_fmt(r['time_overhead_pct'], '%')} vs "
-                            f"{_fmt(a['time_overhead_pct'], '%')} for {x} ({cause})")
+        more = _more_flops(r, a, x)
+        problems = [p for p in (_over_memory(r, a, x), more, _slower(r, a, x, more is not None)) if p]
         if problems:
-            findings.append(f"**{x}** ({a['peak_mib']:.1f} MiB): " + "; ".join(problems) + ".")
+            findings.append(f"{label}: " + "; ".join(problems) + wrong + ".")
         else:
+            clear = "" if not _overlap(r, a) else ", ranges overlap"
             ahead.append(f"{x} (FLOPs {_fmt(r['flops_overhead_pct'], '%')} vs {_fmt(a['flops_overhead_pct'], '%')}, "
-                         f"time {_fmt(r['time_overhead_pct'], '%')} vs {_fmt(a['time_overhead_pct'], '%')})")
+                         f"time {_time(r)} vs {_time(a)}{clear}){wrong}")
     return findings, ahead
 
 
@@ -188,8 +246,9 @@ def _markdown(date: str, env: dict, results: dict, total_seconds: float, iterati
                      + to_markdown(res["rows"]))
     parts.append("## Where fxckpt is not ahead at equal memory\n\n"
                  "Each `fxckpt @ X` row plans fxckpt at X's measured peak. Listed: the anchors where fxckpt "
-                 "cannot reach X's memory, ends above it (by more than 0.5%), recomputes more FLOPs, or takes "
-                 "longer.\n")
+                 "cannot reach X's memory, ends above it (by more than 0.5%), recomputes more FLOPs, or is not "
+                 "faster (slower: the time ranges do not overlap; not faster: a higher median within "
+                 "overlapping ranges).\n")
     for name, res in results.items():
         findings, ahead = not_ahead(res["rows"])
         if not any(r["strategy"].startswith("fxckpt @") for r in res["rows"]):
@@ -227,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[name] = {"description": ZOO[name].description, "seconds": time.perf_counter() - t0, "rows": rows}
         print(f"\n{name} ({results[name]['seconds']:.0f} s): {ZOO[name].description}")
         print_comparison_table(rows)
-        if any(r["status"] == "ok" for r in rows):
+        if any(r["peak_mib"] is not None for r in rows):
             _plot(rows, out / f"{name}.png", f"{name}: activation peak vs recompute FLOPs")
     total = time.perf_counter() - t_start
 

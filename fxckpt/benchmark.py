@@ -88,9 +88,9 @@ from .errors import MIB, InfeasibleBudgetError
 from .wrap import ModelWrapper
 
 __all__ = [
-    "DEFAULT_BUDGETS", "EXTRA_FLOP_RULES", "STRATEGIES", "ZOO", "SegmentCheckpoint", "SegmentError", "ZooModel",
-    "compare_strategies", "find_blocks", "forward_memory_check", "print_comparison_table", "profiled_memory",
-    "profiled_peak_bytes", "to_markdown",
+    "DEFAULT_BUDGETS", "EXTRA_FLOP_RULES", "STRATEGIES", "ZERO_GRADS", "ZOO", "ProfiledMemory", "SegmentCheckpoint",
+    "SegmentError", "ZooModel", "compare_strategies", "find_blocks", "forward_memory_check", "print_comparison_table",
+    "profiled_memory", "profiled_peak_bytes", "to_markdown",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ BASE_STRATEGIES = ("none", "hf per-layer", "sqrt segments", "every-2", "every-3"
                    "compile budget 0.5", "compile budget 0.1")
 ANCHOR_ALL = "fxckpt @ *"
 STRATEGIES = BASE_STRATEGIES + tuple(f"fxckpt {round(100 * b)}%" for b in DEFAULT_BUDGETS) + ("fxckpt min", ANCHOR_ALL)
+ZERO_GRADS = "zero grads"  # status of a measured row whose step leaves some gradients all-zero, wrongly
 _TINY_FRACTION = 1e-4  # a budget no plan reaches: its InfeasibleBudgetError names the smallest feasible one
 
 
@@ -299,28 +300,48 @@ class CountingInductor:
 # ---------------------------------------------------------------- memory
 
 
-def profiled_memory(fn: Callable[[], Any]) -> tuple[Any, int, int]:
-    """Run ``fn()`` under ``torch.profiler`` memory profiling: ``(fn's result, peak bytes, bytes
-    still allocated at the end)``, both counted from what was allocated before, from the memory
-    events (every allocation and free of the CPU allocator: eager ops, inductor buffers and
-    op-internal scratch alike)."""
+@dataclass(frozen=True)
+class ProfiledMemory:
+    """What `profiled_memory` saw."""
+
+    result: Any  # what the function returned
+    peak_bytes: int  # largest allocated-and-not-freed total, above what was allocated before
+    end_bytes: int  # still allocated at the end
+    peak_op: str | None  # the outermost aten op running when the peak was reached (None: between ops)
+
+
+def profiled_memory(fn: Callable[[], Any]) -> ProfiledMemory:
+    """Run ``fn()`` under ``torch.profiler`` memory profiling and read the memory events (every
+    allocation and free of the CPU allocator: eager ops, inductor buffers and op-internal scratch
+    alike) in time order."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         result = fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())  # stable: same-instant events keep their recorded order
+    events = prof.profiler.kineto_results.events()
+    memory = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())  # stable sort
     current = peak = 0
-    for e in events:
+    peak_ns = None
+    for e in memory:
         current += e.nbytes()
-        peak = max(peak, current)
-    return result, peak, current
+        if current > peak:
+            peak, peak_ns = current, e.start_ns()
+    return ProfiledMemory(result, peak, current, _op_at(events, peak_ns))
+
+
+def _op_at(events, ns: int | None) -> str | None:
+    """The outermost aten op whose interval contains the time ``ns`` (the op a model called; the
+    allocation itself may be in an op it calls, e.g. ``aten::empty``)."""
+    if ns is None:
+        return None
+    running = [e for e in events if e.name().startswith("aten::") and e.start_ns() <= ns <= e.start_ns() + e.duration_ns()]
+    return min(running, key=lambda e: e.start_ns()).name() if running else None
 
 
 def profiled_peak_bytes(fn: Callable[[], Any]) -> int:
     """The peak of CPU-allocator bytes allocated and not yet freed while ``fn()`` runs, above
     what was allocated before (see `profiled_memory`)."""
-    return profiled_memory(fn)[1]
+    return profiled_memory(fn).peak_bytes
 
 
 def _storage_key(t: torch.Tensor):
@@ -352,7 +373,8 @@ def forward_memory_check(module: Callable, example, preexisting: Iterable[torch.
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        output, _, live_end = profiled_memory(lambda: _call(module, example))
+        profiled = profiled_memory(lambda: _call(module, example))
+    output, live_end = profiled.result, profiled.end_bytes
     for leaf in pytree.tree_leaves(output if not hasattr(output, "to_tuple") else output.to_tuple()):
         note(leaf)
     step_loss(output).backward()
@@ -629,6 +651,9 @@ class _Measured:
     live_bytes: int | None = None
     forward_check: tuple[int, int] | None = None  # see forward_memory_check
     baseline_seconds: float | None = None  # median of the "none" steps timed in between
+    times: list[float] = field(default_factory=list)  # the timed steps
+    baseline_times: list[float] = field(default_factory=list)  # the "none" step after each
+    peak_op: str | None = None  # the aten op running at the profiler's peak
 
 
 class _Stepper:
@@ -703,7 +728,8 @@ def _measure(stepper: _Stepper, *, iterations: int, live: bool, forward_check: b
         flops = counter.get_total_flops()
     measured = _Measured(0, int(flops), 0.0, time.perf_counter() - t0, {})
     stepper.reset()
-    measured.peak_bytes = profiled_peak_bytes(stepper.step)
+    profiled = profiled_memory(stepper.step)
+    measured.peak_bytes, measured.peak_op = profiled.peak_bytes, profiled.peak_op
     measured.grads = stepper.grads()
     if live:
         stepper.reset()
@@ -714,13 +740,13 @@ def _measure(stepper: _Stepper, *, iterations: int, live: bool, forward_check: b
         stepper.reset()
         with prep.context():
             measured.forward_check = forward_memory_check(prep.module, stepper.example, stepper.preexisting())
-    times, baseline_times = [], []
     for _ in range(max(1, iterations)):
-        times.append(stepper.timed_step())
+        measured.times.append(stepper.timed_step())
         if baseline is not None:
-            baseline_times.append(baseline.timed_step())
-    measured.seconds = statistics.median(times)
-    measured.baseline_seconds = statistics.median(baseline_times) if baseline_times else None
+            measured.baseline_times.append(baseline.timed_step())
+    measured.seconds = statistics.median(measured.times)
+    if measured.baseline_times:
+        measured.baseline_seconds = statistics.median(measured.baseline_times)
     return measured
 
 
@@ -855,7 +881,7 @@ def _strategy(name: str, rows: dict[str, dict]) -> Callable:
     m = re.fullmatch(r"fxckpt @ (.+)", name)
     if m:
         anchor = rows.get(m.group(1))
-        if anchor is None or anchor["status"] != "ok":
+        if anchor is None or anchor["peak_mib"] is None:
             raise SkipStrategy(f"anchor {m.group(1)!r} not measured")
         return _fxckpt(budget_mb=anchor["peak_mib"])
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}, 'every-K', 'compile budget F', "
@@ -879,7 +905,8 @@ def _row(model_name: str, strategy: str, status: str = "ok", **values) -> dict:
     row = {"model": model_name, "strategy": strategy, "peak_mib": None, "saved_pct": None, "flops": None,
            "flops_overhead_pct": None, "step_seconds": None, "time_overhead_pct": None, "setup_seconds": None,
            "setup_kind": None, "grad_diff": None, "predicted_mib": None, "budget_mib": None, "live_peak_mib": None,
-           "forward_check_bytes": None, "none_step_seconds": None,
+           "forward_check_bytes": None, "none_step_seconds": None, "peak_op": None, "step_times": None,
+           "none_step_times": None, "time_range_pct": None,
            "status": status, "notes": ""}
     row.update(values)
     return row
@@ -893,6 +920,11 @@ def _max_grad_diff(grads: dict[str, torch.Tensor], reference: dict[str, torch.Te
 def _max_relative_grad_diff(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
     """The largest of (largest absolute difference / largest absolute reference value) per parameter."""
     return max((rel for _, rel in _grad_diffs(grads, reference)), default=0.0)
+
+
+def _zeroed_grads(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> list[str]:
+    """Parameters whose gradient is all zeros although the reference's is not."""
+    return [n for n, g in reference.items() if n in grads and bool(g.any()) and not bool(grads[n].any())]
 
 
 def _grad_diffs(grads, reference):
@@ -939,12 +971,15 @@ def _finish_row(name: str, model_name: str, prep: _Prepared, measured: _Measured
     row = _row(model_name, name, peak_mib=measured.peak_bytes / MIB, flops=measured.flops,
                step_seconds=measured.seconds, predicted_mib=_mib(prep.predicted_bytes), budget_mib=_mib(prep.budget_bytes),
                live_peak_mib=_mib(measured.live_bytes), forward_check_bytes=measured.forward_check,
-               none_step_seconds=measured.baseline_seconds)
+               peak_op=measured.peak_op,
+               none_step_seconds=measured.baseline_seconds, step_times=measured.times,
+               none_step_times=measured.baseline_times or None)
     if prep.counter is not None:
         row["setup_seconds"], row["setup_kind"] = measured.first_seconds - measured.seconds, "compile"
         notes.append(f"{prep.counter.graphs} compiled graphs (forward and backward)")
     elif prep.setup_seconds is not None:
         row["setup_seconds"], row["setup_kind"] = prep.setup_seconds, "solve"
+    row["time_range_pct"] = _time_range(measured)
     if reference is None:  # this is "none"
         row.update(saved_pct=0.0, flops_overhead_pct=0.0, time_overhead_pct=0.0, grad_diff=0.0)
     else:
@@ -956,6 +991,11 @@ def _finish_row(name: str, model_name: str, prep: _Prepared, measured: _Measured
         if row["grad_diff"] > 0:
             notes.append(f"largest gradient difference relative to that parameter's largest gradient: "
                          f"{_max_relative_grad_diff(measured.grads, reference.grads):.2g}")
+        zeroed = _zeroed_grads(measured.grads, reference.grads)
+        if zeroed:
+            row["status"] = ZERO_GRADS
+            notes.insert(0, f"WRONG GRADIENTS: {len(zeroed)} parameter(s) get all-zero gradients where none's are "
+                            f"non-zero (e.g. {', '.join(zeroed[:3])})")
         if prep.counter is not None and row["grad_diff"] > 0 and dropout:
             notes.append("dropout: inductor draws its own random numbers, so gradients differ from eager")
     if measured.live_bytes is not None and reference is None:
@@ -967,6 +1007,16 @@ def _finish_row(name: str, model_name: str, prep: _Prepared, measured: _Measured
                      f"{expected / MIB:.1f} MiB ({100 * (live_end / expected - 1) if expected else math.nan:+.2f}%)")
     row["notes"] = "; ".join(notes)
     return row
+
+
+def _time_range(measured: _Measured) -> list[float]:
+    """The spread of the time overhead, in %: the smallest and largest ratio of a timed step to
+    the "none" step timed right after it (for "none" itself: of a step to the median)."""
+    if measured.baseline_times:
+        ratios = [t / b for t, b in zip(measured.times, measured.baseline_times)]
+    else:
+        ratios = [t / measured.seconds for t in measured.times]
+    return [100 * (min(ratios) - 1), 100 * (max(ratios) - 1)]
 
 
 def _mib(nbytes):
@@ -1002,7 +1052,11 @@ def compare_strategies(model_or_name: nn.Module | str, example_input: Any = None
         (measured), ``saved_pct``, ``flops``, ``flops_overhead_pct``, ``step_seconds``,
         ``time_overhead_pct``, ``setup_seconds`` and ``setup_kind`` (``"solve"``/``"compile"``),
         ``grad_diff`` (largest absolute gradient difference from "none"), ``predicted_mib`` and
-        ``budget_mib`` (fxckpt), ``live_peak_mib``, ``status`` (``"ok"``, ``"not supported"``,
+        ``budget_mib`` (fxckpt), ``live_peak_mib``, ``peak_op`` (the aten op running at the peak),
+        ``step_times`` and ``none_step_times`` (the paired timed steps), ``time_range_pct``
+        (smallest and largest paired ratio, in %), ``forward_check_bytes`` (see
+        `forward_memory_check`), ``status`` (``"ok"``, ``"zero grads"`` (measured, but
+        some parameters' gradients are all zeros where "none"'s are not), ``"not supported"``,
         ``"infeasible"``, an exception class name, ...) and ``notes``.
 
     Example:
@@ -1065,7 +1119,7 @@ def compare_strategies(model_or_name: nn.Module | str, example_input: Any = None
             if not queue and all_anchors:
                 all_anchors = False
                 queue = [f"fxckpt @ {s}" for s, r in rows.items()
-                         if r["status"] == "ok" and s != "none" and not s.startswith("fxckpt")
+                         if r["peak_mib"] is not None and s != "none" and not s.startswith("fxckpt")
                          and f"fxckpt @ {s}" not in rows]
     finally:
         if baseline is not None:
@@ -1078,7 +1132,7 @@ def compare_strategies(model_or_name: nn.Module | str, example_input: Any = None
 
 COLUMNS = (
     ("model", "model"), ("strategy", "strategy"), ("peak_mib", "peak MiB"), ("saved_pct", "saved %"),
-    ("flops_overhead_pct", "FLOPs +%"), ("time_overhead_pct", "time +%"), ("setup_seconds", "solve/compile s"),
+    ("flops_overhead_pct", "FLOPs +%"), ("time_overhead_pct", "time +% [range]"), ("setup_seconds", "solve/compile s"),
     ("grad_diff", "max |Δgrad|"), ("predicted_mib", "predicted MiB"), ("live_peak_mib", "LiveBytes MiB"),
     ("status", "status"),
 )
@@ -1102,6 +1156,9 @@ def _cells(row: dict) -> list[str]:
     cells = [_cell(k, row.get(k)) for k, _ in COLUMNS]
     if row.get("setup_kind") == "compile" and row.get("setup_seconds") is not None:
         cells[6] += " (compile)"
+    if row.get("time_range_pct") and row.get("time_overhead_pct") is not None:
+        lo, hi = row["time_range_pct"]
+        cells[5] += f" [{lo:+.0f}, {hi:+.0f}]"
     return cells
 
 
