@@ -1,9 +1,12 @@
-"""Solve time and cost of every solver on random graphs and on GPT-2 small's graph.
+"""Solvers against the ILP optimum, and solve time from 100 to 10k nodes and on real graphs.
 
-    python benchmarks/solvers.py [--sizes 100 1000] [--gpt2]
+    python benchmarks/solvers.py                    # both parts
+    python benchmarks/solvers.py --gaps-only --seeds 3
+    python benchmarks/solvers.py --times-only --sizes 100 1000 10000 --gpt2 --blocks48
 
-Cost is recompute FLOPs; on graphs small enough for the exhaustive search it is also shown
-relative to that exact optimum. Budgets are fractions of each graph's un-checkpointed peak.
+Cost is recompute FLOPs (the simulator's). Budgets are fractions of each graph's
+un-checkpointed peak. The ILP is run with a 60 s limit; a gap is counted against its answer
+only where it proved optimality.
 """
 
 from __future__ import annotations
@@ -14,69 +17,115 @@ import time
 
 from fxckpt.errors import InfeasibleBudgetError, SolverError
 from fxckpt.simulate import simulate
-from fxckpt.solvers import solve
+from fxckpt.solvers import SOLVERS, solve
+from fxckpt.solvers.ilp import LIMIT as ILP_LIMIT
+from fxckpt.solvers.ilp import solve_ilp
 from fxckpt.synthetic import SHAPES, random_problem
+
+HEURISTICS = [m for m in ("greedy", "mincut", "chain_dp", "auto") if m in SOLVERS]
 
 
 def run(problem, budget, method):
     t0 = time.perf_counter()
     try:
         plan = solve(problem, budget, method)
-        return time.perf_counter() - t0, plan.recompute_flops, "ok"
-    except (InfeasibleBudgetError, SolverError) as e:
-        return time.perf_counter() - t0, None, type(e).__name__
+        return time.perf_counter() - t0, plan.recompute_flops
+    except (InfeasibleBudgetError, SolverError):
+        return time.perf_counter() - t0, None
 
 
-def gaps(n_instances: int) -> None:
-    rows = {m: [] for m in ("greedy", "auto")}
-    misses = {m: 0 for m in rows}
-    count = 0
-    for seed in range(n_instances):
+def gaps(sizes, seeds: int, fracs=(0.9, 0.75, 0.6, 0.45)) -> None:
+    rows = {m: [] for m in HEURISTICS}
+    misses = {m: 0 for m in HEURISTICS}
+    secs = {m: [] for m in HEURISTICS}
+    ilp_secs, proven, infeasible, unproven = [], 0, 0, 0
+    for n in sizes:
         for shape in SHAPES:
-            p = random_problem(14, shape, seed)
-            if len(p.candidates()) > 12:
-                continue
-            base = simulate(p).peak_bytes
-            for frac in (0.9, 0.75, 0.6, 0.45):
-                b = int(frac * base)
-                _, exact, status = run(p, b, "exhaustive")
-                if exact is None:
-                    continue
-                count += 1
-                for m in rows:
-                    _, cost, _ = run(p, b, m)
-                    if cost is None:
-                        misses[m] += 1
-                    else:
-                        rows[m].append((cost - exact) / max(1, exact))
-    print(f"\nagainst the exhaustive optimum, {count} feasible instances (14-node random graphs, <= 12 candidates):")
-    for m, g in rows.items():
-        print(f"  {m:7} within 2%: {100 * sum(x <= 0.02 for x in g) / count:5.1f}%  median gap {100 * statistics.median(g):.1f}%"
-              f"  worst {100 * max(g):.0f}%  no plan found: {misses[m]}")
+            for seed in range(seeds):
+                p = random_problem(n, shape, seed)
+                base = simulate(p).peak_bytes
+                for frac in fracs:
+                    b = int(frac * base)
+                    t0 = time.perf_counter()
+                    got = solve_ilp(p, b, seconds=60)
+                    ilp_secs.append(time.perf_counter() - t0)
+                    if got.lower_bound_flops is None:
+                        infeasible += 1
+                        continue
+                    cost = simulate(p, got.recompute)
+                    if cost.peak_bytes > b:
+                        unproven += 1
+                        continue
+                    opt = cost.recompute_flops
+                    if got.lower_bound_flops < opt * (1 - 1e-4):
+                        unproven += 1
+                        continue
+                    proven += 1
+                    for m in HEURISTICS:
+                        s, c = run(p, b, m)
+                        secs[m].append(s)
+                        if c is None:
+                            misses[m] += 1
+                        else:
+                            rows[m].append((c - opt) / max(1, opt))
+        print(f"  ... {n} nodes done", flush=True)
+    print(f"\nagainst the ILP optimum: random graphs of {sizes} nodes, shapes {SHAPES}, {seeds} seeds, budgets {fracs}")
+    print(f"ILP: {proven} proven optimal, {infeasible} proven infeasible, {unproven} not proven in 60 s; "
+          f"time median {statistics.median(ilp_secs):.2f} s, max {max(ilp_secs):.1f} s")
+    print(f"{'solver':>9} {'within 2%':>10} {'exact':>7} {'median gap':>11} {'worst':>8} {'no plan':>8} {'median s':>9} {'max s':>7}")
+    for m in HEURISTICS:
+        g = rows[m]
+        print(f"{m:>9} {100 * sum(x <= 0.02 for x in g) / proven:9.1f}% {100 * sum(x <= 1e-9 for x in g) / proven:6.1f}% "
+              f"{100 * statistics.median(g) if g else float('nan'):10.1f}% {100 * max(g, default=0):7.0f}% {misses[m]:8d} "
+              f"{statistics.median(secs[m]):9.3f} {max(secs[m]):7.2f}")
+
+
+def times(sizes, gpt2: bool, blocks48: bool, frac: float = 0.6) -> None:
+    problems = [(f"random skip {n}", random_problem(n, "skip", 0)) for n in sizes]
+    if gpt2 or blocks48:
+        from fxckpt import passes
+        from fxckpt.demo import gpt2 as make
+        if gpt2:
+            model, example = make(12, 768, 12, 2, 256, 50257)
+            problems.append(("GPT-2 small", passes.to_problem(passes.annotate(passes.capture(model, example)))))
+        if blocks48:
+            model, example = make(48, 256, 4, 2, 128, 1000)
+            problems.append(("48-block GPT", passes.to_problem(passes.annotate(passes.capture(model, example)))))
+    print(f"\nsolve time at {frac:.0%} of the un-checkpointed peak")
+    print(f"{'graph':>16} {'nodes':>6} {'solver':>9} {'seconds':>8} {'recompute FLOPs':>16} {'vs ILP':>8}")
+    for name, p in problems:
+        b = int(frac * simulate(p).peak_bytes)
+        opt = None
+        if len(p.nodes) <= ILP_LIMIT:
+            t0 = time.perf_counter()
+            got = solve_ilp(p, b, seconds=60)
+            s = time.perf_counter() - t0
+            if got.lower_bound_flops is not None:
+                c = simulate(p, got.recompute).recompute_flops
+                opt = c if got.lower_bound_flops >= c * (1 - 1e-4) else None
+                print(f"{name:>16} {len(p.nodes):>6} {'ilp':>9} {s:8.2f} {c:16.4g} "
+                      f"{'optimal' if opt is not None else f'lb {got.lower_bound_flops:.4g}':>8}")
+        for m in ["sqrt", *HEURISTICS]:
+            s, c = run(p, b, m)
+            rel = "" if c is None or opt is None else f"{100 * (c - opt) / max(1, opt):+.1f}%"
+            print(f"{name:>16} {len(p.nodes):>6} {m:>9} {s:8.2f} {'no plan' if c is None else f'{c:.4g}':>16} {rel:>8}",
+                  flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000])
-    ap.add_argument("--gpt2", action="store_true", help="also GPT-2 small's captured graph (needs transformers)")
-    ap.add_argument("--instances", type=int, default=25)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000, 10000])
+    ap.add_argument("--gap-sizes", type=int, nargs="*", default=[10, 20, 30, 45, 60])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--gpt2", action="store_true", help="GPT-2 small's captured graph (needs transformers)")
+    ap.add_argument("--blocks48", action="store_true", help="a 48-block GPT's captured graph (needs transformers)")
+    ap.add_argument("--gaps-only", action="store_true")
+    ap.add_argument("--times-only", action="store_true")
     args = ap.parse_args()
-    problems = [(f"random skip {n}", random_problem(n, "skip", 0)) for n in args.sizes]
-    if args.gpt2:
-        from fxckpt import passes
-        from fxckpt.demo import gpt2
-        model, example = gpt2(12, 768, 12, 2, 256, 50257)
-        gm = passes.annotate(passes.capture(model, example))
-        problems.append(("GPT-2 small", passes.to_problem(gm)))
-    print(f"{'graph':>16} {'nodes':>6} {'budget':>6} {'solver':>8} {'seconds':>8} {'recompute FLOPs':>16} status")
-    for name, p in problems:
-        base = simulate(p).peak_bytes
-        for frac in (0.6,):
-            for method in ("sqrt", "greedy", "auto"):
-                secs, cost, status = run(p, int(frac * base), method)
-                print(f"{name:>16} {len(p.nodes):>6} {frac:>6.2f} {method:>8} {secs:>8.2f} "
-                      f"{'' if cost is None else f'{cost:.3g}':>16} {status}")
-    gaps(args.instances)
+    if not args.times_only:
+        gaps(args.gap_sizes, args.seeds)
+    if not args.gaps_only:
+        times(args.sizes, args.gpt2, args.blocks48)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class Plan:
             f"fxckpt plan ({self.solver}, {self.solve_seconds:.3f} s): budget {budget}, predicted peak "
             f"{self.predicted_peak_bytes / MIB:.2f} MiB (no checkpointing: {self.baseline_peak_bytes / MIB:.2f} MiB), "
             f"recompute {len(self.recompute)} nodes, +{100 * self.recompute_overhead:.1f}% FLOPs; peak at {self.peak_at}"
+            + ("" if self.optimality_gap is None else
+               "; proven optimal" if self.optimality_gap <= 1e-4 else f"; within {100 * self.optimality_gap:.1f}% of optimal")
             + ("" if self.dry_run_peak_bytes is None else f"; dry run {self.dry_run_peak_bytes / MIB:.2f} MiB")
         )
 

@@ -71,10 +71,14 @@ def test_recipe_inputs_are_held_and_chains_recompute():
     assert s.boundary_bytes == 3 * MiB  # n0, n3 and the output n4
 
 
+FIXED = ("all", "sqrt", "blocks")  # strategies that ignore the budget
+
+
 @pytest.mark.parametrize("method", sorted(SOLVERS))
-@pytest.mark.parametrize("case", ["empty", "one", "above_peak", "zero_bytes", "nothing_recomputable"])
+@pytest.mark.parametrize("case", ["empty", "empty_budget_0", "one", "above_peak", "budget_0", "zero_bytes",
+                                  "nothing_recomputable"])
 def test_edge_cases_every_solver(method, case):
-    if case == "empty":
+    if case.startswith("empty"):
         p = RematProblem()
     elif case == "one":
         p = chain(1)
@@ -86,16 +90,21 @@ def test_edge_cases_every_solver(method, case):
     else:
         p = chain(6)
     peak = simulate(p).peak_bytes
-    budget = max(peak, 1)
-    plan = solve(p, budget, method=method) if method not in ("all", "sqrt") or case != "above_peak" else None
-    if plan is not None:
-        assert plan.predicted_peak_bytes == simulate(p, p.indices(plan.recompute)).peak_bytes
-        assert plan.predicted_peak_bytes <= budget
-    if method == "greedy":
+    budget = 0 if case.endswith("budget_0") else peak
+    if case == "budget_0":  # nothing fits: the error names the smallest feasible budget
+        with pytest.raises(InfeasibleBudgetError) as e:
+            solve(p, budget, method=method)
+        assert 0 < e.value.min_feasible_bytes <= peak
+        return
+    if method in FIXED and case == "above_peak":
+        return
+    plan = solve(p, budget, method=method)
+    assert plan.predicted_peak_bytes == simulate(p, p.indices(plan.recompute)).peak_bytes <= budget
+    if method not in FIXED:  # at or above the un-checkpointed peak: the empty plan
         assert plan.recompute == frozenset() and plan.recompute_flops == 0
 
 
-@pytest.mark.parametrize("bad", [0, -1, float("nan"), None, "1"])
+@pytest.mark.parametrize("bad", [-1, float("nan"), None, "1"])
 def test_bad_budgets(bad):
     with pytest.raises(ValueError):
         solve(chain(3), bad)

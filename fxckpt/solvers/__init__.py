@@ -4,8 +4,10 @@ come from the simulator, and raises `InfeasibleBudgetError` when no plan fits.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import InfeasibleBudgetError, SolverError
@@ -13,7 +15,16 @@ from ..plan import Plan, make_plan
 from ..problem import RematProblem
 from ..simulate import simulate
 
-Solver = Callable[[RematProblem, int], frozenset]
+Solver = Callable[[RematProblem, int], "frozenset | Solved"]
+
+
+@dataclass(frozen=True)
+class Solved:
+    """A solver's answer with a proven lower bound on the recompute FLOPs of any plan that fits
+    (a solver that knows one returns this instead of a bare frozenset)."""
+
+    recompute: frozenset
+    lower_bound_flops: float | None = None
 SOLVERS: dict[str, Solver] = {}
 
 
@@ -33,11 +44,15 @@ def register_solver(name: str):
     return deco
 
 
+def recompute_of(answer) -> frozenset:
+    return answer.recompute if isinstance(answer, Solved) else frozenset(answer)
+
+
 def check_budget(budget_bytes) -> int:
     if budget_bytes is None or isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)):
-        raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
-    if math.isnan(budget_bytes) or budget_bytes <= 0:
-        raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
+        raise ValueError(f"budget must be a non-negative number of bytes, got {budget_bytes!r}")
+    if math.isnan(budget_bytes) or budget_bytes < 0:
+        raise ValueError(f"budget must be a non-negative number of bytes, got {budget_bytes!r}")
     return int(budget_bytes) if math.isfinite(budget_bytes) else 2**62
 
 
@@ -57,16 +72,22 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
     t0 = time.perf_counter()
     chosen = fn(problem, budget)
     seconds = time.perf_counter() - t0
+    bound = None
+    if isinstance(chosen, Solved):
+        chosen, bound = chosen.recompute, chosen.lower_bound_flops
     plan = make_plan(problem, chosen, solver=method, budget_bytes=budget, solve_seconds=seconds)
     if plan.predicted_peak_bytes > budget:
         raise _why_not(problem, budget, method, plan.predicted_peak_bytes)
+    if bound is not None:
+        gap = (plan.recompute_flops - bound) / plan.recompute_flops if plan.recompute_flops else 0.0
+        plan = dataclasses.replace(plan, optimality_gap=max(0.0, gap))
     return plan
 
 
 def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Exception:
     """The error for a plan over budget: another solver fits it (SolverError), or nothing
     known does (InfeasibleBudgetError naming the smallest feasible peak and what pins it)."""
-    other = SOLVERS["auto"](problem, budget) if method != "auto" else None
+    other = recompute_of(SOLVERS["auto"](problem, budget)) if method != "auto" else None
     other_peak = simulate(problem, other).peak_bytes if other is not None else got
     if other_peak <= budget:
         return SolverError(
@@ -88,4 +109,4 @@ def min_peak_plan(problem: RematProblem) -> frozenset[int]:
     return descend(problem, 0)
 
 
-from . import auto, baselines, chain, exhaustive, greedy  # noqa: E402,F401  (register the built-in solvers)
+from . import auto, baselines, chain, exhaustive, greedy, ilp  # noqa: E402,F401  (register the built-in solvers)

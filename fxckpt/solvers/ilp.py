@@ -1,0 +1,287 @@
+"""`ilp`: the exact optimum under the simulator, by a MILP relaxation and lazy cuts.
+
+NOTE [ Why a relaxation plus cuts, not one exact MILP ]
+The runtime's memory is not linear in the keep/recompute choices: a recipe materializes at its
+first unpack, possibly early as another recipe's input, its inputs stay held until then, and
+every materialization is a peak event of its own. So the MILP here models a *lower bound* of the
+simulated live bytes at every forward and backward step, linear in binary r (recompute) with
+continuous helpers: n (recipe needed), D (materialized by step k), H (still held at step k), g
+(buffer alive at a step). Every constraint holds for the runtime's true values, so every plan
+that truly fits is feasible in the MILP, with its true recompute FLOPs as objective. Solve,
+judge the answer with `simulate`: if it fits it is optimal (nothing cheaper fits even the
+relaxation); if not, a no-good cut removes exactly that choice and the MILP is solved again.
+When the time limit comes first, the best plan that fits is returned with the last MILP
+objective as a proven lower bound (the plan's optimality gap).
+
+scipy (HiGHS) is optional and imported lazily: `pip install fxckpt[ilp]`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+from ..simulate import _Run, _static, simulate
+from . import Solved, register_solver
+
+SECONDS = 30.0  # default limit for the whole cut loop
+LIMIT = 400  # nodes: the model has O(nodes x backward steps) columns
+
+
+class _Recorder(_Run):
+    """A run that records, at every forward and backward step, the live bytes and the set of
+    live buffers."""
+
+    def __init__(self, problem):
+        super().__init__(problem, frozenset(), False)
+        self.marks: list[tuple[str, int, int, frozenset[int]]] = []
+
+    def _mark(self, kind, i, extra=0):
+        self.marks.append((kind, i, self.live + extra, frozenset(b for b, a in enumerate(self.alive) if a)))
+        super()._mark(kind, i, extra)
+
+
+class _Model:
+    """Columns and rows of a MILP, built as dicts."""
+
+    def __init__(self):
+        self.lb, self.ub, self.integer, self.cost = [], [], [], []
+        self.rows: list[tuple[dict[int, float], float, float]] = []
+
+    def var(self, lb=0.0, ub=1.0, integer=False, cost=0.0) -> int:
+        self.lb.append(lb), self.ub.append(ub), self.integer.append(int(integer)), self.cost.append(cost)
+        return len(self.lb) - 1
+
+    def ge(self, terms: dict[int, float], rhs: float) -> None:  # sum(terms) >= rhs
+        self.rows.append((terms, rhs, float("inf")))
+
+    def le(self, terms: dict[int, float], rhs: float) -> None:
+        self.rows.append((terms, -float("inf"), rhs))
+
+
+def _lin(*pairs) -> dict[int, float]:
+    """Sum of (coefficient, column-or-None) pairs; None columns are constants folded by caller."""
+    out: dict[int, float] = defaultdict(float)
+    for c, v in pairs:
+        if v is not None:
+            out[v] += c
+    return dict(out)
+
+
+def build(problem, budget_bytes: int):
+    """The relaxation: returns (model, r columns by node, constant-adjusted memory rows)."""
+    p, st = problem, _static(problem)
+    nodes, buffers = p.nodes, p.buffers
+    n, order = len(nodes), p.backward_order
+    K = len(order)
+    pos = {c: k for k, c in enumerate(order)}
+    src, last = p.source, p.last_writer
+    rec = _Recorder(p)
+    rec.go()
+    m = _Model()
+
+    r: dict[int, int] = {}
+    for c in p.candidates():
+        pref = nodes[c].prefer
+        r[c] = m.var(lb=1.0 if pref == "recompute" else 0.0, ub=0.0 if pref == "save" else 1.0, integer=True)
+
+    def rv(x):  # column of r_x, or None when x can never be recomputed (r_x = 0)
+        return r.get(x)
+
+    # n_x: recipe x needed. Direct: a saved slot of a recomputed producer; transitive: an input
+    # node of a needed recipe whose source is recomputed.
+    nv = [m.var() for _ in range(n)]
+    slots: dict[int, list[tuple[int, int]]] = defaultdict(list)  # x -> (saver position or K, r column)
+    for c, node in enumerate(nodes):
+        for b in st.saves[c]:
+            pc = rv(st.producer[b])
+            if pc is None:
+                continue
+            x = last[b]
+            m.ge({nv[x]: 1, pc: -1}, 0)
+            slots[x].append((pos.get(c, K), pc))
+    consumers: dict[int, list[int]] = defaultdict(list)  # x -> needed-recipe consumers u (src[x] recomputable)
+    for u in range(n):
+        for a in st.inputs[u]:
+            s = src[a]
+            if s is not None and rv(s) is not None:
+                m.ge({nv[a]: 1, nv[u]: -1, r[s]: -1}, -1)
+                consumers[a].append(u)
+
+    # D[x][k]: materialized by backward step k; H[x][k]: a holder remains at step k's mark.
+    # Only inside x's window: it cannot materialize before its (or a consumer's) first slot,
+    # and without consumers nothing holds it past its last slot.
+    recipe = sorted(set(slots) | set(consumers) | {u for us in consumers.values() for u in us})
+    first, final = {}, {}
+    for x in sorted(recipe, reverse=True):  # consumers run after their inputs
+        first[x] = min([k for k, _ in slots.get(x, ()) if k < K] + [first[u] for u in consumers.get(x, ())], default=K)
+        final[x] = K - 1 if consumers.get(x) or any(k == K for k, _ in slots.get(x, ())) else \
+            max((k for k, _ in slots.get(x, ())), default=-1)
+    D = {x: {k: m.var() for k in range(first[x], K)} for x in recipe}
+    H = {x: {k: m.var() for k in range(first[x], final[x] + 1)} for x in recipe}
+    for x in recipe:
+        at_k: dict[int, list[int]] = defaultdict(list)
+        for k, pc in slots.get(x, ()):
+            at_k[min(k, K - 1)].append(pc)  # a saver that never runs holds its slot to the end
+        triggers: dict[int, float] = {}
+        for k in range(first[x], K):
+            d, h = D[x][k], H[x].get(k)
+            m.le({d: 1, nv[x]: -1}, 0)
+            if k > first[x]:
+                m.ge({d: 1, D[x][k - 1]: -1}, 0)
+            if h is not None and k + 1 in H[x]:
+                m.ge({h: 1, H[x][k + 1]: -1}, 0)
+            for (kk, pc) in slots.get(x, ()):
+                if kk == k:
+                    m.ge({d: 1, pc: -1}, 0)
+                    triggers[pc] = triggers.get(pc, 0.0) - 1
+            for pc in at_k.get(k, ()):
+                if h is not None:
+                    m.ge({h: 1, pc: -1}, 0)
+            upper = {d: 1.0, **triggers}
+            for u in consumers.get(x, ()):
+                s = r[src[x]]
+                du = D[u].get(k)
+                if du is None:  # u cannot have materialized yet: held if needed
+                    if h is not None:
+                        m.ge({h: 1, nv[u]: -1, s: -1}, -1)
+                    continue
+                m.ge({d: 1, du: -1, s: -1}, -1)
+                if h is not None:
+                    m.ge({h: 1, nv[u]: -1, du: 1, s: -1}, -1)
+                upper[du] = upper.get(du, 0.0) - 1
+            m.le(upper, 0)
+        if K - 1 in D[x]:
+            m.cost[D[x][K - 1]] = float(nodes[x].flops if nodes[x].creates or nodes[x].writes else 0)
+
+    # Liveness lower bounds per step: terms[t][b] lists linear expressions g_{b,t} must exceed.
+    fwd_marks = [mk for mk in rec.marks if mk[0] == "forward"]
+    bwd_marks = [mk for mk in rec.marks if mk[0] == "backward"]
+    marks = [(t, "f", i, live, alive) for t, (_, i, live, alive) in enumerate(fwd_marks)]
+    marks += [(len(fwd_marks) + k, "b", i, live, alive) for k, (_, i, live, alive) in enumerate(bwd_marks)]
+    conds: list[dict[int, list[dict[int, float] | float]]] = [defaultdict(list) for _ in marks]
+    const = [0] * len(marks)
+    for t, kind, i, live, alive in marks:
+        const[t] = live - sum(st.nbytes[b] for b in alive)
+        k = t - len(fwd_marks)
+        for b in alive:
+            prod = st.producer[b]
+            if rv(prod) is None or st.output_holds[b] or (kind == "f" and i <= st.forward_last[b]):
+                conds[t][b].append(1.0)
+            else:
+                conds[t][b].append((1.0, {r[prod]: -1.0}))  # 1 - r_p: held because kept
+        if kind == "b":
+            for x in recipe:
+                if k in H[x]:
+                    for b in nodes[x].creates:  # cached after materializing, until released
+                        conds[t][b].append((-1.0, {D[x][k]: 1.0, H[x][k]: 1.0}))
+    for x in recipe:  # inputs held by a needed, unmaterialized recipe
+        for a in st.inputs[x]:
+            s = src[a]
+            if s is None:
+                continue
+            for b in nodes[a].value:
+                for t, kind, i, _, _ in marks:
+                    if kind == "f" and i <= st.forward_last[b]:
+                        continue
+                    expr = {nv[x]: 1.0}
+                    if rv(s) is not None:
+                        expr[r[s]] = expr.get(r[s], 0.0) - 1.0
+                    if kind == "b":
+                        d = D[x].get(t - len(fwd_marks))
+                        if d is not None:
+                            expr[d] = -1.0
+                    conds[t][b].append((0.0, expr))
+    for t, _, _, _, _ in marks:
+        fixed, free = const[t], {}
+        for b, cs in conds[t].items():
+            if 1.0 in cs:
+                fixed += st.nbytes[b]
+            elif st.nbytes[b]:
+                free[b] = cs
+        if fixed + sum(st.nbytes[b] for b in free) <= budget_bytes:
+            continue  # fits whatever is chosen
+        row: dict[int, float] = {}
+        for b, cs in free.items():
+            g = m.var()
+            for c0, expr in cs:
+                m.ge({g: 1.0, **{v: -w for v, w in expr.items()}}, c0)
+            row[g] = float(st.nbytes[b])
+        m.le(row, budget_bytes - fixed)
+    return m, r
+
+
+def _milp(m: _Model, seconds: float):
+    try:
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_matrix
+    except ImportError as e:
+        raise ImportError("the 'ilp' solver needs scipy: pip install 'fxckpt[ilp]'") from e
+    data, ri, ci, lo, hi = [], [], [], [], []
+    for j, (terms, a, b) in enumerate(m.rows):
+        for v, w in terms.items():
+            ri.append(j), ci.append(v), data.append(w)
+        lo.append(a), hi.append(b)
+    A = csr_matrix((data, (ri, ci)), shape=(len(m.rows), len(m.lb)))
+    return milp(np.array(m.cost), integrality=np.array(m.integer), bounds=Bounds(m.lb, m.ub),
+                constraints=LinearConstraint(A, lo, hi), options={"time_limit": max(0.01, seconds)})
+
+
+def relaxed_cost(problem, recompute, budget_bytes: int) -> float | None:
+    """The MILP's least objective with the choice fixed to `recompute`; None if the relaxation
+    rejects it. For a plan that truly fits, this must be its true recompute FLOPs (the tests
+    check it: it is what makes the relaxation a relaxation)."""
+    m, r = build(problem, budget_bytes)
+    for c, v in r.items():
+        m.lb[v] = m.ub[v] = float(c in recompute)
+    res = _milp(m, SECONDS)
+    return float(res.fun) if res.status == 0 else None
+
+
+def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=None) -> Solved:
+    """The cheapest plan whose simulated peak fits, proven optimal unless `seconds` run out;
+    then the best plan found (or `incumbent`) with the MILP's lower bound."""
+    if len(problem.nodes) > LIMIT:
+        raise ValueError(f"the ILP takes graphs of at most {LIMIT} nodes, this one has {len(problem.nodes)}; "
+                         "use 'auto'")
+    base = simulate(problem)
+    if base.peak_bytes <= budget_bytes or not problem.candidates():
+        return Solved(frozenset(), 0.0 if base.peak_bytes <= budget_bytes else None)
+    deadline = time.perf_counter() + seconds
+    m, r = build(problem, budget_bytes)
+    best = None
+    if incumbent is not None:
+        sim = simulate(problem, incumbent)
+        if sim.peak_bytes <= budget_bytes:
+            best = (sim.recompute_flops, frozenset(incumbent))
+    cols = sorted(r)
+    bound = 0.0  # proven: no plan that fits costs less
+    while time.perf_counter() < deadline:
+        res = _milp(m, deadline - time.perf_counter())
+        if res.status == 2:  # no remaining choice fits even the relaxation
+            bound = float("inf")
+            break
+        dual = getattr(res, "mip_dual_bound", None)
+        if dual is not None and math.isfinite(dual):
+            bound = max(bound, dual)
+        if res.x is None:  # time limit before any MILP solution
+            break
+        R = frozenset(c for c in cols if res.x[r[c]] > 0.5)
+        sim = simulate(problem, R)
+        fits = sim.peak_bytes <= budget_bytes
+        if fits and (best is None or sim.recompute_flops < best[0]):
+            best = (sim.recompute_flops, R)
+        if res.status != 0 or fits or (best is not None and best[0] <= bound * (1 + 1e-9)):
+            break  # time limit, or proven optimal (up to HiGHS's relative gap)
+        cut = {r[c]: (-1.0 if c in R else 1.0) for c in cols}  # exclude exactly this choice
+        m.ge(cut, 1 - len(R))
+    if best is None:  # nothing found to fit (proven when bound is infinite): solve() says why
+        return Solved(frozenset(), None)
+    return Solved(best[1], min(bound, best[0]))
+
+
+@register_solver("ilp")
+def _solve_ilp(problem, budget_bytes):
+    return solve_ilp(problem, budget_bytes)

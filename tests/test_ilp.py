@@ -1,0 +1,87 @@
+"""The ILP: its relaxation admits every plan at its true cost, so its answers are optimal; it is
+the reference the other solvers are measured against."""
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("scipy")
+
+from fxckpt.errors import InfeasibleBudgetError, SolverError  # noqa: E402
+from fxckpt.simulate import simulate  # noqa: E402
+from fxckpt.solvers import SOLVERS, solve  # noqa: E402
+from fxckpt.solvers.ilp import relaxed_cost, solve_ilp  # noqa: E402
+from fxckpt.synthetic import SHAPES, random_problem  # noqa: E402
+
+SETTINGS = dict(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FIXED = ("none", "all", "sqrt", "blocks")  # strategies that ignore the budget
+
+
+def _solve(p, budget, method):
+    try:
+        return solve(p, budget, method)
+    except (InfeasibleBudgetError, SolverError) as e:
+        return e
+
+
+@settings(**SETTINGS)
+@given(st.integers(4, 30), st.sampled_from(SHAPES), st.integers(0, 10**6), st.floats(0.0, 1.0))
+def test_relaxation_admits_every_plan_at_its_true_cost(n, shape, seed, density):
+    """The property the ILP's optimality rests on: with the choice fixed to any plan and the
+    budget set to that plan's simulated peak, the MILP is feasible and its objective is the
+    plan's simulated recompute FLOPs."""
+    p = random_problem(n, shape, seed)
+    rng = random.Random(seed)
+    R = frozenset(c for c in p.candidates() if rng.random() < density)
+    sim = simulate(p, R)
+    assert relaxed_cost(p, R, sim.peak_bytes) == pytest.approx(sim.recompute_flops, abs=0.5)
+
+
+@settings(**SETTINGS)
+@given(st.integers(6, 14), st.sampled_from(SHAPES), st.integers(0, 10**6), st.floats(0.2, 1.0))
+def test_ilp_equals_the_exhaustive_optimum(n, shape, seed, frac):
+    p = random_problem(n, shape, seed)
+    if len(p.candidates()) > 12:
+        return
+    budget = int(frac * simulate(p).peak_bytes)
+    ilp, exact = _solve(p, budget, "ilp"), _solve(p, budget, "exhaustive")
+    assert type(ilp) is type(exact)
+    if not isinstance(exact, Exception):
+        assert ilp.recompute_flops == exact.recompute_flops
+        assert ilp.optimality_gap == 0.0
+
+
+@settings(**SETTINGS)
+@given(st.integers(10, 28), st.sampled_from(SHAPES), st.integers(0, 10**6), st.floats(0.3, 0.95))
+def test_no_solver_beats_the_ilp(n, shape, seed, frac):
+    p = random_problem(n, shape, seed)
+    budget = int(frac * simulate(p).peak_bytes)
+    got = solve_ilp(p, budget)
+    proven_infeasible = got.lower_bound_flops is None
+    ilp_cost = None if proven_infeasible else simulate(p, got.recompute).recompute_flops
+    for method in sorted(SOLVERS):
+        if method in ("exhaustive", "ilp") or method in FIXED:
+            continue
+        plan = _solve(p, budget, method)
+        if isinstance(plan, Exception):
+            continue
+        assert not proven_infeasible, f"{method} fits a budget the ILP proved infeasible"
+        assert plan.recompute_flops >= ilp_cost, method
+
+
+def test_auto_reports_a_proven_gap_on_small_graphs():
+    for seed in range(4):
+        p = random_problem(20, "skip", seed)
+        budget = int(0.8 * simulate(p).peak_bytes)
+        plan = _solve(p, budget, "auto")
+        if isinstance(plan, Exception):
+            continue
+        assert plan.optimality_gap is not None and plan.optimality_gap <= 1e-3
+        assert plan.recompute_flops == solve(p, budget, "ilp").recompute_flops
+
+
+def test_ilp_refuses_large_graphs():
+    with pytest.raises(ValueError, match="auto"):
+        solve(random_problem(500, "chain", 0), 2**30, "ilp")
