@@ -109,4 +109,4 @@ def min_peak_plan(problem: RematProblem) -> frozenset[int]:
     return descend(problem, 0)
 
 
-from . import auto, baselines, chain, exhaustive, greedy, ilp  # noqa: E402,F401  (register the built-in solvers)
+from . import auto, baselines, chain, exhaustive, greedy, ilp, mincut  # noqa: E402,F401  (register the built-in solvers)

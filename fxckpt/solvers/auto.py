@@ -1,20 +1,19 @@
-"""`auto`: the exact search where it is affordable, the ILP (from the best heuristic plan) on
-graphs small enough for it, the heuristics with local search elsewhere."""
+"""`auto`: the exact search where it is affordable; the ILP from the best heuristic plan on
+graphs small enough for it; elsewhere the min-cut solver, with the greedy descent as fallback."""
 
 from __future__ import annotations
 
 import importlib.util
-import time
 
 from ..simulate import simulate
 from . import register_solver
 from .exhaustive import LIMIT, solve_exhaustive
-from .greedy import improve, solve_greedy
+from .greedy import solve_greedy
+from .mincut import solve_mincut
 
 EXACT_UP_TO = 12  # candidates: 4096 simulations of a small graph take well under a second
 ILP_UP_TO = 60  # nodes: where the ILP usually proves its optimum within ILP_SECONDS
 ILP_SECONDS = 10.0
-SECONDS = 1.0  # local search after the greedy plan, where the ILP does not run
 
 
 def has_scipy() -> bool:
@@ -25,11 +24,22 @@ def has_scipy() -> bool:
 def solve_auto(problem, budget_bytes):
     if len(problem.candidates()) <= min(EXACT_UP_TO, LIMIT):
         return solve_exhaustive(problem, budget_bytes)
-    R = solve_greedy(problem, budget_bytes)
-    fits = simulate(problem, R).peak_bytes <= budget_bytes
-    if len(problem.nodes) <= ILP_UP_TO and has_scipy():
+    R = solve_mincut(problem, budget_bytes)
+    sim = simulate(problem, R)
+    small = len(problem.nodes) <= ILP_UP_TO
+    if small or sim.peak_bytes > budget_bytes:  # a second opinion where it is cheap or needed
+        G = solve_greedy(problem, budget_bytes)
+        other = simulate(problem, G)
+        if _rank(other, budget_bytes) > _rank(sim, budget_bytes):
+            R, sim = G, other
+    if small and has_scipy():
         from .ilp import solve_ilp
-        return solve_ilp(problem, budget_bytes, seconds=ILP_SECONDS, incumbent=R if fits else None)
-    if fits:
-        R = improve(problem, R, budget_bytes, time.perf_counter() + SECONDS)
+        return solve_ilp(problem, budget_bytes, seconds=ILP_SECONDS,
+                         incumbent=R if sim.peak_bytes <= budget_bytes else None)
     return R
+
+
+def _rank(sim, budget_bytes):
+    """Fitting plans first, then fewer FLOPs; plans over budget by their peak."""
+    fits = sim.peak_bytes <= budget_bytes
+    return (fits, -sim.recompute_flops if fits else -sim.peak_bytes)

@@ -3,8 +3,6 @@ then give back recomputations the budget does not need."""
 
 from __future__ import annotations
 
-import time
-
 from ..simulate import simulate
 from . import register_solver
 
@@ -20,6 +18,20 @@ def _score(problem, p, live, alpha: float = 1.0) -> float:
     return held / (problem.nodes[p].flops + 1) ** alpha
 
 
+def _ranked(problem, R, live, allowed, alpha: float) -> list[tuple[float, int, int]]:
+    """(`_score`, node, bytes it holds at the peak) for the candidates outside R scoring above
+    0, best first; found from the live buffers rather than by scoring every candidate."""
+    buffers, nodes = problem.buffers, problem.nodes
+    held: dict[int, int] = {}
+    for b in live:  # a live buffer was allocated by its producer, which creates it
+        p = buffers[b].producer
+        held[p] = held.get(p, 0) + buffers[b].nbytes * nodes[p].creates.count(b)
+    allowed = set(allowed)
+    ranked = sorted(((h / (nodes[p].flops + 1) ** alpha, p, h) for p, h in held.items() if p in allowed and p not in R),
+                    reverse=True)
+    return [t for t in ranked if t[0] > 0]
+
+
 def descend(problem, budget_bytes: int, alpha: float = 1.0, start=(), exclude=()) -> frozenset[int]:
     """Add recomputations (to `start`, never from `exclude`) until the simulated peak is within
     budget (or stops falling); returns the lowest-peak set seen on the way when the budget is
@@ -30,41 +42,47 @@ def descend(problem, budget_bytes: int, alpha: float = 1.0, start=(), exclude=()
     best = (sim.peak_bytes, R)
     large = len(problem.nodes) > _BULK_FROM
     while sim.peak_bytes > budget_bytes:
-        bulk = _bulk(problem, R, sim, allowed, alpha, sim.peak_bytes - budget_bytes) if large else ()
-        if len(bulk) > 1:
-            trial = simulate(problem, R | bulk, live_at_peak=True)
-            if trial.peak_bytes < sim.peak_bytes:
-                R, sim = R | bulk, trial
-                if sim.peak_bytes < best[0]:
-                    best = (sim.peak_bytes, R)
-                continue
+        stepped = _bulk_step(problem, R, sim, allowed, alpha, budget_bytes) if large else None
+        if stepped is not None:
+            R, sim = stepped
+            if sim.peak_bytes < best[0]:
+                best = (sim.peak_bytes, R)
+            continue
         choices = _step(problem, R, sim, allowed, alpha)
         if not choices:
             break
         R = R | {choices[0]}
+        peak = simulate(problem, R).peak_bytes if len(choices) > 1 else None
         for p in choices[1:]:  # the chunk's other winners, kept while each still lowers the peak
-            peak = simulate(problem, R).peak_bytes
             if peak <= budget_bytes:
                 break
             trial = simulate(problem, R | {p}, cap=peak).peak_bytes
-            if trial < peak:
-                R = R | {p}
+            if trial < peak:  # below the cap: the exact peak
+                R, peak = R | {p}, trial
         sim = simulate(problem, R, live_at_peak=True)
         if sim.peak_bytes < best[0]:
             best = (sim.peak_bytes, R)
     return R if sim.peak_bytes <= budget_bytes else best[1]
 
 
+def _bulk_step(problem, R, sim, allowed, alpha: float, budget_bytes: int):
+    """On large graphs, `_bulk`'s candidates (when more than one) at once: the new plan and its
+    simulation if they lower the peak, else None."""
+    bulk = _bulk(problem, R, sim, allowed, alpha, sim.peak_bytes - budget_bytes)
+    if len(bulk) > 1 and simulate(problem, R | bulk, cap=sim.peak_bytes).peak_bytes < sim.peak_bytes:
+        return R | bulk, simulate(problem, R | bulk, live_at_peak=True)
+    return None
+
+
 def _bulk(problem, R, sim, allowed, alpha: float, excess: int) -> frozenset[int]:
     """Far above the budget, one candidate at a time is slow on large graphs: take the
     best-scored ones held at the peak until they hold the excess (pruning gives back extras)."""
-    ranked = sorted(((_score(problem, p, sim.live_at_peak, alpha), p) for p in allowed if p not in R), reverse=True)
     chosen, held = [], 0
-    for s, p in ranked:
-        if s <= 0 or held >= excess:
+    for _, p, h in _ranked(problem, R, sim.live_at_peak, allowed, alpha):
+        if held >= excess:
             break
         chosen.append(p)
-        held += sum(problem.buffers[b].nbytes for b in problem.nodes[p].creates if b in sim.live_at_peak)
+        held += h
     return frozenset(chosen[: max(1, len(chosen) // 2)])
 
 
@@ -72,18 +90,21 @@ def _step(problem, R, sim, allowed, alpha: float) -> list[int]:
     """Candidates held at the peak that lower it, best gain per FLOP first, searching in score
     order _TRIES at a time; failing that, the best-scored one that at least does not raise it
     (the peak may sit on a plateau of equal steps)."""
-    ranked = sorted(((_score(problem, p, sim.live_at_peak, alpha), p) for p in allowed if p not in R), reverse=True)
-    ranked = [p for s, p in ranked if s > 0]
-    level = None
-    for start in range(0, min(len(ranked), _MAX_TRIALS), _TRIES):
-        trials = [(simulate(problem, R | {p}, cap=sim.peak_bytes + 1).peak_bytes, p) for p in ranked[start:start + _TRIES]]
+    ranked = [p for _, p, _ in _ranked(problem, R, sim.live_at_peak, allowed, alpha)]
+    tried = ranked[:-(-min(len(ranked), _MAX_TRIALS) // _TRIES) * _TRIES]  # whole chunks of _TRIES
+    level = []  # trials that first reach the peak exactly: they may keep it level
+    for start in range(0, len(tried), _TRIES):
+        # Stopping at the peak itself (not above it) tells the lower ones exactly, and no more.
+        trials = [(simulate(problem, R | {p}, cap=sim.peak_bytes).peak_bytes, p) for p in tried[start:start + _TRIES]]
         lower = [((sim.peak_bytes - peak) / (problem.nodes[p].flops + 1) ** alpha, p)
                  for peak, p in trials if peak < sim.peak_bytes]
         if lower:
             return [p for _, p in sorted(lower, reverse=True)]
-        if level is None:
-            level = next((p for peak, p in trials if peak == sim.peak_bytes), None)
-    return [] if level is None else [level]
+        level.extend(p for peak, p in trials if peak == sim.peak_bytes)
+    for p in level:  # none lower: the first that keeps the peak level
+        if simulate(problem, R | {p}, cap=sim.peak_bytes + 1).peak_bytes == sim.peak_bytes:
+            return [p]
+    return []
 
 
 def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
@@ -94,25 +115,6 @@ def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
         trial = R - {p}
         if simulate(problem, trial, cap=budget_bytes + 1).peak_bytes <= budget_bytes:
             R = trial
-    return R
-
-
-def improve(problem, R: frozenset[int], budget_bytes: int, deadline: float) -> frozenset[int]:
-    """Local search: give back one recomputed node, expensive first, and descend again without
-    it; keep the result when it fits for fewer FLOPs. Stops at a local optimum or the deadline."""
-    cost = lambda S: sum(problem.nodes[i].flops for i in S)  # noqa: E731
-    better = True
-    while better and time.perf_counter() < deadline:
-        better = False
-        for x in sorted(R, key=lambda i: -problem.nodes[i].flops):
-            if time.perf_counter() >= deadline:
-                break
-            trial = descend(problem, budget_bytes, start=R - {x}, exclude={x})
-            if simulate(problem, trial).peak_bytes <= budget_bytes:
-                trial = prune(problem, trial, budget_bytes)
-                if cost(trial) < cost(R):
-                    R, better = trial, True
-                    break
     return R
 
 
