@@ -85,3 +85,28 @@ def test_auto_reports_a_proven_gap_on_small_graphs():
 def test_ilp_refuses_large_graphs():
     with pytest.raises(ValueError, match="auto"):
         solve(random_problem(500, "chain", 0), 2**30, "ilp")
+
+
+def test_auto_and_mincut_are_within_two_percent_of_the_ilp():
+    """The issue's bar: within 2% of the ILP's cost on at least 95% of instances (auto); mincut
+    alone, a heuristic, is held to 90% here (its distribution is in benchmarks/solvers.py)."""
+    close = {"auto": 0, "mincut": 0}
+    checked = 0
+    for seed in range(6):
+        for shape in SHAPES:
+            p = random_problem(10 + 3 * seed, shape, seed)
+            base = simulate(p).peak_bytes
+            for frac in (0.85, 0.7, 0.55):
+                budget = int(frac * base)
+                got = solve_ilp(p, budget)
+                if got.lower_bound_flops is None:
+                    continue
+                opt = simulate(p, got.recompute).recompute_flops
+                checked += 1
+                for method in close:
+                    plan = _solve(p, budget, method)
+                    if not isinstance(plan, Exception) and plan.recompute_flops <= 1.02 * opt:
+                        close[method] += 1
+    assert checked >= 20
+    assert close["auto"] >= 0.95 * checked, (close, checked)
+    assert close["mincut"] >= 0.90 * checked, (close, checked)
