@@ -1,5 +1,6 @@
-"""`auto`: the exact search where it is affordable; the ILP from the best heuristic plan on
-graphs small enough for it; elsewhere the min-cut solver, with the greedy descent as fallback."""
+"""`auto`: an exact answer where one is affordable (every subset of a few candidates, the DP
+on node chains, the ILP from the best heuristic plan on small graphs); elsewhere the min-cut
+solver, with the greedy descent as fallback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 
 from ..simulate import simulate
 from . import register_solver
+from .chain_exact import solve_node_chain
 from .exhaustive import LIMIT, solve_exhaustive
 from .greedy import solve_greedy
 from .mincut import solve_mincut
@@ -14,6 +16,7 @@ from .mincut import solve_mincut
 EXACT_UP_TO = 12  # candidates: 4096 simulations of a small graph take well under a second
 ILP_UP_TO = 60  # nodes: where the ILP usually proves its optimum within ILP_SECONDS
 ILP_SECONDS = 10.0
+CHAIN_UP_TO = 400  # nodes: the exact node-chain DP takes milliseconds to ~0.1 s there
 
 
 def has_scipy() -> bool:
@@ -24,6 +27,10 @@ def has_scipy() -> bool:
 def solve_auto(problem, budget_bytes):
     if len(problem.candidates()) <= min(EXACT_UP_TO, LIMIT):
         return solve_exhaustive(problem, budget_bytes)
+    if len(problem.nodes) <= CHAIN_UP_TO:
+        exact = solve_node_chain(problem, budget_bytes)  # None unless a node chain
+        if exact is not None:
+            return exact
     R = solve_mincut(problem, budget_bytes)
     sim = simulate(problem, R)
     small = len(problem.nodes) <= ILP_UP_TO

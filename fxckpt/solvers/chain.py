@@ -217,10 +217,15 @@ def solve_chain_dp(problem, budget_bytes):
     """Segments of whole blocks chosen by the exact chain DP, for chains of blocks (transformer
     stacks, ResNet stages). The chain model ignores what lies outside the blocks and backward's
     gradients, so the DP is run for a range of chain budgets and the simulator picks the
-    cheapest plan that fits. Graphs without repeated blocks fall back to the greedy descent."""
+    cheapest plan that fits. Node chains get the exact DP under the simulator itself
+    (`chain_exact`); graphs without repeated blocks fall back to the greedy descent."""
     from ..simulate import simulate
+    from .chain_exact import solve_node_chain
     from .greedy import solve_greedy
 
+    exact = solve_node_chain(problem, budget_bytes)
+    if exact is not None:
+        return exact
     profiles, members = chain_of_blocks(problem)
     if len(profiles) < 2:
         return solve_greedy(problem, budget_bytes)
