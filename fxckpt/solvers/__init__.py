@@ -100,13 +100,15 @@ def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Excep
 
 
 def min_peak_plan(problem: RematProblem) -> frozenset[int]:
-    """The lowest-peak plan known: exact for small problems, the greedy descent's otherwise."""
+    """The lowest-peak plan known: exact for small problems, else the lower of the greedy
+    descent's and the min-cut solver's (both return their lowest peak when nothing fits)."""
     from .auto import EXACT_UP_TO
     from .exhaustive import solve_exhaustive
     from .greedy import descend
+    from .mincut import solve_mincut
     if len(problem.candidates()) <= EXACT_UP_TO:
         return solve_exhaustive(problem, 0)
-    return descend(problem, 0)
+    return min((descend(problem, 0), solve_mincut(problem, 0)), key=lambda R: simulate(problem, R).peak_bytes)
 
 
 from . import auto, baselines, chain, exhaustive, greedy, ilp, mincut  # noqa: E402,F401  (register the built-in solvers)
