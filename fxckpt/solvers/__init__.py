@@ -49,9 +49,7 @@ def recompute_of(answer) -> frozenset:
 
 
 def check_budget(budget_bytes) -> int:
-    if budget_bytes is None or isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)):
-        raise ValueError(f"budget must be a non-negative number of bytes, got {budget_bytes!r}")
-    if math.isnan(budget_bytes) or budget_bytes < 0:
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)) or not budget_bytes >= 0:
         raise ValueError(f"budget must be a non-negative number of bytes, got {budget_bytes!r}")
     return int(budget_bytes) if math.isfinite(budget_bytes) else 2**62
 

@@ -11,16 +11,10 @@ _MAX_TRIALS = 64  # per step, before settling for a candidate that keeps the pea
 _BULK_FROM = 1500  # nodes: larger graphs take many candidates per step (faster, a little costlier)
 
 
-
-
-def _score(problem, p, live, alpha: float = 1.0) -> float:
-    held = sum(problem.buffers[b].nbytes for b in problem.nodes[p].creates if b in live)
-    return held / (problem.nodes[p].flops + 1) ** alpha
-
-
 def _ranked(problem, R, live, allowed, alpha: float) -> list[tuple[float, int, int]]:
-    """(`_score`, node, bytes it holds at the peak) for the candidates outside R scoring above
-    0, best first; found from the live buffers rather than by scoring every candidate."""
+    """(score, node, bytes it holds at the peak) for the candidates outside R scoring above 0,
+    best first, where score = held bytes / (FLOPs + 1) ** alpha; found from the live buffers
+    rather than by scoring every candidate."""
     buffers, nodes = problem.buffers, problem.nodes
     held: dict[int, int] = {}
     for b in live:  # a live buffer was allocated by its producer, which creates it

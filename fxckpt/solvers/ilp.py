@@ -60,19 +60,10 @@ class _Model:
         self.rows.append((terms, -float("inf"), rhs))
 
 
-def _lin(*pairs) -> dict[int, float]:
-    """Sum of (coefficient, column-or-None) pairs; None columns are constants folded by caller."""
-    out: dict[int, float] = defaultdict(float)
-    for c, v in pairs:
-        if v is not None:
-            out[v] += c
-    return dict(out)
-
-
 def build(problem, budget_bytes: int):
-    """The relaxation: returns (model, r columns by node, constant-adjusted memory rows)."""
+    """The relaxation as a `_Model`, and the column of r_x for each candidate x."""
     p, st = problem, _static(problem)
-    nodes, buffers = p.nodes, p.buffers
+    nodes = p.nodes
     n, order = len(nodes), p.backward_order
     K = len(order)
     pos = {c: k for k, c in enumerate(order)}
@@ -121,9 +112,11 @@ def build(problem, budget_bytes: int):
     D = {x: {k: m.var() for k in range(first[x], K)} for x in recipe}
     H = {x: {k: m.var() for k in range(first[x], final[x] + 1)} for x in recipe}
     for x in recipe:
-        at_k: dict[int, list[int]] = defaultdict(list)
+        at_k: dict[int, list[int]] = defaultdict(list)  # slots by the last step they hold x
+        runs: dict[int, list[int]] = defaultdict(list)  # slots by the step whose backward unpacks x
         for k, pc in slots.get(x, ()):
             at_k[min(k, K - 1)].append(pc)  # a saver that never runs holds its slot to the end
+            runs[k].append(pc)
         triggers: dict[int, float] = {}
         for k in range(first[x], K):
             d, h = D[x][k], H[x].get(k)
@@ -132,10 +125,9 @@ def build(problem, budget_bytes: int):
                 m.ge({d: 1, D[x][k - 1]: -1}, 0)
             if h is not None and k + 1 in H[x]:
                 m.ge({h: 1, H[x][k + 1]: -1}, 0)
-            for (kk, pc) in slots.get(x, ()):
-                if kk == k:
-                    m.ge({d: 1, pc: -1}, 0)
-                    triggers[pc] = triggers.get(pc, 0.0) - 1
+            for pc in runs.get(k, ()):
+                m.ge({d: 1, pc: -1}, 0)
+                triggers[pc] = triggers.get(pc, 0.0) - 1
             for pc in at_k.get(k, ()):
                 if h is not None:
                     m.ge({h: 1, pc: -1}, 0)
