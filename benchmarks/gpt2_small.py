@@ -16,7 +16,7 @@ import torch
 
 import fxckpt
 from fxckpt.demo import grads_after_step, gpt2
-from fxckpt.errors import InfeasibleBudgetError
+from fxckpt.core.errors import InfeasibleBudgetError
 from fxckpt.measure import measure_step
 
 MiB = 2**20

@@ -15,12 +15,12 @@ import argparse
 import statistics
 import time
 
-from fxckpt.errors import InfeasibleBudgetError, SolverError
-from fxckpt.simulate import simulate
-from fxckpt.solvers import SOLVERS, solve
-from fxckpt.solvers.ilp import LIMIT as ILP_LIMIT
-from fxckpt.solvers.ilp import solve_ilp
-from fxckpt.synthetic import SHAPES, random_problem
+from fxckpt.core.errors import InfeasibleBudgetError, SolverError
+from fxckpt.core.simulate import simulate
+from fxckpt.core.solvers import SOLVERS, solve
+from fxckpt.core.solvers.ilp import LIMIT as ILP_LIMIT
+from fxckpt.core.solvers.ilp import solve_ilp
+from fxckpt.core.synthetic import SHAPES, random_problem
 
 HEURISTICS = [m for m in ("greedy", "mincut", "chain_dp", "auto") if m in SOLVERS]
 

@@ -1,14 +1,23 @@
-"""fxckpt: automatic activation checkpointing for PyTorch training, planned under a byte budget."""
+"""fxckpt: automatic activation checkpointing for PyTorch training, planned under a byte budget.
 
-from .api import CheckpointedModule, auto_checkpoint
-from .batch import max_batch_size, peak_formula
-from .manual import CheckpointedSequential, SelectiveCheckpoint, checkpoint
-from .errors import CaptureError, FxckptError, InfeasibleBudgetError, SolverError
-from .plan import Plan
-from .problem import RematProblem
-from .simulate import simulate
-from .solvers import SOLVERS, register_solver, solve
-from .solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
+The torch-free core (`fxckpt.core`: problem, simulator, plans, solvers) imports eagerly; the
+parts that need torch (capture and rewrite, the manual toolbox, measurement) load on first use,
+so `import fxckpt.core` works where torch is not installed.
+"""
+
+from importlib import import_module
+
+from .core import (SOLVERS, CaptureError, FxckptError, InfeasibleBudgetError, Plan, RematProblem, SolverError,
+                   register_solver, simulate, solve)
+from .core.solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
+
+# name -> module that defines it (imported on first access: these need torch)
+_LAZY = {
+    "CheckpointedModule": ".api", "auto_checkpoint": ".api",
+    "max_batch_size": ".batch", "peak_formula": ".batch",
+    "CheckpointedSequential": ".manual", "SelectiveCheckpoint": ".manual", "checkpoint": ".manual",
+    "measure_step": ".measure", "StepMeasurement": ".measure",
+}
 
 __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
@@ -18,8 +27,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # measure pulls in more of torch; import it on first use
-    if name in ("measure_step", "StepMeasurement"):
-        from . import measure
-        return getattr(measure, name)
-    raise AttributeError(f"module 'fxckpt' has no attribute {name!r}")
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fxckpt' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import MIB, InfeasibleBudgetError
-from .plan import Plan
-from .problem import RematProblem
-from .simulate import simulate
-from .solvers import check_budget, solve
+from .core.errors import MIB, InfeasibleBudgetError
+from .core.plan import Plan
+from .core.problem import RematProblem
+from .core.simulate import simulate
+from .core.solvers import check_budget, solve
 from .wrap import ModelWrapper
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
         example_input: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
         budget_mb: the activation budget in MiB (2**20 bytes).
         budget: instead, a fraction of the un-checkpointed activation peak (e.g. 0.5).
-        solver: a registered solver name (see `fxckpt.solvers.SOLVERS`).
+        solver: a registered solver name (see `fxckpt.core.solvers.SOLVERS`).
 
     Returns:
         A `CheckpointedModule` with `.plan` (predicted peak, recompute FLOPs, solver, solve time).

@@ -9,7 +9,7 @@ import sympy
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import MIB, InfeasibleBudgetError, SolverError
+from .core.errors import MIB, InfeasibleBudgetError, SolverError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def peak_formula(model: torch.nn.Module, example_input: Any, recompute=(), batch
         [B]
     """
     from . import passes
-    from .simulate import simulate
+    from .core.simulate import simulate
 
     B = sympy.Symbol("B", positive=True, integer=True)
     timelines = []

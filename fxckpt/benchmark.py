@@ -84,7 +84,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .errors import MIB, InfeasibleBudgetError
+from .core.errors import MIB, InfeasibleBudgetError
 from .wrap import ModelWrapper
 
 __all__ = [

@@ -3,9 +3,9 @@ imported on first use (`pip install fxckpt[plot]`)."""
 
 from __future__ import annotations
 
-from .plan import Plan
-from .problem import RematProblem
-from .simulate import simulate
+from .core.plan import Plan
+from .core.problem import RematProblem
+from .core.simulate import simulate
 
 MIB = 2**20
 
@@ -22,7 +22,7 @@ def plot_timeline(problem: RematProblem, plan: Plan | None = None, ax=None):
     """Live activation bytes at every simulated step, with and without the plan, and the budget.
 
     Example:
-        >>> from fxckpt.synthetic import random_problem
+        >>> from fxckpt.core.synthetic import random_problem
         >>> ax = plot_timeline(random_problem(12, "chain"))
     """
     plt = _pyplot()

@@ -20,9 +20,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from fxckpt.costs import NodeCost
-from fxckpt.errors import FxckptError
-from fxckpt.problem import Buffer, Grad, Node, RematProblem
+from fxckpt.core.costs import NodeCost
+from fxckpt.core.errors import FxckptError
+from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
 
 from .frontend import flat_inputs, step_loss
 from .ops import is_batchnorm

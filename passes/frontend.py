@@ -19,7 +19,7 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
-from fxckpt.errors import CaptureError
+from fxckpt.core.errors import CaptureError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ forward; the pack hook swaps any saved tensor living in that node's storage for 
 unpack hook materializes it once, under no_grad, from kept inputs or other recipes. Random ops
 are never recomputed (the plan keeps them) and batch norm is recomputed without its running
 statistics, so gradients and buffers are bitwise those of the original model. The memory this
-holds is exactly what `fxckpt.simulate` models: recipes cache their value until the last saved
+holds is exactly what `fxckpt.core.simulate` models: recipes cache their value until the last saved
 slot that refers to them is released by autograd.
 """
 
@@ -27,7 +27,7 @@ from torch.fx.node import map_arg
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
-from fxckpt.simulate import needed_recipes
+from fxckpt.core.simulate import needed_recipes
 
 from .annotation import META, to_problem
 from .frontend import adopt_state

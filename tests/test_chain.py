@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fxckpt.errors import InfeasibleBudgetError
-from fxckpt.solvers.chain import (LayerProfile, OptimalCheckpointer, SegmentedCheckpointing, brute_force_chain,
+from fxckpt.core.errors import InfeasibleBudgetError
+from fxckpt.core.solvers.chain import (LayerProfile, OptimalCheckpointer, SegmentedCheckpointing, brute_force_chain,
                                   chain_peak, solve_chain)
 
 MiB = 2**20

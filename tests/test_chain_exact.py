@@ -6,11 +6,11 @@ from itertools import combinations
 
 import pytest
 
-from fxckpt.simulate import simulate
-from fxckpt.solvers import solve
-from fxckpt.solvers.chain_exact import is_node_chain, solve_node_chain
-from fxckpt.solvers.exhaustive import solve_exhaustive
-from fxckpt.synthetic import random_problem
+from fxckpt.core.simulate import simulate
+from fxckpt.core.solvers import solve
+from fxckpt.core.solvers.chain_exact import is_node_chain, solve_node_chain
+from fxckpt.core.solvers.exhaustive import solve_exhaustive
+from fxckpt.core.synthetic import random_problem
 
 MiB = 2**20
 FRACS = (0.3, 0.5, 0.65, 0.8, 0.9, 1.0)
@@ -67,7 +67,7 @@ def test_equals_exhaustive_on_chains(perturb):
 
 def test_equals_ilp_on_longer_chains():
     pytest.importorskip("scipy")
-    from fxckpt.solvers.ilp import solve_ilp
+    from fxckpt.core.solvers.ilp import solve_ilp
     for n, seed, frac in [(20, 5, 0.7), (30, 3, 0.5), (40, 8, 0.85)]:
         p = random_problem(n, "chain", seed)
         budget = int(frac * simulate(p).peak_bytes)

@@ -1,25 +1,34 @@
-"""The torch-free core: problem, simulator, plan, solvers. No torch needed to run these."""
+"""The torch-free core (`fxckpt.core`): problem, simulator, plan, solvers. Runs without torch."""
 
 import ast
 import math
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
-from fxckpt.errors import InfeasibleBudgetError
-from fxckpt.plan import Plan
-from fxckpt.problem import Buffer, Grad, Node, RematProblem
-from fxckpt.simulate import needed_recipes, simulate
-from fxckpt.solvers import SOLVERS, solve
+from fxckpt.core.errors import InfeasibleBudgetError
+from fxckpt.core.plan import Plan
+from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
+from fxckpt.core.simulate import needed_recipes, simulate
+from fxckpt.core.solvers import SOLVERS, solve
 
 MiB = 2**20
-ROOT = pathlib.Path(__file__).resolve().parents[1] / "fxckpt"
-CORE = ["costs.py", "errors.py", "problem.py", "simulate.py", "plan.py", *[f"solvers/{p.name}" for p in (ROOT / "solvers").glob("*.py")]]
+CORE = pathlib.Path(__file__).resolve().parents[1] / "fxckpt" / "core"
+_BLOCK_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this interpreter")
+sys.meta_path.insert(0, _NoTorch())
+"""
 
 
-@pytest.mark.parametrize("path", CORE)
+@pytest.mark.parametrize("path", sorted(p.relative_to(CORE).as_posix() for p in CORE.rglob("*.py")))
 def test_core_modules_import_no_torch(path):
-    tree = ast.parse((ROOT / path).read_text())
+    tree = ast.parse((CORE / path).read_text())
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.Import):
@@ -27,6 +36,30 @@ def test_core_modules_import_no_torch(path):
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names = [node.module or ""]
         assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path} imports {names}"
+
+
+def test_core_works_where_torch_cannot_be_imported():
+    """Indirect imports count too: run the core in an interpreter where importing torch fails."""
+    code = _BLOCK_TORCH + """
+from fxckpt.core import RematProblem, random_problem, simulate, solve
+from fxckpt.core.solvers import min_peak_plan
+import fxckpt
+p = random_problem(30, "skip", seed=3)
+floor = simulate(p, min_peak_plan(p)).peak_bytes
+assert floor < simulate(p).peak_bytes
+assert solve(p, floor).predicted_peak_bytes <= floor
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+try:
+    fxckpt.auto_checkpoint
+except ImportError as e:
+    assert "torch" in str(e)
+else:
+    raise AssertionError("fxckpt.auto_checkpoint imported without torch")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=CORE.parents[1], timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def chain(k: int, nbytes: int = MiB, flops: int = 100) -> RematProblem:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fxckpt
-from fxckpt.errors import InfeasibleBudgetError
+from fxckpt.core.errors import InfeasibleBudgetError
 from fxckpt.measure import measure_step
 
 from tests.models import ZOO, call_model, clone_model, scalar_loss
@@ -230,8 +230,8 @@ def test_ilp_relaxation_admits_real_graphs(name):
     pytest.importorskip("scipy")
     import random
 
-    from fxckpt.simulate import simulate
-    from fxckpt.solvers.ilp import relaxed_cost
+    from fxckpt.core.simulate import simulate
+    from fxckpt.core.solvers.ilp import relaxed_cost
 
     p = _problem(name)
     rng = random.Random(0)

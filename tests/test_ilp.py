@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 
 pytest.importorskip("scipy")
 
-from fxckpt.errors import InfeasibleBudgetError, SolverError  # noqa: E402
-from fxckpt.simulate import simulate  # noqa: E402
-from fxckpt.solvers import SOLVERS, solve  # noqa: E402
-from fxckpt.solvers.ilp import relaxed_cost, solve_ilp  # noqa: E402
-from fxckpt.synthetic import SHAPES, random_problem  # noqa: E402
+from fxckpt.core.errors import InfeasibleBudgetError, SolverError  # noqa: E402
+from fxckpt.core.simulate import simulate  # noqa: E402
+from fxckpt.core.solvers import SOLVERS, solve  # noqa: E402
+from fxckpt.core.solvers.ilp import relaxed_cost, solve_ilp  # noqa: E402
+from fxckpt.core.synthetic import SHAPES, random_problem  # noqa: E402
 
 SETTINGS = dict(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIXED = ("none", "all", "sqrt", "blocks")  # strategies that ignore the budget

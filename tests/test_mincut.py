@@ -9,16 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fxckpt.errors import InfeasibleBudgetError
-from fxckpt.problem import Buffer, Node, RematProblem
-from fxckpt.simulate import check_plan, simulate
-from fxckpt.solvers import (
+from fxckpt.core.errors import InfeasibleBudgetError
+from fxckpt.core.problem import Buffer, Node, RematProblem
+from fxckpt.core.simulate import check_plan, simulate
+from fxckpt.core.solvers import (
     SOLVERS,
     mincut,  # registers 'mincut' (until the registry imports it)
     solve,
 )
-from fxckpt.solvers.exhaustive import solve_exhaustive
-from fxckpt.synthetic import SHAPES, random_problem
+from fxckpt.core.solvers.exhaustive import solve_exhaustive
+from fxckpt.core.synthetic import SHAPES, random_problem
 
 problems = st.builds(random_problem, n=st.integers(10, 40), shape=st.sampled_from(SHAPES), seed=st.integers(0, 10**6))
 fractions = st.floats(0.2, 1.1)

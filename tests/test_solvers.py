@@ -4,10 +4,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fxckpt.errors import InfeasibleBudgetError, SolverError
-from fxckpt.simulate import simulate
-from fxckpt.solvers import SOLVERS, min_peak_plan, solve
-from fxckpt.synthetic import SHAPES, random_problem
+from fxckpt.core.errors import InfeasibleBudgetError, SolverError
+from fxckpt.core.simulate import simulate
+from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
+from fxckpt.core.synthetic import SHAPES, random_problem
 
 problems = st.builds(random_problem, n=st.integers(6, 14), shape=st.sampled_from(SHAPES), seed=st.integers(0, 10**6))
 fractions = st.floats(0.2, 1.1)

@@ -70,7 +70,7 @@ def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: 
     least `cap` (a solver asking "is this lower?" needs no more).
 
     Example:
-        >>> from fxckpt.problem import RematProblem, Node, Buffer
+        >>> from fxckpt.core.problem import RematProblem, Node, Buffer
         >>> p = RematProblem((Node("a", "mm", creates=(0,), value=(0,), requires_grad=True, saves=(0,)),),
         ...                  (Buffer("a", 2**20, 0),))
         >>> simulate(p).peak_bytes

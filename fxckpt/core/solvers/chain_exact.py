@@ -1,4 +1,4 @@
-"""Exact dynamic program for *node chains* under the simulator (`fxckpt.simulate`).
+"""Exact dynamic program for *node chains* under the simulator (`fxckpt.core.simulate`).
 
 A node chain (`is_node_chain`; anything else gets None): node 0 reads nothing and node
 i >= 1 reads exactly node i-1; every node creates exactly one buffer, which is its value; no node

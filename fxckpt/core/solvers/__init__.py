@@ -58,7 +58,7 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
     """Choose what to recompute so the simulated activation peak is at most `budget_bytes`.
 
     Example:
-        >>> from fxckpt.problem import RematProblem
+        >>> from fxckpt.core.problem import RematProblem
         >>> solve(RematProblem(), 2**20).recompute
         frozenset()
     """
