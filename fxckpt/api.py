@@ -29,7 +29,7 @@ class _Planned:
 
 
 def _signature(args, kwargs):
-    from .passes.remat import autocast_state
+    from .passes.runtime import autocast_state
 
     leaves, spec = pytree.tree_flatten((args, kwargs))
     return spec, autocast_state(), tuple(
@@ -87,8 +87,8 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> int:
     """The activation peak of one training step of a rewritten graph, run on fake tensors:
     the runtime's real behaviour (recipes, caches, frees) with no real computation."""
     from .measure import LiveBytesMode
-    from .passes.annotation import FakeStep
-    from .passes.frontend import step_loss
+    from .passes.fake_step import FakeStep
+    from .passes.capture import step_loss
 
     with FakeStep(gm, args, kwargs) as step:
         step.leaves()
@@ -139,7 +139,7 @@ class CheckpointedModule(ModelWrapper):
             planned = plan_model(self._model, args, kwargs, **self._spec)
             self.plans[sig] = planned
         object.__setattr__(self, "_current", planned)
-        from .passes.frontend import training_kwargs
+        from .passes.capture import training_kwargs
         kwargs = training_kwargs(self._model, kwargs)
         with planned.gm.fxckpt_runtime.active():
             return planned.gm(*args, **kwargs)
@@ -176,7 +176,7 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
         >>> ckpt = fxckpt.auto_checkpoint(model, torch.randn(32, 64), budget=0.9)
         >>> ckpt(torch.randn(32, 64)).sum().backward()
     """
-    from .passes.frontend import split_input
+    from .passes.capture import split_input
 
     args, kwargs = split_input(example_input)
     planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver)

@@ -1088,7 +1088,7 @@ def compare_strategies(model_or_name: nn.Module | str, example_input: Any = None
             raise ValueError("example_input is required when passing a module")
         base, example, name = model_or_name, example_input, model_name or type(model_or_name).__name__
     if isinstance(example, dict):
-        from .passes.frontend import training_kwargs
+        from .passes.capture import training_kwargs
 
         example = training_kwargs(base, example)  # use_cache=False for every strategy alike
     names, all_anchors = _expand(strategies, budgets)

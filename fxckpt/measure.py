@@ -19,7 +19,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .passes.frontend import step_loss  # the step convention lives with capture; re-exported here
+from .passes.capture import step_loss  # the step convention lives with capture; re-exported here
 
 __all__ = ["LiveBytesMode", "StepMeasurement", "measure_step", "step_loss"]
 

@@ -1,4 +1,4 @@
-"""How to run one fx node again, in forward or as a recomputation."""
+"""Small helpers the passes share: how to run one fx node again, and how tensors are told apart."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any, Callable
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
 
@@ -58,3 +60,12 @@ def _without_stats(fn, i_mean: int, i_var: int):
         return fn(*args, **kwargs)
     return run
 
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identifies a tensor's storage: views and in-place results share their base's key."""
+    return StorageWeakRef(t.untyped_storage()).cdata
+
+
+def tensor_leaves(tree) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]

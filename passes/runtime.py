@@ -1,17 +1,8 @@
-"""rewrite: (GraphModule, Plan) -> a GraphModule that recomputes what the plan says.
+"""runtime: what a rewritten graph runs in forward and backward to recompute its plan.
 
-NOTE [ Per-tensor rematerialization through saved-tensor hooks ]
-We chose saved-tensor hooks over `torch.utils.checkpoint` regions. A region recomputes all of
-its saved tensors at once in backward, so its peak is the kept tensors plus the largest region's
-working set, and plans are limited to region boundaries; eager checkpointing also re-runs
-BatchNorm (statistics updated twice) and needs RNG stashing for dropout. With hooks, each node
-the plan recomputes records a `Recipe` (its function and the handles of its inputs) when it runs
-forward; the pack hook swaps any saved tensor living in that node's storage for the recipe; the
-unpack hook materializes it once, under no_grad, from kept inputs or other recipes. Random ops
-are never recomputed (the plan keeps them) and batch norm is recomputed without its running
-statistics, so gradients and buffers are bitwise those of the original model. The memory this
-holds is exactly what `fxckpt.core.simulate` models: recipes cache their value until the last saved
-slot that refers to them is released by autograd.
+Recipes record how to rebuild a node; saved-tensor hooks swap saved tensors for recipes and
+materialize them once in backward (see NOTE [ Per-tensor rematerialization through saved-tensor
+hooks ] in rewrite.py).
 """
 
 from __future__ import annotations
@@ -22,29 +13,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.fx
 from torch.fx.node import map_arg
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
-from fxckpt.core.simulate import needed_recipes
-
-from .annotation import META, to_problem
-from .frontend import adopt_state
-from .ops import node_fn
+from .ops import storage_key
 
 log = logging.getLogger(__name__)
 _EMPTY = object()
 
 
-def _storage(t: torch.Tensor) -> int:
-    return StorageWeakRef(t.untyped_storage()).cdata
-
-
 def _known_storages(args, kwargs, state) -> set[int]:
     """Storages a node did not create: its inputs' and its module's parameters and buffers."""
     leaves = [*pytree.tree_leaves((args, kwargs)), *state]
-    return {_storage(t) for t in leaves if isinstance(t, torch.Tensor)}
+    return {storage_key(t) for t in leaves if isinstance(t, torch.Tensor)}
 
 
 @dataclass(frozen=True)
@@ -96,7 +78,7 @@ class Recipe:
         saved = []
 
         def pack(t):
-            if _storage(t) not in known:
+            if storage_key(t) not in known:
                 saved.append(t)
             # This graph never runs backward. Holding nothing avoids the cycle an output saved
             # by its own grad_fn would make (it would outlive the recipe until a gc pass).
@@ -105,7 +87,7 @@ class Recipe:
               _autocast(self.amp)):
             value = self.spec.fn(*args, **kwargs)
         outputs = _known_storages(value, None, ())
-        internals = [t.detach() for t in saved if _storage(t) not in outputs]
+        internals = [t.detach() for t in saved if storage_key(t) not in outputs]
         # The graph's saved variables hold `pack`, which holds `saved`, whose tensors hold the
         # graph: clear it, or the cycle keeps the inputs alive until a gc pass. Detached for the
         # same reason: a grad_fn chain would keep the rerun's inputs alive.
@@ -223,10 +205,10 @@ class RematRuntime:
         tensors = [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
         leaf_of = {}
         for i, t in enumerate(tensors):
-            leaf_of.setdefault(_storage(t), i)
+            leaf_of.setdefault(storage_key(t), i)
         internals = 0
         for packed in self._capturing[2]:  # saved while it ran: its own output, or an internal
-            key = _storage(packed.pending)
+            key = storage_key(packed.pending)
             if key in leaf_of:
                 packed.leaf = leaf_of[key]
             else:
@@ -238,13 +220,13 @@ class RematRuntime:
         recipe.rerun = recipe.rerun or internals > 0
         self._capturing = None
         for i, t in enumerate(tensors):
-            key = _storage(t)
+            key = storage_key(t)
             old = self._storages.get(key)
             if writer or old is None or old[0].expired():  # the last writer rebuilds the final contents
                 self._storages[key] = (StorageWeakRef(t.untyped_storage()), recipe, i)
 
     def _pack(self, t: torch.Tensor):
-        key = _storage(t)
+        key = storage_key(t)
         cap = self._capturing
         if cap is not None and key not in cap[1]:  # created by the node running now
             packed = _Packed(cap[0], t)
@@ -258,55 +240,3 @@ class RematRuntime:
 
 def _unpack(x):
     return x.unpack() if isinstance(x, _Packed) else x
-
-
-def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
-    """A new GraphModule, sharing `gm`'s state, that recomputes `plan.recompute` in backward.
-
-    The result is a plain forward when called directly; the returned module's
-    `fxckpt_runtime.active()` context turns the plan on (`CheckpointedModule` does this).
-    """
-    problem = to_problem(gm)
-    R = problem.indices(plan.recompute)
-    need = needed_recipes(problem, R)
-    need_names = {problem.nodes[i].name for i in need}
-    remat_names = {problem.nodes[i].name for i, s in enumerate(problem.source) if s in R}
-
-    graph = torch.fx.Graph()
-    env: dict[torch.fx.Node, torch.fx.Node] = {}
-    out = graph.graph_copy(gm.graph, env)
-    graph.output(out)
-    graph._codegen = gm.graph._codegen
-    specs: dict[str, RecipeSpec] = {}
-    rt_node = None
-    for old in gm.graph.nodes:
-        if old.name not in need_names:
-            continue
-        new = env[old]
-        if rt_node is None:
-            first = next(n for n in graph.nodes if n.op != "placeholder")
-            with graph.inserting_before(first):
-                rt_node = graph.get_attr("fxckpt_runtime")
-        cost = old.meta[META]
-        inputs = tuple(a.name for a in old.all_input_nodes)
-        reads = dict(cost.reads)
-        remat = {a: reads.get(a, a) for a in inputs if a in remat_names}
-        missing = set(remat.values()) - need_names
-        assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
-        specs[old.name] = RecipeSpec(
-            node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
-            random=cost.is_random, internals=cost.extra_saved_bytes > 0,
-            module=gm.get_submodule(old.target) if old.op == "call_module" else None)
-        with graph.inserting_before(new):
-            graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
-        with graph.inserting_after(new):
-            graph.call_method("record", (rt_node, old.name, new))
-    runtime = RematRuntime(specs)
-    object.__setattr__(gm, "fxckpt_runtime", runtime)  # so the GraphModule finds its get_attr
-    try:
-        new_gm = torch.fx.GraphModule(gm, graph)
-    finally:
-        object.__delattr__(gm, "fxckpt_runtime")
-    adopt_state(new_gm, gm)
-    object.__setattr__(new_gm, "fxckpt_runtime", runtime)
-    return new_gm

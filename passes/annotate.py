@@ -7,38 +7,27 @@ so a node's saved bytes are what autograd really keeps for its backward.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from itertools import chain
+from dataclasses import replace
 
 import torch
 import torch.fx
-from torch._subclasses import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from fxckpt.core.costs import NodeCost
 from fxckpt.core.errors import FxckptError
-from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
 
-from .frontend import flat_inputs, step_loss
-from .ops import is_batchnorm
+from .capture import Captured, copy_graph, derive, step_loss
+from .fake_step import FakeStep
+from .ops import is_batchnorm, storage_key, tensor_leaves
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
 # Ops whose fake (meta) kernels report less memory than the real CPU kernels allocate.
 _FAKE_UNDERSIZED = {getattr(torch.ops.aten, "mkldnn_rnn_layer").default} if hasattr(torch.ops.aten, "mkldnn_rnn_layer") else set()
-
-
-def _key(t: torch.Tensor) -> int:
-    return StorageWeakRef(t.untyped_storage()).cdata
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -65,10 +54,10 @@ class _OpRecorder(TorchDispatchMode):
             for i, arg in enumerate(schema.arguments):
                 if arg.alias_info is not None and arg.alias_info.is_write:
                     val = args[i] if i < len(args) else kwargs.get(arg.name)
-                    self.written.extend(_tensors(val))
+                    self.written.extend(tensor_leaves(val))
         out = func(*args, **kwargs)
-        for t in _tensors(out):
-            k = _key(t)
+        for t in tensor_leaves(out):
+            k = storage_key(t)
             if k not in self.new and not self.known(k):
                 self.new[k] = (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
         self.peak = max(self.peak, sum(n for ref, n in self.new.values() if not ref.expired()))
@@ -133,11 +122,11 @@ class _BackwardTrace(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if self.current is None:  # the engine seeding backward (the loss's gradient)
-            self.loss_bytes += sum(t.untyped_storage().nbytes() for t in _tensors(out) if not self.known(_key(t)))
+            self.loss_bytes += sum(t.untyped_storage().nbytes() for t in tensor_leaves(out) if not self.known(storage_key(t)))
             return out
         self._sweep(ending=self.current)
-        for t in _tensors(out):
-            k = _key(t)
+        for t in tensor_leaves(out):
+            k = storage_key(t)
             if k not in self.live and k not in self.held and not self.known(k):
                 nbytes = t.untyped_storage().nbytes()
                 self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
@@ -164,7 +153,7 @@ class _Annotator(torch.fx.Interpreter):
         return k in self.external or (entry is not None and not entry[1].expired())
 
     def _buffer(self, t: torch.Tensor) -> str | None:
-        entry = self.owner.get(_key(t))
+        entry = self.owner.get(storage_key(t))
         return entry[0] if entry is not None and not entry[1].expired() else None
 
     def run_node(self, n: torch.fx.Node):
@@ -191,7 +180,7 @@ class _Annotator(torch.fx.Interpreter):
     def _claim_grad_fns(self, name: str, out) -> None:
         """Autograd nodes this fx node created: their pre-hooks tell the backward trace whose
         backward is running."""
-        stack = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+        stack = [t.grad_fn for t in tensor_leaves(out) if t.grad_fn is not None]
         while stack:
             fn = stack.pop()
             if fn in self.grad_fns or type(fn).__name__ == "AccumulateGrad":
@@ -200,10 +189,10 @@ class _Annotator(torch.fx.Interpreter):
             stack.extend(f for f, _ in fn.next_functions if f is not None)
 
     def _cost(self, n, out, saved, rec, counted_flops) -> NodeCost:
-        outs = _tensors(out)
+        outs = tensor_leaves(out)
         creates, value, seen = [], [], set()
         for t in outs:
-            k = _key(t)
+            k = storage_key(t)
             if k in seen or k in self.external:
                 continue
             seen.add(k)
@@ -216,7 +205,7 @@ class _Annotator(torch.fx.Interpreter):
             value.append(name)
         saves, extra, extra_keys = [], 0, set()
         for t in saved:
-            k = _key(t)
+            k = storage_key(t)
             if k in self.external:
                 continue
             name = self._buffer(t)
@@ -229,7 +218,7 @@ class _Annotator(torch.fx.Interpreter):
         requires_grad = any(t.requires_grad for t in outs)
         mutates, writes = None, []
         for t in rec.written:
-            k = _key(t)
+            k = storage_key(t)
             if k in self.external:
                 mutates = f"{self.external[k]}"
             elif (b := self._buffer(t)) is not None and b not in writes:
@@ -260,55 +249,9 @@ class _Annotator(torch.fx.Interpreter):
 
 
 
-class FakeStep:
-    """The model's state and inputs as fake tensors: same shapes, dtypes, devices, requires_grad.
-
-    Inside the context, `gm`'s parameters and buffers are the fakes; `flat` are the graph's
-    placeholder values; `external` names the storages that exist before the step.
-    """
-
-    def __init__(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict):
-        self.gm, self.mode = gm, FakeTensorMode(allow_non_fake_inputs=False)
-        self.fakes: dict[int, torch.Tensor] = {}
-        self.external: dict[int, str] = {}
-        self.state = {name: self.fake(t, name) for name, t in chain(gm.named_parameters(remove_duplicate=False),
-                                                                    gm.named_buffers(remove_duplicate=False))}
-        for node in gm.graph.nodes:  # constants lifted by torch.export live as plain attributes
-            if node.op == "get_attr" and node.target not in self.state:
-                value = getattr(gm, node.target, None)
-                if isinstance(value, torch.Tensor):
-                    self.state[node.target] = self.fake(value, node.target)
-        self.args, self.kwargs = pytree.tree_map(lambda v: self.fake(v, "input"), (args, kwargs))
-        self.flat = flat_inputs(gm, self.args, self.kwargs)
-        self._stack = contextlib.ExitStack()
-
-    def fake(self, t, name):
-        if not isinstance(t, torch.Tensor):
-            return t
-        if id(t) not in self.fakes:
-            self.fakes[id(t)] = self.mode.from_tensor(t)
-            self.external[_key(self.fakes[id(t)])] = name
-        return self.fakes[id(t)]
-
-    def leaves(self) -> list[torch.Tensor]:
-        """Fakes whose gradient a step accumulates: allocate their .grad first, as a real step has."""
-        leaves = [t for t in self.fakes.values() if t.requires_grad and t.is_leaf]
-        with torch.no_grad():
-            for t in leaves:
-                t.grad = torch.zeros_like(t)
-        return leaves
-
-    def __enter__(self):
-        self._stack.enter_context(self.mode)
-        self._stack.enter_context(stateless._reparametrize_module(self.gm, self.state, tie_weights=True, strict=False))
-        return self
-
-    def __exit__(self, *exc):
-        return self._stack.__exit__(*exc)
-
-
-def annotate(captured) -> torch.fx.GraphModule:
-    """Write `node.meta["fxckpt"] = NodeCost(...)` on every computing node of `captured.gm`.
+def annotate(captured: Captured) -> torch.fx.GraphModule:
+    """A copy of `captured.gm` with `node.meta["fxckpt"] = NodeCost(...)` on every computing node,
+    measured on one training step on fake tensors. `captured` is left as it was.
 
     Example:
         >>> import torch, fxckpt.passes as P
@@ -317,7 +260,9 @@ def annotate(captured) -> torch.fx.GraphModule:
         >>> [n.meta["fxckpt"].out_bytes for n in gm.graph.nodes if "fxckpt" in n.meta]
         [32, 32]
     """
-    gm = captured.gm
+    if not isinstance(captured, Captured):
+        raise TypeError(f"annotate takes the Captured that capture() returns, got {type(captured).__name__}")
+    gm = derive(captured.gm, copy_graph(captured.gm.graph)[0])
     with FakeStep(gm, captured.args, captured.kwargs) as step:
         runner = _Annotator(gm, step.external)
         out = runner.run(*step.flat)
@@ -330,7 +275,7 @@ def annotate(captured) -> torch.fx.GraphModule:
         born.setdefault(b, []).append((d, nbytes))
     for node in gm.graph.nodes:
         if node.name in runner.costs:
-            runner.costs[node.name] = _replace(
+            runner.costs[node.name] = replace(
                 runner.costs[node.name], bwd_rank=rank.get(node.name, -1), bwd_flops=int(trace.flops.get(node.name, 0)),
                 bwd_transient_bytes=trace.peak.get(node.name, 0) - trace.start.get(node.name, 0),
                 grads=tuple(born.get(node.name, ())))
@@ -341,7 +286,7 @@ def annotate(captured) -> torch.fx.GraphModule:
 def _trace_backward(runner: _Annotator, out, leaves) -> _BackwardTrace:
     """Backward of the step on fake tensors, gradients of leaves preallocated as in a real step."""
     output = out  # Interpreter.run already rebuilt the output structure
-    grads = {_key(t.grad) for t in leaves}  # accumulating into .grad allocates nothing
+    grads = {storage_key(t.grad) for t in leaves}  # accumulating into .grad allocates nothing
     known = lambda k: k in grads or runner._known(k)  # noqa: E731
     trace = _BackwardTrace(known)
     handles = [fn.register_prehook(lambda grads, name=name: trace.enter(name)) for fn, name in runner.grad_fns.items()]
@@ -385,66 +330,4 @@ def _in_place_reads(gm, runner: _Annotator) -> None:
             if after and ban is None:
                 ban = f"reads {a.name}, which {after[0]} modifies in place later"
         if reads or ban != cost.ban:
-            runner.costs[n.name] = _replace(cost, ban=ban, reads=tuple(reads))
-
-
-def _replace(cost: NodeCost, **changes) -> NodeCost:
-    from dataclasses import replace
-    return replace(cost, **changes)
-
-
-def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
-    """The torch-free `RematProblem` of an annotated graph, in execution order."""
-    nodes = [n for n in gm.graph.nodes if META in n.meta]
-    index = {n: i for i, n in enumerate(nodes)}
-    by_name = {n.name: n for n in nodes}
-    buffers: list[Buffer] = []
-    buf_index: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for bname, nbytes in n.meta[META].creates:
-            buf_index[bname] = len(buffers)
-            buffers.append(Buffer(bname, nbytes, i))
-    outputs = {a for a in pytree.tree_leaves(next(iter(reversed(gm.graph.nodes))).args) if isinstance(a, torch.fx.Node)}
-    out_nodes = []
-    for i, n in enumerate(nodes):
-        c: NodeCost = n.meta[META]
-        policy = n.meta.get("recompute")
-        prefer = None
-        if policy is not None:
-            prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
-        ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
-        reads = dict(c.reads)
-        inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
-        out_nodes.append(Node(
-            name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
-            creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
-            writes=tuple(buf_index[b] for b in c.writes),
-            saves=tuple(buf_index[b] for b in c.saves), flops=c.flops,
-            requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
-            bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
-        ))
-    grads = tuple(Grad(nbytes, index[n], index[by_name[d]] if d is not None else -1)
-                  for n in nodes for d, nbytes in n.meta[META].grads)
-    return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads,
-                        loss_bytes=gm.meta.get(META, {}).get("loss_bytes", 0), name=name)
-
-
-def _scope(n: torch.fx.Node) -> str:
-    """The module path a node runs in (e.g. "transformer.h.3.attn"), from torch.fx's
-    nn_module_stack; a call_module node is in its own module."""
-    if n.op == "call_module":
-        return str(n.target)
-    stack = n.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1]
-    path = path[0] if isinstance(path, tuple) else path
-    return str(path).replace("L['self'].", "").replace("L__self___", "")
-
-
-def _op_name(n: torch.fx.Node) -> str:
-    if n.op == "call_module":
-        return f"module {n.target}"
-    if n.op == "call_method":
-        return f"method {n.target}"
-    return getattr(n.target, "__name__", str(n.target)) if not isinstance(n.target, torch._ops.OpOverload) else str(n.target)
+            runner.costs[n.name] = replace(cost, ban=ban, reads=tuple(reads))

@@ -141,6 +141,34 @@ def adopt_state(gm: torch.fx.GraphModule, model: torch.nn.Module) -> torch.fx.Gr
     return gm
 
 
+def copy_graph(graph: torch.fx.Graph) -> tuple[torch.fx.Graph, dict[torch.fx.Node, torch.fx.Node]]:
+    """A copy of `graph` (same node names, meta and calling convention) and the old -> new node map.
+    Passes change the copy, never their input: each returns a new artifact."""
+    new = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    new.output(new.graph_copy(graph, env))
+    new._codegen = graph._codegen
+    return new, env
+
+
+def derive(gm: torch.fx.GraphModule, graph: torch.fx.Graph, **attrs) -> torch.fx.GraphModule:
+    """A GraphModule running `graph` on `gm`'s state (shared, see `adopt_state`), with `attrs`
+    (objects the graph reaches by get_attr) set on it. The graph is linted first."""
+    graph.lint()
+    for name, value in attrs.items():  # so the GraphModule constructor finds them
+        object.__setattr__(gm, name, value)
+    try:
+        new_gm = torch.fx.GraphModule(gm, graph)
+    finally:
+        for name in attrs:
+            object.__delattr__(gm, name)
+    adopt_state(new_gm, gm)
+    new_gm.meta.update(gm.meta)
+    for name, value in attrs.items():
+        object.__setattr__(new_gm, name, value)
+    return new_gm
+
+
 def _getattr_path(obj, target: str):
     for atom in target.split("."):
         obj = getattr(obj, atom)

@@ -1,0 +1,62 @@
+"""fake step: a model's state and inputs as fake tensors, to run a training step with no compute."""
+
+from __future__ import annotations
+
+import contextlib
+from itertools import chain
+
+import torch
+import torch.fx
+from torch._subclasses import FakeTensorMode
+from torch.nn.utils import stateless
+from torch.utils import _pytree as pytree
+
+from .capture import flat_inputs
+from .ops import storage_key
+
+
+class FakeStep:
+    """The model's state and inputs as fake tensors: same shapes, dtypes, devices, requires_grad.
+
+    Inside the context, `gm`'s parameters and buffers are the fakes; `flat` are the graph's
+    placeholder values; `external` names the storages that exist before the step.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict):
+        self.gm, self.mode = gm, FakeTensorMode(allow_non_fake_inputs=False)
+        self.fakes: dict[int, torch.Tensor] = {}
+        self.external: dict[int, str] = {}
+        self.state = {name: self.fake(t, name) for name, t in chain(gm.named_parameters(remove_duplicate=False),
+                                                                    gm.named_buffers(remove_duplicate=False))}
+        for node in gm.graph.nodes:  # constants lifted by torch.export live as plain attributes
+            if node.op == "get_attr" and node.target not in self.state:
+                value = getattr(gm, node.target, None)
+                if isinstance(value, torch.Tensor):
+                    self.state[node.target] = self.fake(value, node.target)
+        self.args, self.kwargs = pytree.tree_map(lambda v: self.fake(v, "input"), (args, kwargs))
+        self.flat = flat_inputs(gm, self.args, self.kwargs)
+        self._stack = contextlib.ExitStack()
+
+    def fake(self, t, name):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if id(t) not in self.fakes:
+            self.fakes[id(t)] = self.mode.from_tensor(t)
+            self.external[storage_key(self.fakes[id(t)])] = name
+        return self.fakes[id(t)]
+
+    def leaves(self) -> list[torch.Tensor]:
+        """Fakes whose gradient a step accumulates: allocate their .grad first, as a real step has."""
+        leaves = [t for t in self.fakes.values() if t.requires_grad and t.is_leaf]
+        with torch.no_grad():
+            for t in leaves:
+                t.grad = torch.zeros_like(t)
+        return leaves
+
+    def __enter__(self):
+        self._stack.enter_context(self.mode)
+        self._stack.enter_context(stateless._reparametrize_module(self.gm, self.state, tie_weights=True, strict=False))
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)

@@ -1,0 +1,68 @@
+"""rewrite: (GraphModule, Plan) -> a new GraphModule that recomputes what the plan says.
+
+NOTE [ Per-tensor rematerialization through saved-tensor hooks ]
+We chose saved-tensor hooks over `torch.utils.checkpoint` regions. A region recomputes all of
+its saved tensors at once in backward, so its peak is the kept tensors plus the largest region's
+working set, and plans are limited to region boundaries; eager checkpointing also re-runs
+BatchNorm (statistics updated twice) and needs RNG stashing for dropout. With hooks, each node
+the plan recomputes records a `Recipe` (its function and the handles of its inputs) when it runs
+forward; the pack hook swaps any saved tensor living in that node's storage for the recipe; the
+unpack hook materializes it once, under no_grad, from kept inputs or other recipes. Random ops
+are never recomputed (the plan keeps them) and batch norm is recomputed without its running
+statistics, so gradients and buffers are bitwise those of the original model. The memory this
+holds is exactly what `fxckpt.core.simulate` models: recipes cache their value until the last saved
+slot that refers to them is released by autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from fxckpt.core.simulate import needed_recipes
+
+from .annotate import META
+from .capture import copy_graph, derive
+from .ops import node_fn
+from .runtime import RecipeSpec, RematRuntime
+from .to_problem import to_problem
+
+
+def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
+    """A new GraphModule, sharing `gm`'s state, that recomputes `plan.recompute` in backward.
+
+    The result is a plain forward when called directly; the returned module's
+    `fxckpt_runtime.active()` context turns the plan on (`CheckpointedModule` does this).
+    """
+    problem = to_problem(gm)
+    R = problem.indices(plan.recompute)  # a KeyError names a node the graph does not have
+    need = needed_recipes(problem, R)
+    need_names = {problem.nodes[i].name for i in need}
+    remat_names = {problem.nodes[i].name for i, s in enumerate(problem.source) if s in R}
+
+    graph, env = copy_graph(gm.graph)
+    specs: dict[str, RecipeSpec] = {}
+    rt_node = None
+    for old in gm.graph.nodes:
+        if old.name not in need_names:
+            continue
+        new = env[old]
+        if rt_node is None:
+            first = next(n for n in graph.nodes if n.op != "placeholder")
+            with graph.inserting_before(first):
+                rt_node = graph.get_attr("fxckpt_runtime")
+        cost = old.meta[META]
+        inputs = tuple(a.name for a in old.all_input_nodes)
+        reads = dict(cost.reads)
+        remat = {a: reads.get(a, a) for a in inputs if a in remat_names}
+        missing = set(remat.values()) - need_names
+        assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
+        specs[old.name] = RecipeSpec(
+            node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
+            random=cost.is_random, internals=cost.extra_saved_bytes > 0,
+            module=gm.get_submodule(old.target) if old.op == "call_module" else None)
+        with graph.inserting_before(new):
+            graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
+        with graph.inserting_after(new):
+            graph.call_method("record", (rt_node, old.name, new))
+    return derive(gm, graph, fxckpt_runtime=RematRuntime(specs))

@@ -1,0 +1,71 @@
+"""to_problem: an annotated GraphModule -> the torch-free `RematProblem` the solvers read."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from fxckpt.core.costs import NodeCost
+from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
+
+from .annotate import META
+
+
+def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
+    """The torch-free `RematProblem` of an annotated graph, in execution order."""
+    if META not in gm.meta:
+        raise ValueError("to_problem takes the GraphModule that annotate() returns; this one is not annotated")
+    nodes = [n for n in gm.graph.nodes if META in n.meta]
+    index = {n: i for i, n in enumerate(nodes)}
+    by_name = {n.name: n for n in nodes}
+    buffers: list[Buffer] = []
+    buf_index: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for bname, nbytes in n.meta[META].creates:
+            buf_index[bname] = len(buffers)
+            buffers.append(Buffer(bname, nbytes, i))
+    outputs = {a for a in pytree.tree_leaves(next(iter(reversed(gm.graph.nodes))).args) if isinstance(a, torch.fx.Node)}
+    out_nodes = []
+    for i, n in enumerate(nodes):
+        c: NodeCost = n.meta[META]
+        policy = n.meta.get("recompute")
+        prefer = None
+        if policy is not None:
+            prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
+        ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
+        reads = dict(c.reads)
+        inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
+        out_nodes.append(Node(
+            name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
+            creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
+            writes=tuple(buf_index[b] for b in c.writes),
+            saves=tuple(buf_index[b] for b in c.saves), flops=c.flops,
+            requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
+            bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
+        ))
+    grads = tuple(Grad(nbytes, index[n], index[by_name[d]] if d is not None else -1)
+                  for n in nodes for d, nbytes in n.meta[META].grads)
+    return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads,
+                        loss_bytes=gm.meta.get(META, {}).get("loss_bytes", 0), name=name)
+
+
+def _scope(n: torch.fx.Node) -> str:
+    """The module path a node runs in (e.g. "transformer.h.3.attn"), from torch.fx's
+    nn_module_stack; a call_module node is in its own module."""
+    if n.op == "call_module":
+        return str(n.target)
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1]
+    path = path[0] if isinstance(path, tuple) else path
+    return str(path).replace("L['self'].", "").replace("L__self___", "")
+
+
+def _op_name(n: torch.fx.Node) -> str:
+    if n.op == "call_module":
+        return f"module {n.target}"
+    if n.op == "call_method":
+        return f"method {n.target}"
+    return getattr(n.target, "__name__", str(n.target)) if not isinstance(n.target, torch._ops.OpOverload) else str(n.target)
