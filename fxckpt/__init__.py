@@ -19,6 +19,9 @@ _LAZY = {
     "measure_step": ".measure", "StepMeasurement": ".measure",
 }
 
+# submodules loaded on first attribute access (`fxckpt.profiling.MemoryProfiler` after `import fxckpt`)
+_SUBMODULES = ("profiling",)
+
 __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
@@ -28,6 +31,8 @@ __all__ = [
 
 
 def __getattr__(name):
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)  # the import binds it in this namespace
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fxckpt' has no attribute {name!r}")
@@ -37,4 +42,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

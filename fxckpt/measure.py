@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -21,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .passes.capture import step_loss  # the step convention lives with capture; re-exported here
 
-__all__ = ["LiveBytesMode", "StepMeasurement", "measure_step", "step_loss"]
+__all__ = ["Allocation", "LiveBytesMode", "StepMeasurement", "measure_step", "step_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,16 @@ def _storages(tree):
             continue  # sparse tensors and some subclasses have no storage of their own
 
 
+@dataclass
+class Allocation:
+    """One storage a `LiveBytesMode` saw created: alive after ops ``born`` .. ``died - 1`` of its
+    timeline (``died`` None: still alive when last swept)."""
+
+    nbytes: int
+    born: int
+    died: int | None = None
+
+
 class LiveBytesMode(TorchDispatchMode):
     """Tracks the bytes of live tensor storages created by the ops dispatched while it is active.
 
@@ -61,15 +72,24 @@ class LiveBytesMode(TorchDispatchMode):
         peak_bytes: the largest live total, taken after each op's outputs are created.
         timeline: ``(live_bytes, op_name)`` after every op, when ``record_timeline=True`` (which
             costs a sweep of all tracked storages per op).
+        allocations: with ``record_timeline``, every storage counted, with the timeline indices
+            it lived over: after op ``t``, ``timeline[t][0]`` is the sum of ``nbytes`` over the
+            allocations with ``born <= t < died``. A storage resized by an ``out=`` op ends one
+            allocation and starts another.
+        labels: with ``label``, ``label()`` called after every op (e.g. the module running it).
     """
 
-    def __init__(self, record_timeline: bool = False):
+    def __init__(self, record_timeline: bool = False, label: Callable[[], Any] | None = None):
         super().__init__()
-        self.record_timeline = record_timeline
+        self.record_timeline = record_timeline or label is not None
+        self.label = label
         self.timeline: list[tuple[int, str]] = []
+        self.allocations: list[Allocation] = []
+        self.labels: list[Any] = []
         self.peak_bytes = 0
         self._tracked: dict[int, tuple[StorageWeakRef, int]] = {}  # may hold dead entries until swept
         self._tracked_bytes = 0  # sum over _tracked: an upper bound on the live bytes
+        self._open: dict[int, Allocation] = {}  # storage key -> its allocation, when recording
 
     @property
     def current_bytes(self) -> int:
@@ -81,6 +101,18 @@ class LiveBytesMode(TorchDispatchMode):
         dead = [k for k, (ref, _) in self._tracked.items() if ref.expired()]
         for k in dead:
             self._tracked_bytes -= self._tracked.pop(k)[1]
+            self._close(k)
+
+    def _close(self, key: int) -> None:
+        alloc = self._open.pop(key, None)
+        if alloc is not None:
+            alloc.died = len(self.timeline)
+
+    def _record(self, key: int, nbytes: int) -> None:
+        if self.record_timeline:
+            self._close(key)
+            self._open[key] = alloc = Allocation(nbytes, len(self.timeline))
+            self.allocations.append(alloc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -93,9 +125,12 @@ class LiveBytesMode(TorchDispatchMode):
                 grew += max(0, n - entry[1])
                 self._tracked_bytes += n - entry[1]
                 self._tracked[key] = (entry[0], n)
+                if n != entry[1]:
+                    self._record(key, n)
                 continue
             if entry is not None:  # defensive: our weak ref keeps a dead storage's address reserved
                 self._tracked_bytes -= self._tracked.pop(key)[1]
+                self._close(key)
             if inputs is None:
                 inputs = set() if func in _FRESH else {x._cdata for x in _storages((args, kwargs))}
             if key in inputs:
@@ -104,12 +139,15 @@ class LiveBytesMode(TorchDispatchMode):
             self._tracked[key] = (StorageWeakRef(s), n)
             self._tracked_bytes += n
             grew += n
+            self._record(key, n)
         # Sweeping is O(tracked); only needed when the upper bound could pass the peak.
         if self.record_timeline or (grew and self._tracked_bytes > self.peak_bytes):
             self._sweep()
             self.peak_bytes = max(self.peak_bytes, self._tracked_bytes)
         if self.record_timeline:
             self.timeline.append((self._tracked_bytes, str(func)))
+            if self.label is not None:
+                self.labels.append(self.label())
         return out
 
 

@@ -10,12 +10,19 @@ from .core.simulate import simulate
 MIB = 2**20
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("plotting needs matplotlib: pip install 'fxckpt[plot]'") from e
     return plt
+
+
+def simulated_timeline(problem: RematProblem, plan: Plan | None = None) -> tuple[tuple[int, str], ...]:
+    """``(live activation bytes, "forward|recompute|backward <node>")`` at every simulated step,
+    with the plan's recomputations (none without a plan)."""
+    recompute = problem.indices(plan.recompute) if plan is not None else ()
+    return simulate(problem, recompute, timeline=True).timeline
 
 
 def plot_timeline(problem: RematProblem, plan: Plan | None = None, ax=None):
@@ -25,14 +32,12 @@ def plot_timeline(problem: RematProblem, plan: Plan | None = None, ax=None):
         >>> from fxckpt.core.synthetic import random_problem
         >>> ax = plot_timeline(random_problem(12, "chain"))
     """
-    plt = _pyplot()
+    plt = pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.5))
-    base = simulate(problem, timeline=True)
-    ax.plot([b / MIB for b, _ in base.timeline], label="no checkpointing", lw=1)
+    ax.plot([b / MIB for b, _ in simulated_timeline(problem)], label="no checkpointing", lw=1)
     if plan is not None:
-        sim = simulate(problem, problem.indices(plan.recompute), timeline=True)
-        ax.plot([b / MIB for b, _ in sim.timeline], label=f"{plan.solver}: recompute {len(plan.recompute)} nodes", lw=1)
+        ax.plot([b / MIB for b, _ in simulated_timeline(problem, plan)], label=f"{plan.solver}: recompute {len(plan.recompute)} nodes", lw=1)
         if plan.budget_bytes is not None:
             ax.axhline(plan.budget_bytes / MIB, color="k", ls="--", lw=0.8, label="budget")
     ax.set_xlabel("step (forward nodes, then recomputations and backward nodes)")
