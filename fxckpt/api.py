@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from itertools import chain
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,14 +30,35 @@ class _Planned:
     frontend: str
 
 
-def _signature(args, kwargs):
+def _signature(model: torch.nn.Module, args, kwargs):
+    """What a plan depends on besides the budget: input structure, shapes, dtypes and devices,
+    the autocast state, every submodule's train/eval flag (a captured graph freezes dropout and
+    batch norm modes), and the parameters' and buffers' dtypes, devices and requires_grad (a
+    captured graph freezes dtypes; frozen parameters change what autograd saves)."""
     from .passes.runtime import autocast_state
 
     leaves, spec = pytree.tree_flatten((args, kwargs))
     return spec, autocast_state(), tuple(
         (tuple(x.shape), x.dtype, x.device, x.requires_grad) if isinstance(x, torch.Tensor) else x
         for x in leaves
-    )
+    ), tuple(m.training for m in model.modules()), tuple(
+        (t.dtype, t.device, t.requires_grad) for t in chain(model.parameters(), model.buffers()))
+
+
+@contextlib.contextmanager
+def _training(model: torch.nn.Module):
+    """Plans are made for training: a model handed over in eval() is planned as `model.train()`
+    would set it, and every submodule's flag is put back afterwards."""
+    if model.training:
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def _budget_bytes(baseline: int, budget_mb, budget) -> int:
@@ -106,8 +129,9 @@ class CheckpointedModule(ModelWrapper):
     It shares the original's submodules, parameters and buffers (same objects, same
     `state_dict()` keys). In training mode with grad enabled it runs the rewritten graph;
     in `eval()` or under `torch.no_grad()` it runs the original forward, with no recompute
-    machinery. A call whose input shapes differ from the planned ones is planned again (same
-    budget and solver) and the plan cached per input signature.
+    machinery; its train/eval mode is the model's. A call with another signature (input shapes,
+    dtypes, devices, autocast, submodule modes, parameter dtypes and devices; see `_signature`)
+    is planned again (same budget and solver) and the plan cached per signature.
     """
 
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver):
@@ -132,7 +156,7 @@ class CheckpointedModule(ModelWrapper):
     def forward(self, *args, **kwargs):
         if not (self.training and torch.is_grad_enabled()):
             return self._model(*args, **kwargs)
-        sig = _signature(args, kwargs)
+        sig = _signature(self._model, args, kwargs)
         planned = self.plans.get(sig)
         if planned is None:
             log.info("new input signature: planning again for it")
@@ -179,5 +203,7 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
     from .passes.capture import split_input
 
     args, kwargs = split_input(example_input)
-    planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver)
-    return CheckpointedModule(model, planned, _signature(args, kwargs), budget_mb=budget_mb, budget=budget, solver=solver)
+    with _training(model):
+        planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver)
+        signature = _signature(model, args, kwargs)
+    return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver)

@@ -11,16 +11,26 @@ class ModelWrapper(torch.nn.Module):
     change only how forward runs."""
 
     def __init__(self, model: torch.nn.Module):
+        object.__setattr__(self, "_model", model)  # before Module.__init__ sets `training`
+        mode = model.training
         super().__init__()
-        object.__setattr__(self, "_model", model)
+        model.training = mode
         self._modules = model._modules
         self._parameters = model._parameters
         self._buffers = model._buffers
         self._non_persistent_buffers_set = model._non_persistent_buffers_set
         self._version = type(model)._version
-        self.training = model.training
+
+    # The mode is the model's own flag, not a copy: `model.eval()` on the original switches the
+    # wrapper too, and `wrapper.train()` the original.
+    @property
+    def training(self) -> bool:
+        return self._model.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self._model.training = mode
 
     def train(self, mode: bool = True):
-        super().train(mode)
         self._model.train(mode)
         return self
