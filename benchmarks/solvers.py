@@ -49,7 +49,7 @@ def gaps(sizes, seeds: int, fracs=(0.9, 0.75, 0.6, 0.45)) -> None:
                     t0 = time.perf_counter()
                     got = solve_ilp(p, b, seconds=60)
                     ilp_secs.append(time.perf_counter() - t0)
-                    if got.lower_bound_flops is None:
+                    if got.lower_bound is None:
                         infeasible += 1
                         continue
                     cost = simulate(p, got.recompute)
@@ -57,7 +57,7 @@ def gaps(sizes, seeds: int, fracs=(0.9, 0.75, 0.6, 0.45)) -> None:
                         unproven += 1
                         continue
                     opt = cost.recompute_flops
-                    if got.lower_bound_flops < opt * (1 - 1e-4):
+                    if got.lower_bound < opt * (1 - 1e-4):
                         unproven += 1
                         continue
                     proven += 1
@@ -100,11 +100,11 @@ def times(sizes, gpt2: bool, blocks48: bool, frac: float = 0.6) -> None:
             t0 = time.perf_counter()
             got = solve_ilp(p, b, seconds=60)
             s = time.perf_counter() - t0
-            if got.lower_bound_flops is not None:
+            if got.lower_bound is not None:
                 c = simulate(p, got.recompute).recompute_flops
-                opt = c if got.lower_bound_flops >= c * (1 - 1e-4) else None
+                opt = c if got.lower_bound >= c * (1 - 1e-4) else None
                 print(f"{name:>16} {len(p.nodes):>6} {'ilp':>9} {s:8.2f} {c:16.4g} "
-                      f"{'optimal' if opt is not None else f'lb {got.lower_bound_flops:.4g}':>8}")
+                      f"{'optimal' if opt is not None else f'lb {got.lower_bound:.4g}':>8}")
         for m in ["sqrt", *HEURISTICS]:
             s, c = run(p, b, m)
             rel = "" if c is None or opt is None else f"{100 * (c - opt) / max(1, opt):+.1f}%"

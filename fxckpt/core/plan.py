@@ -20,6 +20,7 @@ class PlanRow:
     nbytes: int
     flops: int
     reason: str
+    seconds: float | None = None  # estimated time of one run, where the problem carries times
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Plan:
         recompute_flops: FLOPs spent recomputing (matmuls counted by FlopCounterMode,
             other ops one per output element).
         forward_flops: FLOPs of one forward under the same convention.
+        recompute_seconds, forward_seconds: the same in estimated seconds (roofline of FLOPs and
+            bytes at the device's measured rates, plus per-op overhead; `fxckpt.core.timing`),
+            None when the problem carries no times. Solvers minimize these when present.
         solver, solve_seconds, optimality_gap: who decided, how long it took, and the
             relative gap to a proven optimum where one is known.
         dry_run_peak_bytes: the peak of the rewritten step run on fake tensors (no real
@@ -53,6 +57,8 @@ class Plan:
     peak_at: str = ""
     optimality_gap: float | None = None
     dry_run_peak_bytes: int | None = None  # the rewritten step run on fake tensors, when verified
+    recompute_seconds: float | None = None
+    forward_seconds: float | None = None
 
     @property
     def predicted_peak_mib(self) -> float:
@@ -68,7 +74,10 @@ class Plan:
         return (
             f"fxckpt plan ({self.solver}, {self.solve_seconds:.3f} s): budget {budget}, predicted peak "
             f"{self.predicted_peak_bytes / MIB:.2f} MiB (no checkpointing: {self.baseline_peak_bytes / MIB:.2f} MiB), "
-            f"recompute {len(self.recompute)} nodes, +{100 * self.recompute_overhead:.1f}% FLOPs; peak at {self.peak_at}"
+            f"recompute {len(self.recompute)} nodes, +{100 * self.recompute_overhead:.1f}% FLOPs"
+            + ("" if self.recompute_seconds is None else
+               f", est. {1e3 * self.recompute_seconds:.2f} ms (forward est. {1e3 * self.forward_seconds:.2f} ms)")
+            + f"; peak at {self.peak_at}"
             + ("" if self.optimality_gap is None else
                "; proven optimal" if self.optimality_gap <= 1e-4 else f"; within {100 * self.optimality_gap:.1f}% of optimal")
             + ("" if self.dry_run_peak_bytes is None else f"; dry run {self.dry_run_peak_bytes / MIB:.2f} MiB")
@@ -133,10 +142,12 @@ def make_plan(problem: RematProblem, recompute, *, solver: str, budget_bytes: in
             reason = node.ban or ("user policy: must save" if node.prefer == "save" else "cheaper to keep within the budget")
         else:
             decision, reason = "free", "not saved for backward: freed after its last forward use"
-        rows.append(PlanRow(node.name, node.op, decision, nbytes, node.flops, reason))
+        rows.append(PlanRow(node.name, node.op, decision, nbytes, node.flops, reason, node.seconds))
     return Plan(
         recompute=problem.names(R), budget_bytes=budget_bytes, predicted_peak_bytes=sim.peak_bytes,
         baseline_peak_bytes=baseline_peak_bytes, recompute_flops=sim.recompute_flops,
         forward_flops=sum(n.flops for n in problem.nodes), solver=solver,
         solve_seconds=solve_seconds, rows=tuple(rows), peak_at=sim.peak_at, optimality_gap=optimality_gap,
+        recompute_seconds=sim.recompute_seconds,
+        forward_seconds=sum(n.seconds or 0.0 for n in problem.nodes) if problem.timed else None,
     )

@@ -44,7 +44,8 @@ class Node:
     writes: tuple[int, ...] = ()  # activation buffers it modifies in place (value among them)
     saves: tuple[int, ...] = ()  # activation buffers its backward holds
     extra_saved_bytes: int = 0  # saved tensors that are nobody's output (masks, statistics)
-    flops: int = 0  # cost of running it once (recompute cost)
+    flops: int = 0  # FLOPs of running it once (matmuls counted, other ops one per output element)
+    seconds: float | None = None  # estimated time of running it once (see fxckpt.core.timing); None: unknown
     requires_grad: bool = False  # it has a backward
     transient_bytes: int = 0  # bytes live only while its forward runs
     bwd_rank: int | None = None  # position of its backward in the backward pass; None: reverse
@@ -74,6 +75,36 @@ class RematProblem:
             for b in node.creates:
                 if self.buffers[b].producer != i:
                     raise ValueError(f"buffer {self.buffers[b].name!r} is not produced by {node.name!r}")
+        timed = {n.seconds is not None for n in self.nodes if n.creates or n.writes}
+        if len(timed) > 1:
+            raise ValueError(f"problem {self.name!r}: some nodes have estimated seconds and some do not; "
+                             "estimate every node or none (the solvers' cost needs one unit)")
+
+    # NOTE [ One recompute cost ]
+    # Every solver, the simulator and the plan price a recomputation with `cost`: one integer per
+    # node, in nanoseconds when the nodes carry estimated times, else in FLOPs (synthetic
+    # problems, or no device rates). A plan costs the sum over the nodes backward actually
+    # materializes (`fxckpt.core.simulate.recompute_cost`), not over the nodes it names: a node
+    # no backward needs costs nothing, an in-place op replayed with its base costs its share.
+    # Integers keep the exact solvers exact (the chain DP's fronts, the min cut's capacities).
+
+    @cached_property
+    def timed(self) -> bool:
+        """Whether costs are estimated nanoseconds (True) or FLOPs (False)."""
+        return any(n.seconds is not None for n in self.nodes if n.creates or n.writes)
+
+    @cached_property
+    def cost(self) -> tuple[int, ...]:
+        """What replaying each node once costs (see NOTE [ One recompute cost ]); 0 for nodes
+        that allocate and write nothing (views: replaying them is no work)."""
+        work = [bool(n.creates or n.writes) for n in self.nodes]
+        if self.timed:
+            return tuple(round(n.seconds * 1e9) if w else 0 for n, w in zip(self.nodes, work))
+        return tuple(n.flops if w else 0 for n, w in zip(self.nodes, work))
+
+    @property
+    def cost_unit(self) -> str:
+        return "ns" if self.timed else "FLOPs"
 
     @cached_property
     def index(self) -> dict[str, int]:

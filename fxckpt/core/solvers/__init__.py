@@ -13,18 +13,18 @@ from typing import Callable
 from ..errors import InfeasibleBudgetError, SolverError
 from ..plan import Plan, make_plan
 from ..problem import RematProblem
-from ..simulate import simulate
+from ..simulate import recompute_cost, simulate
 
 Solver = Callable[[RematProblem, int], "frozenset | Solved"]
 
 
 @dataclass(frozen=True)
 class Solved:
-    """A solver's answer with a proven lower bound on the recompute FLOPs of any plan that fits
-    (a solver that knows one returns this instead of a bare frozenset)."""
+    """A solver's answer with a proven lower bound on the recompute cost (`RematProblem.cost`)
+    of any plan that fits (a solver that knows one returns this instead of a bare frozenset)."""
 
     recompute: frozenset
-    lower_bound_flops: float | None = None
+    lower_bound: float | None = None
 SOLVERS: dict[str, Solver] = {}
 
 
@@ -72,12 +72,13 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
     seconds = time.perf_counter() - t0
     bound = None
     if isinstance(chosen, Solved):
-        chosen, bound = chosen.recompute, chosen.lower_bound_flops
+        chosen, bound = chosen.recompute, chosen.lower_bound
     plan = make_plan(problem, chosen, solver=method, budget_bytes=budget, solve_seconds=seconds)
     if plan.predicted_peak_bytes > budget:
         raise _why_not(problem, budget, method, plan.predicted_peak_bytes)
     if bound is not None:
-        gap = (plan.recompute_flops - bound) / plan.recompute_flops if plan.recompute_flops else 0.0
+        cost = recompute_cost(problem, chosen)
+        gap = (cost - bound) / cost if cost else 0.0
         plan = dataclasses.replace(plan, optimality_gap=max(0.0, gap))
     return plan
 

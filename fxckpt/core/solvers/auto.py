@@ -47,6 +47,6 @@ def solve_auto(problem, budget_bytes):
 
 
 def _rank(sim, budget_bytes):
-    """Fitting plans first, then fewer FLOPs; plans over budget by their peak."""
+    """Fitting plans first, then lower recompute cost; plans over budget by their peak."""
     fits = sim.peak_bytes <= budget_bytes
-    return (fits, -sim.recompute_flops if fits else -sim.peak_bytes)
+    return (fits, -sim.recompute_cost if fits else -sim.peak_bytes)

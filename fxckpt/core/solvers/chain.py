@@ -207,7 +207,7 @@ def chain_of_blocks(problem):
     profiles, members = [], []
     for block, nodes in order.items():
         nbytes = sum(problem.buffers[b].nbytes for i in nodes for b in problem.nodes[i].creates if b in held)
-        profiles.append(LayerProfile(block, nbytes, float(sum(problem.nodes[i].flops for i in nodes))))
+        profiles.append(LayerProfile(block, nbytes, float(sum(problem.cost[i] for i in nodes))))
         members.append(nodes)
     return profiles, members
 
@@ -239,8 +239,8 @@ def solve_chain_dp(problem, budget_bytes):
         seen.add(plan.segments)
         R = frozenset(i for s, e in plan.segments for block in range(s, e + 1) for i in members[block])
         sim = simulate(problem, R)
-        if sim.peak_bytes <= budget_bytes and (best is None or sim.recompute_flops < best[0]):
-            best = (sim.recompute_flops, R)
+        if sim.peak_bytes <= budget_bytes and (best is None or sim.recompute_cost < best[0]):
+            best = (sim.recompute_cost, R)
     return best[1] if best is not None else solve_greedy(problem, budget_bytes)
 
 

@@ -11,7 +11,7 @@ A plan R is a sequence of kept nodes k_0 < k_1 < ... with maximal recomputed run
 S = [k+1, k'-1] between consecutive kept nodes k, k' (virtual kept nodes -1 and n at the ends,
 holding nothing). Let m be the largest node of S whose buffer some backward saves (`sv`). The
 runtime then:
-  * needs recipes exactly for [k+1, m] (none when m does not exist; those nodes cost no FLOPs);
+  * needs recipes exactly for [k+1, m] (none when m does not exist; those nodes cost nothing);
   * holds the anchor b_k into backward iff k's buffer is saved, or m exists (recipe k+1 holds it);
   * materializes [k+1, m] all at once, in ascending order, just before the backward of the
     trigger c* = m+1 when node m+1 saves b_m, else c* = m; during that, a non-saved b_x stays
@@ -30,7 +30,7 @@ in O(1) per step while k' walks right (O(n^2) transitions at most, fewer when ba
 cut the walks), and fronts are merged with a heap, so the DP costs about
 O(transitions + n * front size * log) (see `_dp`).
 
-Exact minimization of recompute FLOPs under a byte budget embeds knapsack, so front sizes (the
+Exact minimization of recompute cost under a byte budget embeds knapsack, so front sizes (the
 distinct held-prefix byte sums) can grow with the byte values; they stay small in practice.
 """
 
@@ -80,8 +80,8 @@ class _Chain:
         self.cb, self.v = cb, v
         self.tr = [nd.transient_bytes for nd in nodes]
         fl = [0]
-        for nd in nodes:
-            fl.append(fl[-1] + nd.flops)
+        for c in p.cost:
+            fl.append(fl[-1] + c)
         self.fl = fl
         cands = set(p.candidates())
         self.can_r = [i in cands and nodes[i].prefer != "save" for i in range(n)]
@@ -248,7 +248,7 @@ def _merge(fronts, blks):
 
 
 def solve_node_chain(problem: RematProblem, budget_bytes) -> frozenset[int] | None:
-    """The cheapest plan (by simulated recompute FLOPs, then fewest recomputed nodes) whose
+    """The cheapest plan (by simulated recompute cost, then fewest recomputed nodes) whose
     simulated peak fits `budget_bytes`, exactly, on a node chain; when nothing fits, the
     cheapest of the lowest-peak plans. None when `problem` is not a node chain."""
     if not is_node_chain(problem):

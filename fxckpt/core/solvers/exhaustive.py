@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from ..simulate import simulate
+from ..simulate import recompute_cost, simulate
 from . import register_solver
 
 LIMIT = 16  # candidates; 2**16 simulations is about as far as this goes
@@ -13,21 +13,20 @@ LIMIT = 16  # candidates; 2**16 simulations is about as far as this goes
 
 @register_solver("exhaustive")
 def solve_exhaustive(problem, budget_bytes):
-    """Subsets in order of recompute cost would be ideal; subsets by size, pruned by the best
-    cost found so far, are exact and simple."""
+    """Subsets in order of recompute cost would be ideal; subsets by size, each priced without
+    simulating and simulated only when cheaper than the best found so far, are exact and simple."""
     cands = problem.candidates()
     if len(cands) > LIMIT:
         raise ValueError(f"exhaustive search takes at most {LIMIT} candidates, this problem has {len(cands)}; "
                          "use 'greedy' or 'auto'")
-    flops = {c: problem.nodes[c].flops for c in cands}
     best: tuple[float, frozenset] | None = None
     lowest = (simulate(problem).peak_bytes, frozenset())
     for k in range(len(cands) + 1):
         for subset in combinations(cands, k):
-            cost = sum(flops[c] for c in subset)
+            R = frozenset(subset)
+            cost = recompute_cost(problem, R)
             if best is not None and cost >= best[0]:
                 continue
-            R = frozenset(subset)
             peak = simulate(problem, R).peak_bytes
             if peak < lowest[0]:
                 lowest = (peak, R)

@@ -13,15 +13,15 @@ _BULK_FROM = 1500  # nodes: larger graphs take many candidates per step (faster,
 
 def _ranked(problem, R, live, allowed, alpha: float) -> list[tuple[float, int, int]]:
     """(score, node, bytes it holds at the peak) for the candidates outside R scoring above 0,
-    best first, where score = held bytes / (FLOPs + 1) ** alpha; found from the live buffers
+    best first, where score = held bytes / (cost + 1) ** alpha; found from the live buffers
     rather than by scoring every candidate."""
-    buffers, nodes = problem.buffers, problem.nodes
+    buffers, nodes, cost = problem.buffers, problem.nodes, problem.cost
     held: dict[int, int] = {}
     for b in live:  # a live buffer was allocated by its producer, which creates it
         p = buffers[b].producer
         held[p] = held.get(p, 0) + buffers[b].nbytes * nodes[p].creates.count(b)
     allowed = set(allowed)
-    ranked = sorted(((h / (nodes[p].flops + 1) ** alpha, p, h) for p, h in held.items() if p in allowed and p not in R),
+    ranked = sorted(((h / (cost[p] + 1) ** alpha, p, h) for p, h in held.items() if p in allowed and p not in R),
                     reverse=True)
     return [t for t in ranked if t[0] > 0]
 
@@ -81,7 +81,7 @@ def _bulk(problem, R, sim, allowed, alpha: float, excess: int) -> frozenset[int]
 
 
 def _step(problem, R, sim, allowed, alpha: float) -> list[int]:
-    """Candidates held at the peak that lower it, best gain per FLOP first, searching in score
+    """Candidates held at the peak that lower it, best gain per unit of cost first, searching in score
     order _TRIES at a time; failing that, the best-scored one that at least does not raise it
     (the peak may sit on a plateau of equal steps)."""
     ranked = [p for _, p, _ in _ranked(problem, R, sim.live_at_peak, allowed, alpha)]
@@ -90,7 +90,7 @@ def _step(problem, R, sim, allowed, alpha: float) -> list[int]:
     for start in range(0, len(tried), _TRIES):
         # Stopping at the peak itself (not above it) tells the lower ones exactly, and no more.
         trials = [(simulate(problem, R | {p}, cap=sim.peak_bytes).peak_bytes, p) for p in tried[start:start + _TRIES]]
-        lower = [((sim.peak_bytes - peak) / (problem.nodes[p].flops + 1) ** alpha, p)
+        lower = [((sim.peak_bytes - peak) / (problem.cost[p] + 1) ** alpha, p)
                  for peak, p in trials if peak < sim.peak_bytes]
         if lower:
             return [p for _, p in sorted(lower, reverse=True)]
@@ -103,7 +103,7 @@ def _step(problem, R, sim, allowed, alpha: float) -> list[int]:
 
 def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
     """Keep again, most expensive first, every recomputed node the budget can afford."""
-    for p in sorted(R, key=lambda i: -problem.nodes[i].flops):
+    for p in sorted(R, key=lambda i: -problem.cost[i]):
         if problem.nodes[p].prefer == "recompute":
             continue
         trial = R - {p}
@@ -114,7 +114,7 @@ def prune(problem, R: frozenset[int], budget_bytes: int) -> frozenset[int]:
 
 @register_solver("greedy")
 def solve_greedy(problem, budget_bytes):
-    """Descend weighing bytes against FLOPs; if that stalls above the budget, descend again on
+    """Descend weighing bytes against recompute cost; if that stalls above the budget, descend again on
     bytes alone (the lowest peak); then prune."""
     R = descend(problem, budget_bytes)
     if simulate(problem, R).peak_bytes > budget_bytes:

@@ -7,7 +7,7 @@ every materialization is a peak event of its own. So the MILP here models a *low
 simulated live bytes at every forward and backward step, linear in binary r (recompute) with
 continuous helpers: n (recipe needed), D (materialized by step k), H (still held at step k), g
 (buffer alive at a step). Every constraint holds for the runtime's true values, so every plan
-that truly fits is feasible in the MILP, with its true recompute FLOPs as objective. Solve,
+that truly fits is feasible in the MILP, with its true recompute cost as objective. Solve,
 judge the answer with `simulate`: if it fits it is optimal (nothing cheaper fits even the
 relaxation); if not, a no-good cut removes exactly that choice and the MILP is solved again.
 When the time limit comes first, the best plan that fits is returned with the last MILP
@@ -145,7 +145,7 @@ def build(problem, budget_bytes: int):
                 upper[du] = upper.get(du, 0.0) - 1
             m.le(upper, 0)
         if K - 1 in D[x]:
-            m.cost[D[x][K - 1]] = float(nodes[x].flops if nodes[x].creates or nodes[x].writes else 0)
+            m.cost[D[x][K - 1]] = float(problem.cost[x])
 
     # Liveness lower bounds per step: terms[t][b] lists linear expressions g_{b,t} must exceed.
     fwd_marks = [mk for mk in rec.marks if mk[0] == "forward"]
@@ -223,7 +223,7 @@ def _milp(m: _Model, seconds: float):
 
 def relaxed_cost(problem, recompute, budget_bytes: int) -> float | None:
     """The MILP's least objective with the choice fixed to `recompute`; None if the relaxation
-    rejects it. For a plan that truly fits, this must be its true recompute FLOPs (the tests
+    rejects it. For a plan that truly fits, this must be its true recompute cost (the tests
     check it: it is what makes the relaxation a relaxation)."""
     m, r = build(problem, budget_bytes)
     for c, v in r.items():
@@ -247,7 +247,7 @@ def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=No
     if incumbent is not None:
         sim = simulate(problem, incumbent)
         if sim.peak_bytes <= budget_bytes:
-            best = (sim.recompute_flops, frozenset(incumbent))
+            best = (sim.recompute_cost, frozenset(incumbent))
     cols = sorted(r)
     bound = 0.0  # proven: no plan that fits costs less
     while time.perf_counter() < deadline:
@@ -263,8 +263,8 @@ def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=No
         R = frozenset(c for c in cols if res.x[r[c]] > 0.5)
         sim = simulate(problem, R)
         fits = sim.peak_bytes <= budget_bytes
-        if fits and (best is None or sim.recompute_flops < best[0]):
-            best = (sim.recompute_flops, R)
+        if fits and (best is None or sim.recompute_cost < best[0]):
+            best = (sim.recompute_cost, R)
         if res.status != 0 or fits or (best is not None and best[0] <= bound * (1 + 1e-9)):
             break  # time limit, or proven optimal (up to HiGHS's relative gap)
         cut = {r[c]: (-1.0 if c in R else 1.0) for c in cols}  # exclude exactly this choice

@@ -2,7 +2,7 @@
 
 Phase 1 (cut). Each producer v (a node that allocates buffers) is split into v_in -> v_out with
 capacity lam * bytes(v), the bytes its held value / saved buffers occupy; source -> v_in has
-capacity flops(v), what replaying it costs. Data flow into a recipe is infinite
+capacity cost(v), what replaying it costs (`RematProblem.cost`: FLOPs, or estimated ns). Data flow into a recipe is infinite
 (src(a)_out -> v_in for every input a a replay of v reads), and every producer whose buffers
 some backward saves connects v_out -> sink. A finite cut then labels each producer: v_in on
 the sink side means "recompute v" (its FLOPs are paid), v_in on the source side with v_out on
@@ -36,7 +36,7 @@ from itertools import combinations
 
 import networkx as nx
 
-from ..simulate import simulate
+from ..simulate import recompute_cost, simulate
 from . import register_solver
 from .greedy import descend, prune
 
@@ -94,8 +94,8 @@ class _Cut:
                 members[v].add(last[b])
         self.hold_bytes = {v: sum(buffers[b].nbytes for b in set(nodes[v].creates) if b in saved or b in valued)
                            for v in producers}
-        self.flops = {v: sum(nodes[q].flops for q in members[v] if nodes[q].creates or nodes[q].writes)
-                      for v in allowed}
+        cost = problem.cost
+        self.flops = {v: sum(cost[q] for q in members[v]) for v in allowed}
         k = {v: j for j, v in enumerate(producers)}
         vin = lambda v: 2 + 2 * k[v]  # (0: source, 1: sink)
         vout = lambda v: 3 + 2 * k[v]
@@ -173,7 +173,7 @@ def _calls(problem) -> int:
 
 
 def _cost(problem, R) -> int:
-    return sum(problem.nodes[i].flops for i in R)
+    return recompute_cost(problem, R)
 
 
 class _Judge:
@@ -430,7 +430,7 @@ def _give_back(problem, R, lo_plan, J, cut) -> frozenset[int]:
     """Knapsack: keep again recomputed producers, those the next-smaller cut kept first, then
     the most FLOPs per held byte first, while the simulated peak stays in budget."""
     nodes = problem.nodes
-    per_byte = lambda v: cut.flops.get(v, nodes[v].flops) / (cut.hold_bytes.get(v, 0) + 1)
+    per_byte = lambda v: cut.flops.get(v, problem.cost[v]) / (cut.hold_bytes.get(v, 0) + 1)
     order = sorted((v for v in R if v not in cut.forced), key=lambda v: (v in lo_plan, -per_byte(v)))
     calls = _calls(problem)
     if len(order) <= calls:
@@ -459,7 +459,7 @@ def _local(problem, R, J, attempts: int) -> frozenset[int]:
     better = True
     while better and attempts > 0:
         better = False
-        for x in sorted(R, key=lambda i: -problem.nodes[i].flops):
+        for x in sorted(R, key=lambda i: -problem.cost[i]):
             if attempts <= 0:
                 break
             if problem.nodes[x].prefer == "recompute":
