@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 
 from .wrap import ModelWrapper
 
-__all__ = ["CheckpointedSequential", "SelectiveCheckpoint", "checkpoint"]
+__all__ = ["CheckpointedSequential", "SelectiveCheckpoint", "block_stack", "checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +219,15 @@ class CheckpointedSequential(nn.Sequential):
         return f"checkpoint_segments={self.checkpoint_segments}"
 
 
-def _block_stack(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The container that integer ``checkpoint_layers`` index: see `SelectiveCheckpoint`."""
+def block_stack(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The ``(dotted name, container)`` that integer ``checkpoint_layers`` index (see
+    `SelectiveCheckpoint`): ``model`` itself (name ``""``) or its largest ``nn.Sequential`` /
+    ``nn.ModuleList``; None if it has none.
+
+    Example:
+        >>> block_stack(torch.nn.Sequential(torch.nn.Linear(2, 2)))[0]
+        ''
+    """
     if isinstance(model, (nn.Sequential, nn.ModuleList)):
         return "", model
     best, seen, queue = None, {id(model)}, deque([("", model)])
@@ -240,7 +247,7 @@ def _block_stack(model: nn.Module) -> tuple[str, nn.Module] | None:
 def _resolve(model: nn.Module, layer) -> str:
     """The dotted name of one ``checkpoint_layers`` entry, or a ValueError naming the valid ones."""
     if isinstance(layer, int) and not isinstance(layer, bool):
-        found = _block_stack(model)
+        found = block_stack(model)
         if found is None:
             raise ValueError(f"checkpoint_layers: {type(model).__name__} has no nn.Sequential or nn.ModuleList "
                              f"of layers to index into; name the layers instead (e.g. 'blocks.0')")
