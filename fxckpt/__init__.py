@@ -20,7 +20,7 @@ _LAZY = {
 }
 
 # submodules loaded on first attribute access (`fxckpt.profiling.MemoryProfiler` after `import fxckpt`)
-_SUBMODULES = ("profiling", "recipes")
+_SUBMODULES = ("profiling", "recipes", "training")
 
 __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
