@@ -15,7 +15,8 @@ import copy
 import torch
 
 import fxckpt
-from fxckpt.demo import grads_after_step, gpt2
+from fxckpt.benchmark.zoo import gpt2
+from fxckpt.demo import grads_after_step
 from fxckpt.core.errors import InfeasibleBudgetError
 from fxckpt.measure import measure_step
 

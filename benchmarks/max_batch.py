@@ -11,7 +11,7 @@ import time
 
 import fxckpt
 from fxckpt.batch import with_batch
-from fxckpt.demo import gpt2
+from fxckpt.benchmark.zoo import gpt2
 from fxckpt.measure import measure_step
 
 MiB = 2**20

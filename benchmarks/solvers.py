@@ -84,7 +84,7 @@ def times(sizes, gpt2: bool, blocks48: bool, frac: float = 0.6) -> None:
     problems = [(f"random skip {n}", random_problem(n, "skip", 0)) for n in sizes]
     if gpt2 or blocks48:
         from fxckpt import passes
-        from fxckpt.demo import gpt2 as make
+        from fxckpt.benchmark.zoo import gpt2 as make
         if gpt2:
             model, example = make(12, 768, 12, 2, 256, 50257)
             problems.append(("GPT-2 small", passes.to_problem(passes.annotate(passes.capture(model, example)))))

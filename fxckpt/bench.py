@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import ZERO_GRADS, ZOO, compare_strategies, print_comparison_table, to_markdown
+from .benchmark import ZERO_GRADS, ZOO, StrategyResult, compare_strategies, print_comparison_table, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ How it was measured (`fxckpt.benchmark`; same method for every strategy of a mod
 """
 
 
-def _plot(rows: Sequence[dict], path: Path, title: str) -> None:
+def _plot(rows: Sequence[StrategyResult], path: Path, title: str) -> None:
     """Measured peak (x) vs recompute FLOPs overhead % (y): one labelled point per strategy,
     fxckpt's rows as a connected curve."""
     import matplotlib
@@ -66,22 +66,22 @@ def _plot(rows: Sequence[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["peak_mib"] is not None and r["flops_overhead_pct"] is not None]
+    ok = [r for r in rows if r.peak_mib is not None and r.flops_overhead_pct is not None]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
-    fx = sorted((r for r in ok if r["strategy"].startswith("fxckpt")), key=lambda r: r["peak_mib"])
+    fx = sorted((r for r in ok if r.strategy.startswith("fxckpt")), key=lambda r: r.peak_mib)
     if fx:
-        ax.plot([r["peak_mib"] for r in fx], [r["flops_overhead_pct"] for r in fx], "-o", color="tab:red",
+        ax.plot([r.peak_mib for r in fx], [r.flops_overhead_pct for r in fx], "-o", color="tab:red",
                 label="fxckpt (budgets)", zorder=3)
     for r in ok:
-        if r["strategy"].startswith("fxckpt"):
+        if r.strategy.startswith("fxckpt"):
             continue
-        marker, color = ("s", "tab:blue") if r["strategy"].startswith("compile") else ("D", "tab:green")
-        if r["strategy"] == "none":
+        marker, color = ("s", "tab:blue") if r.strategy.startswith("compile") else ("D", "tab:green")
+        if r.strategy == "none":
             marker, color = "*", "black"
-        ax.scatter(r["peak_mib"], r["flops_overhead_pct"], marker=marker, color=color, s=70, zorder=4)
+        ax.scatter(r.peak_mib, r.flops_overhead_pct, marker=marker, color=color, s=70, zorder=4)
     fig.canvas.draw()  # fixes the axes limits, so that data points map to pixels
     right = ax.get_window_extent().x1
-    points = [ax.transData.transform((r["peak_mib"], r["flops_overhead_pct"])) for r in ok]
+    points = [ax.transData.transform((r.peak_mib, r.flops_overhead_pct)) for r in ok]
     placed = [(px - 5, py - 5, 10.0, 10.0) for px, py in points]  # pixel boxes (left, bottom, w, h): markers first
     for (x, y), names in _coincident(ok).items():
         text = " / ".join(names)
@@ -122,14 +122,14 @@ def _free_offset(point, width: float, placed: list[tuple[float, float, float, fl
     return dx, 5
 
 
-def _coincident(rows: Sequence[dict]) -> dict[tuple[float, float], list[str]]:
+def _coincident(rows: Sequence[StrategyResult]) -> dict[tuple[float, float], list[str]]:
     """Strategy names grouped by plotted point (peaks within 0.5%, FLOPs within 0.1 points): one
     label per point."""
     groups: dict[tuple[float, float], list[str]] = {}
-    for r in sorted(rows, key=lambda r: r["peak_mib"]):
-        x, y = r["peak_mib"], r["flops_overhead_pct"]
+    for r in sorted(rows, key=lambda r: r.peak_mib):
+        x, y = r.peak_mib, r.flops_overhead_pct
         key = next((k for k in groups if abs(k[0] - x) <= 0.005 * max(k[0], x) and abs(k[1] - y) <= 0.1), None)
-        groups.setdefault(key or (x, y), []).append(r["strategy"])
+        groups.setdefault(key or (x, y), []).append(r.strategy)
     return groups
 
 
@@ -137,14 +137,14 @@ def _fmt(x: float | None, unit: str = "") -> str:
     return "n/a" if x is None else f"{x:+.1f}{unit}"
 
 
-def _over_memory(r: dict, a: dict, x: str) -> str | None:
+def _over_memory(r: StrategyResult, a: StrategyResult, x: str) -> str | None:
     """fxckpt's measured peak above the anchor's, and whether its own plan and LiveBytesMode agree."""
-    if r["peak_mib"] <= a["peak_mib"] * (1 + _PEAK_TOLERANCE):
+    if r.peak_mib <= a.peak_mib * (1 + _PEAK_TOLERANCE):
         return None
-    text = f"measured peak {r['peak_mib']:.1f} MiB is above the {a['peak_mib']:.1f} MiB of {x}"
-    live, planned = r.get("live_peak_mib"), r.get("predicted_mib")
-    if live is not None and planned is not None and live <= a["peak_mib"] * (1 + _PEAK_TOLERANCE):
-        where = f"; the profiler's peak is inside {r['peak_op']}" if r.get("peak_op") else ""
+    text = f"measured peak {r.peak_mib:.1f} MiB is above the {a.peak_mib:.1f} MiB of {x}"
+    live, planned = r.live_peak_mib, r.predicted_mib
+    if live is not None and planned is not None and live <= a.peak_mib * (1 + _PEAK_TOLERANCE):
+        where = f"; the profiler's peak is inside {r.peak_op}" if r.peak_op else ""
         text += (f" (planned {planned:.1f} MiB, LiveBytesMode {live:.1f} MiB: the excess is memory outside live "
                  f"tensor storages, which the profiler sees and fxckpt's model does not, such as scratch buffers "
                  f"inside ops or CPU RNG-state copies{where})")
@@ -153,31 +153,31 @@ def _over_memory(r: dict, a: dict, x: str) -> str | None:
     return text
 
 
-def _more_flops(r: dict, a: dict, x: str) -> str | None:
-    if r["flops_overhead_pct"] is None or a["flops_overhead_pct"] is None:
+def _more_flops(r: StrategyResult, a: StrategyResult, x: str) -> str | None:
+    if r.flops_overhead_pct is None or a.flops_overhead_pct is None:
         return None
-    if r["flops_overhead_pct"] <= a["flops_overhead_pct"] + _FLOPS_TOLERANCE:
+    if r.flops_overhead_pct <= a.flops_overhead_pct + _FLOPS_TOLERANCE:
         return None
     why = " (inductor also recomputes fused pointwise ops, which count 0 FLOPs)" if x.startswith("compile") else ""
-    return (f"recomputes more: FLOPs {_fmt(r['flops_overhead_pct'], '%')} vs {_fmt(a['flops_overhead_pct'], '%')} "
+    return (f"recomputes more: FLOPs {_fmt(r.flops_overhead_pct, '%')} vs {_fmt(a.flops_overhead_pct, '%')} "
             f"for {x}{why}")
 
 
-def _overlap(r: dict, a: dict) -> bool:
+def _overlap(r: StrategyResult, a: StrategyResult) -> bool:
     """Whether two rows' time ranges overlap (their times are not distinguishable)."""
-    (rlo, rhi), (alo, ahi) = r.get("time_range_pct") or (None, None), a.get("time_range_pct") or (None, None)
+    (rlo, rhi), (alo, ahi) = r.time_range_pct or (None, None), a.time_range_pct or (None, None)
     return rlo is None or alo is None or (rlo <= ahi and alo <= rhi)
 
 
-def _time(r: dict) -> str:
-    text = _fmt(r["time_overhead_pct"], "%")
-    if r.get("time_range_pct"):
-        text += " [{:+.0f}, {:+.0f}]".format(*r["time_range_pct"])
+def _time(r: StrategyResult) -> str:
+    text = _fmt(r.time_overhead_pct, "%")
+    if r.time_range_pct:
+        text += " [{:+.0f}, {:+.0f}]".format(*r.time_range_pct)
     return text
 
 
-def _slower(r: dict, a: dict, x: str, more_flops: bool) -> str | None:
-    if r["time_overhead_pct"] <= a["time_overhead_pct"]:
+def _slower(r: StrategyResult, a: StrategyResult, x: str, more_flops: bool) -> str | None:
+    if r.time_overhead_pct <= a.time_overhead_pct:
         return None
     if _overlap(r, a):
         return f"not faster: time {_time(r)} vs {_time(a)} for {x}, ranges overlap (no clear difference)"
@@ -191,26 +191,26 @@ def _slower(r: dict, a: dict, x: str, more_flops: bool) -> str | None:
     return f"slower: time {_time(r)} vs {_time(a)} for {x} ({why})"
 
 
-def not_ahead(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
+def not_ahead(rows: Sequence[StrategyResult]) -> tuple[list[str], list[str]]:
     """For each "fxckpt @ X" row: findings where fxckpt is not ahead of X at X's memory (it cannot
     reach it, ends above it, recomputes more FLOPs, takes longer, or fails), and the anchors it
     beats on both FLOPs and time."""
-    by_name = {r["strategy"]: r for r in rows}
+    by_name = {r.strategy: r for r in rows}
     findings, ahead = [], []
     for r in rows:
-        if not r["strategy"].startswith("fxckpt @ "):
+        if not r.strategy.startswith("fxckpt @ "):
             continue
-        x = r["strategy"][len("fxckpt @ "):]
+        x = r.strategy[len("fxckpt @ "):]
         a = by_name.get(x)
-        if a is None or a["peak_mib"] is None:
+        if a is None or a.peak_mib is None:
             continue
-        label = f"**{x}** ({a['peak_mib']:.1f} MiB)"
-        wrong = f" ({x}'s own gradients are wrong: status {ZERO_GRADS!r})" if a["status"] == ZERO_GRADS else ""
-        if r["status"] == "infeasible":
-            findings.append(f"{label}: fxckpt cannot reach this memory: {r['notes']}.")
+        label = f"**{x}** ({a.peak_mib:.1f} MiB)"
+        wrong = f" ({x}'s own gradients are wrong: status {ZERO_GRADS!r})" if a.status == ZERO_GRADS else ""
+        if r.status == "infeasible":
+            findings.append(f"{label}: fxckpt cannot reach this memory: {r.notes}.")
             continue
-        if r["status"] != "ok":
-            findings.append(f"{label}: fxckpt at this budget: status {r['status']!r} {r['notes']}".rstrip() + ".")
+        if r.status != "ok":
+            findings.append(f"{label}: fxckpt at this budget: status {r.status!r} {r.notes}".rstrip() + ".")
             continue
         more = _more_flops(r, a, x)
         problems = [p for p in (_over_memory(r, a, x), more, _slower(r, a, x, more is not None)) if p]
@@ -218,7 +218,7 @@ def not_ahead(rows: Sequence[dict]) -> tuple[list[str], list[str]]:
             findings.append(f"{label}: " + "; ".join(problems) + wrong + ".")
         else:
             clear = "" if not _overlap(r, a) else ", ranges overlap"
-            ahead.append(f"{x} (FLOPs {_fmt(r['flops_overhead_pct'], '%')} vs {_fmt(a['flops_overhead_pct'], '%')}, "
+            ahead.append(f"{x} (FLOPs {_fmt(r.flops_overhead_pct, '%')} vs {_fmt(a.flops_overhead_pct, '%')}, "
                          f"time {_time(r)} vs {_time(a)}{clear}){wrong}")
     return findings, ahead
 
@@ -251,9 +251,9 @@ def _markdown(date: str, env: dict, results: dict, total_seconds: float, iterati
                  "overlapping ranges).\n")
     for name, res in results.items():
         findings, ahead = not_ahead(res["rows"])
-        if not any(r["strategy"].startswith("fxckpt @") for r in res["rows"]):
+        if not any(r.strategy.startswith("fxckpt @") for r in res["rows"]):
             parts.append(f"### {name}\n\nNo equal-memory rows (status: "
-                         f"{', '.join(sorted({r['status'] for r in res['rows']}))}).\n")
+                         f"{', '.join(sorted({r.status for r in res['rows']}))}).\n")
             continue
         text = "\n".join(f"- {f}" for f in findings) if findings else "- none: fxckpt is ahead of every anchor."
         if ahead:
@@ -286,13 +286,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[name] = {"description": ZOO[name].description, "seconds": time.perf_counter() - t0, "rows": rows}
         print(f"\n{name} ({results[name]['seconds']:.0f} s): {ZOO[name].description}")
         print_comparison_table(rows)
-        if any(r["peak_mib"] is not None for r in rows):
+        if any(r.peak_mib is not None for r in rows):
             _plot(rows, out / f"{name}.png", f"{name}: activation peak vs recompute FLOPs")
     total = time.perf_counter() - t_start
 
+    rows_as_dicts = {name: {**res, "rows": [r.to_dict() for r in res["rows"]]} for name, res in results.items()}
     (out / "results.json").write_text(json.dumps(
-        {"date": date, "environment": env, "iterations": args.iterations, "total_seconds": total, "models": results},
-        indent=1, default=str) + "\n")
+        {"date": date, "environment": env, "iterations": args.iterations, "total_seconds": total,
+         "models": rows_as_dicts}, indent=1, default=str) + "\n")
     (out / "results.md").write_text(_markdown(date, env, results, total, args.iterations))
     print(f"\nwrote {out}/results.md, results.json and {len(list(out.glob('*.png')))} PNG(s) in {total:.0f} s")
 

@@ -13,19 +13,9 @@ import time
 import torch
 
 import fxckpt
+from fxckpt.benchmark.zoo import gpt2
+from fxckpt.core.errors import MIB
 from fxckpt.measure import measure_step, step_loss
-
-MiB = 2**20
-
-
-def gpt2(layers: int, hidden: int, heads: int, batch: int, seq: int, vocab: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab, n_positions=max(seq, 64))
-    model = GPT2LMHeadModel(cfg).train()
-    ids = torch.randint(0, vocab, (batch, seq))
-    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 
 def grads_after_step(model, example, seed: int = 0):
@@ -62,10 +52,10 @@ def main(argv=None) -> None:
                                                           grads_after_step(ckpt, example)))
     pred = ckpt.plan.predicted_peak_bytes
     print(f"{'':16}{'peak MiB':>10}{'step s':>9}{'FLOPs':>12}")
-    print(f"{'no checkpoint':16}{base.peak_bytes / MiB:>10.1f}{base.seconds:>9.2f}{base.flops:>12.3g}")
-    print(f"{'fxckpt':16}{mine.peak_bytes / MiB:>10.1f}{mine.seconds:>9.2f}{mine.flops:>12.3g}")
-    print(f"budget {ckpt.plan.budget_bytes / MiB:.1f} MiB; predicted {pred / MiB:.1f} MiB, measured "
-          f"{mine.peak_bytes / MiB:.1f} MiB ({100 * (pred - mine.peak_bytes) / mine.peak_bytes:+.1f}%); "
+    print(f"{'no checkpoint':16}{base.peak_bytes / MIB:>10.1f}{base.seconds:>9.2f}{base.flops:>12.3g}")
+    print(f"{'fxckpt':16}{mine.peak_bytes / MIB:>10.1f}{mine.seconds:>9.2f}{mine.flops:>12.3g}")
+    print(f"budget {ckpt.plan.budget_bytes / MIB:.1f} MiB; predicted {pred / MIB:.1f} MiB, measured "
+          f"{mine.peak_bytes / MIB:.1f} MiB ({100 * (pred - mine.peak_bytes) / mine.peak_bytes:+.1f}%); "
           f"FLOPs +{100 * (mine.flops / base.flops - 1):.1f}%, time +{100 * (mine.seconds / base.seconds - 1):.1f}%")
     print(f"largest gradient difference: {diff:.3g}")
 

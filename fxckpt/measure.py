@@ -20,7 +20,8 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .passes.capture import step_loss  # the step convention lives with capture; re-exported here
+from .core.errors import MIB
+from .passes.capture import call_with, step_loss  # step_loss is re-exported here
 
 __all__ = ["Allocation", "LiveBytesMode", "StepMeasurement", "measure_step", "step_loss"]
 
@@ -162,15 +163,7 @@ class StepMeasurement:
 
     @property
     def peak_mib(self) -> float:
-        return self.peak_bytes / 2**20
-
-
-def _call(model, example_input):
-    if isinstance(example_input, dict):
-        return model(**example_input)
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
+        return self.peak_bytes / MIB
 
 
 def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup: bool = True) -> StepMeasurement:
@@ -236,7 +229,7 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
             torch.cuda.set_rng_state_all(cuda_rng)
 
     def step():
-        output = _call(model, example_input)
+        output = call_with(model, example_input)
         (loss_fn or step_loss)(output).backward()
 
     try:

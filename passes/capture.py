@@ -44,6 +44,13 @@ def split_input(example_input: Any) -> tuple[tuple, dict]:
     return (example_input,), {}
 
 
+def call_with(model, example_input: Any):
+    """Call ``model`` on an example input as `split_input` reads it: ``model(x)``,
+    ``model(*args)`` or ``model(**kwargs)``."""
+    args, kwargs = split_input(example_input)
+    return model(*args, **kwargs)
+
+
 def training_kwargs(model: torch.nn.Module, kwargs: dict) -> dict:
     """Hugging Face models return a KV cache by default; training needs none, and Hugging Face's
     own gradient checkpointing turns it off the same way."""

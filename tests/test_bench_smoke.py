@@ -1,12 +1,18 @@
 """Smoke test of fxckpt.benchmark on the tiny "quick" model: deterministic facts only (no wall time,
-no torch.compile)."""
+no torch.compile); the tutorial's call form on a tiny transformer; the harness stays out of the library."""
+
+import ast
+import pathlib
 
 import pytest
 import torch
 
-from fxckpt.benchmark import compare_strategies, to_markdown
+from fxckpt.benchmark import StrategyResult, compare_strategies, print_comparison_table, to_markdown
+from fxckpt.benchmark.strategies import strategy
 
 STRATEGIES = ["none", "every-2", "sqrt segments", "fxckpt 50%", "fxckpt @ every-2"]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROGRAMS = {"fxckpt/bench.py", "fxckpt/demo.py"}  # command-line programs on top of the harness
 
 
 @pytest.fixture
@@ -22,27 +28,74 @@ def one_thread():
 
 def test_compare_strategies_quick(one_thread):
     rows = compare_strategies("quick", strategies=STRATEGIES, iterations=1)
-    by_name = {r["strategy"]: r for r in rows}
-    assert [r["strategy"] for r in rows] == STRATEGIES
-    assert {r["status"] for r in rows} == {"ok"}, [(r["strategy"], r["status"], r["notes"]) for r in rows]
+    by_name = {r.strategy: r for r in rows}
+    assert [r.strategy for r in rows] == STRATEGIES
+    assert {r.status for r in rows} == {"ok"}, [(r.strategy, r.status, r.notes) for r in rows]
     none = by_name["none"]
     # The profiler's peak and LiveBytesMode's agree exactly on this model (no op-internal scratch).
-    assert none["peak_mib"] == pytest.approx(none["live_peak_mib"], rel=1e-6)
+    assert none.peak_mib == pytest.approx(none.live_peak_mib, rel=1e-6)
     for name in STRATEGIES[1:]:
-        assert by_name[name]["peak_mib"] < none["peak_mib"], name
-    assert by_name["sqrt segments"]["flops_overhead_pct"] > 0  # recomputation is counted
+        assert by_name[name].peak_mib < none.peak_mib, name
+    assert by_name["sqrt segments"].flops_overhead_pct > 0  # recomputation is counted
     half = by_name["fxckpt 50%"]
-    assert half["peak_mib"] <= half["budget_mib"] and half["live_peak_mib"] <= half["budget_mib"]
-    assert half["predicted_mib"] <= half["budget_mib"]
+    assert half.peak_mib <= half.budget_mib and half.live_peak_mib <= half.budget_mib
+    assert half.predicted_mib <= half.budget_mib
     anchored = by_name["fxckpt @ every-2"]
-    assert anchored["budget_mib"] == by_name["every-2"]["peak_mib"]
-    assert anchored["live_peak_mib"] <= anchored["budget_mib"]
+    assert anchored.budget_mib == by_name["every-2"].peak_mib
+    assert anchored.live_peak_mib <= anchored.budget_mib
     # fxckpt plans the peak LiveBytesMode sees; the profiler also sees the CPU RNG states kept to
     # replay dropout (made outside the dispatcher): at most one per dropout layer (6 here).
     rng_states_mib = 6 * torch.get_rng_state().nbytes / 2**20
-    assert anchored["peak_mib"] <= anchored["budget_mib"] + rng_states_mib
+    assert anchored.peak_mib <= anchored.budget_mib + rng_states_mib
     for name in ("every-2", "sqrt segments", "fxckpt 50%", "fxckpt @ every-2"):
-        assert by_name[name]["grad_diff"] == 0, name  # dropout replays the same random numbers
+        assert by_name[name].grad_diff == 0, name  # dropout replays the same random numbers
     table = to_markdown(rows)
     for name in STRATEGIES:
         assert f"| {name} |" in table
+    assert list(rows[0].to_dict())[:3] == ["model", "strategy", "peak_mib"]  # the keys of results.json
+
+
+def test_tutorial_call_form(one_thread, capsys):
+    """The tutorial's call: a transformer of the given shape (GPT-2, tiny here), its columns printed."""
+    rows = compare_strategies(num_layers=2, hidden_size=64, batch_size=2, sequence_length=32, iterations=1,
+                              strategies=["none", "hf per-layer"], progress=True)
+    name = "transformer 2x64, batch 2 x seq 32"
+    assert [(r.model, r.strategy, r.status) for r in rows] == [
+        (name, "none", "ok"), (name, "hf per-layer", "ok")]
+    assert rows[0].notes.startswith("profiler peak vs LiveBytesMode")
+    assert rows[1].peak_mib < rows[0].peak_mib and rows[1].grad_diff == 0
+    assert "[2/2] hf per-layer" in capsys.readouterr().err  # progress, one line per strategy
+    print_comparison_table(rows)
+    header = capsys.readouterr().out.splitlines()[0].split("  ")
+    tutorial = ["peak memory MiB", "compute time s", "memory savings %", "compute overhead % [range]"]
+    assert [h.strip() for h in header if h.strip()][2:6] == tutorial
+    with pytest.raises(TypeError, match="not both"):
+        compare_strategies("quick", num_layers=2)
+
+
+def test_strategy_registry():
+    assert strategy("every-4", {}) is not strategy("every-2", {})
+    with pytest.raises(ValueError, match="unknown strategy 'every other'.*'every-K'"):
+        strategy("every other", {})
+    assert strategy("fxckpt min", {}) is strategy("fxckpt min", {})
+    from fxckpt.benchmark.strategies import SkipStrategy
+
+    with pytest.raises(SkipStrategy, match="anchor 'x' not measured"):
+        strategy("fxckpt @ x", {"x": StrategyResult("m", "x", status="failed")})
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix()
+                                        for folder in ("fxckpt", "passes") for p in (ROOT / folder).rglob("*.py")
+                                        if "benchmark" not in p.relative_to(ROOT).parts))
+def test_library_does_not_import_the_harness(path):
+    if path in PROGRAMS:
+        pytest.skip("a command-line program on top of the harness")
+    for node in ast.walk(ast.parse((ROOT / path).read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [("." * node.level) + (node.module or "")]
+            names += [f"{names[0]}.{a.name}" if node.module else names[0] + a.name for a in node.names]
+        else:
+            continue
+        assert not any("benchmark" in n.split(".") for n in names), f"{path} imports the harness: {names}"
