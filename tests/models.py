@@ -354,7 +354,7 @@ def make_inplace_views():
     return model.train(), x
 
 
-# ---------------------------------------------------------------- registry
+# ---------------------------------------------------------------- Hugging Face (bert, llama, vit, resnet)
 
 
 def make_bert():
@@ -403,6 +403,260 @@ def make_resnet():
     return model.train(), {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 3])}
 
 
+
+# ---------------------------------------------------------------- wider zoo (issue 10's sweep)
+# Tiny on purpose: each step runs in well under a second on a CPU core.
+
+
+def make_moe():
+    """Tiny Mixtral (sparse mixture of experts, top-2 routing, grouped-query attention)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                           num_experts_per_tok=2, max_position_embeddings=64)
+    model = MixtralForCausalLM(config)
+    input_ids = torch.randint(0, config.vocab_size, (2, 16))
+    return model.train(), {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+def make_t5():
+    """Tiny T5 encoder-decoder (relative position bias, dropout), labels shift into decoder inputs."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, decoder_start_token_id=0, pad_token_id=0)
+    model = T5ForConditionalGeneration(config)
+    input_ids = torch.randint(1, config.vocab_size, (2, 16))
+    labels = torch.randint(1, config.vocab_size, (2, 8))
+    return model.train(), {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def make_bart():
+    """Tiny BART encoder-decoder (learned positions, dropout); decoder inputs of another length."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                        decoder_start_token_id=2)
+    model = BartForConditionalGeneration(config)
+    input_ids = torch.randint(3, config.vocab_size, (2, 16))
+    labels = torch.randint(3, config.vocab_size, (2, 8))
+    return model.train(), {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+class Recurrent(nn.Module):
+    """Embedding, an LSTM and a GRU (both leaves for symbolic_trace), a Linear head."""
+
+    def __init__(self, vocab: int = 64, d: int = 32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.lstm = nn.LSTM(d, d, batch_first=True)
+        self.gru = nn.GRU(d, d, batch_first=True)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        h, _ = self.lstm(self.emb(ids))
+        h, _ = self.gru(torch.tanh(h))
+        return self.head(h)
+
+
+def make_rnn():
+    torch.manual_seed(0)
+    model = Recurrent()
+    return model.train(), torch.randint(0, 64, (8, 24))
+
+
+class TorchEncoder(nn.Module):
+    """`nn.TransformerEncoder` (dropout, a padding mask) between a Linear in and a Linear out."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.proj = nn.Linear(16, d)
+        layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=64, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.proj(x)))
+
+
+def make_torch_encoder():
+    torch.manual_seed(0)
+    model = TorchEncoder()
+    return model.train(), torch.randn(4, 16, 16)
+
+
+class SdpaDropout(nn.Module):
+    """`F.scaled_dot_product_attention` with attention dropout and a causal mask, twice."""
+
+    def __init__(self, d: int = 32, n_heads: int = 4, n_layers: int = 2):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.ModuleList([nn.Linear(d, 3 * d) for _ in range(n_layers)])
+        self.out = nn.ModuleList([nn.Linear(d, d) for _ in range(n_layers)])
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        for qkv, out in zip(self.qkv, self.out):
+            q, k, v = qkv(self.norm(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True)
+            x = x + out(y.transpose(1, 2).reshape(b, t, d))
+        return x
+
+
+def make_sdpa_dropout():
+    torch.manual_seed(0)
+    model = SdpaDropout()
+    return model.train(), torch.randn(4, 32, 32)
+
+
+class RoundSTE(torch.autograd.Function):
+    """Straight-through rounding: forward rounds, backward passes the gradient unchanged."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class CustomFunction(nn.Module):
+    """A custom autograd Function between two Linears: its backward is not round's (zero)."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 64)
+        self.fc2 = nn.Linear(64, d)
+
+    def forward(self, x):
+        h = RoundSTE.apply(4.0 * torch.tanh(self.fc1(x)))
+        return self.fc2(F.gelu(h))
+
+
+def make_custom_function():
+    torch.manual_seed(0)
+    model = CustomFunction()
+    return model.train(), torch.randn(64, 32)
+
+
+class MaskInplace(nn.Module):
+    """Masks built from activations and updated in place (`&=`, `masked_fill_`, `mul_`)."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.fc1 = nn.Linear(d, d)
+        self.fc2 = nn.Linear(d, d)
+        self.fc3 = nn.Linear(d, 8)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        mask = h > 0
+        mask &= x.abs() < 1.5  # in-place on a bool mask
+        g = self.fc2(h)
+        g.masked_fill_(mask, -1.0)  # in-place on an activation under the mask
+        keep = (~mask).float()
+        keep.mul_(0.5)  # in-place on a float mask
+        return self.fc3(torch.sigmoid(g) * h + keep)
+
+
+def make_mask_inplace():
+    torch.manual_seed(0)
+    model = MaskInplace()
+    return model.train(), torch.randn(128, 32)
+
+
+class StructuredOutputs(nn.Module):
+    """Two inputs, a dict output holding a tensor and a tuple of tensors."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.a = nn.Linear(d, d)
+        self.b = nn.Linear(d, d)
+        self.mix = nn.Linear(2 * d, d)
+
+    def forward(self, x, y):
+        ha, hb = F.silu(self.a(x)), torch.tanh(self.b(y))
+        m = self.mix(torch.cat([ha, hb], dim=-1))
+        return {"out": m, "parts": (ha * hb, m.relu())}
+
+
+def make_structured_outputs():
+    torch.manual_seed(0)
+    model = StructuredOutputs()
+    return model.train(), (torch.randn(64, 32), torch.randn(64, 32))
+
+
+class KwargsModel(nn.Module):
+    """Non-tensor keyword arguments (a float, a string, a bool) that change the computation."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 64)
+        self.fc2 = nn.Linear(64, d)
+
+    def forward(self, x, scale: float = 1.0, activation: str = "gelu", residual: bool = False):
+        h = self.fc1(x) * scale
+        h = torch.tanh(h) if activation == "tanh" else F.gelu(h)
+        y = self.fc2(h)
+        return y + x if residual else y
+
+
+def make_kwargs():
+    torch.manual_seed(0)
+    model = KwargsModel()
+    return model.train(), {"x": torch.randn(64, 32), "scale": 0.5, "activation": "tanh", "residual": True}
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen convolutional backbone (BatchNorm still training) under a trainable head."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(_cbr(3, 8), _cbr(8, 8), nn.MaxPool2d(2), _cbr(8, 16))
+        self.backbone.requires_grad_(False)
+        self.head = nn.Sequential(_cbr(16, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def make_frozen_backbone():
+    torch.manual_seed(0)
+    model = FrozenBackbone()
+    return model.train(), torch.randn(4, 3, 16, 16)
+
+
+class OwnCheckpoint(nn.Module):
+    """Three residual MLP blocks, each already under (non-reentrant) `torch.utils.checkpoint`."""
+
+    def __init__(self, d: int = 64, n_blocks: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)) for _ in range(n_blocks)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return x
+
+
+def make_own_checkpoint():
+    torch.manual_seed(0)
+    model = OwnCheckpoint()
+    return model.train(), torch.randn(64, 64)
+
+
+# ---------------------------------------------------------------- registry
+
+
 ZOO: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
     "mlp": make_mlp,
     "transformer": make_transformer,
@@ -421,3 +675,26 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
 # Names whose model is NOT traceable by torch.fx.symbolic_trace.
 NOT_SYMBOLIC_TRACEABLE = frozenset({"gpt2", "bert", "llama", "vit", "resnet"})
 SYMBOLIC_TRACEABLE = tuple(n for n in ZOO if n not in NOT_SYMBOLIC_TRACEABLE)
+
+# The models issue 10's sweep adds (benchmarks/zoo_sweep.py, tests/test_zoo_sweep.py). Kept apart from
+# ZOO, whose every entry the end-to-end tests hold to bitwise equality at several budgets.
+WIDER: dict[str, Callable[[], tuple[nn.Module, Example]]] = {
+    "moe": make_moe,
+    "t5": make_t5,
+    "bart": make_bart,
+    "rnn": make_rnn,
+    "torch_encoder": make_torch_encoder,
+    "sdpa_dropout": make_sdpa_dropout,
+    "custom_function": make_custom_function,
+    "mask_inplace": make_mask_inplace,
+    "structured_outputs": make_structured_outputs,
+    "kwargs": make_kwargs,
+    "frozen_backbone": make_frozen_backbone,
+    "own_checkpoint": make_own_checkpoint,
+}
+
+# Every architecture of the sweep: decoder-only (gpt2, llama with grouped-query attention, moe),
+# encoder-only (bert), encoder-decoder (t5, bart), vision (vit, resnet, cnn, unet), recurrent (rnn),
+# nn.TransformerEncoder, SDPA with dropout, a custom autograd Function, in-place ops on masks and
+# views, tuple and dict outputs, non-tensor kwargs, frozen parts, tied weights, own checkpointing.
+SWEEP_ZOO = {**ZOO, **WIDER}
