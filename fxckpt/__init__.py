@@ -17,6 +17,7 @@ _LAZY = {
     "max_batch_size": ".batch", "peak_formula": ".batch",
     "CheckpointedSequential": ".manual", "SelectiveCheckpoint": ".manual", "checkpoint": ".manual",
     "measure_step": ".measure", "StepMeasurement": ".measure",
+    "backend": ".compile", "compiled_plans": ".compile",
 }
 
 # submodules loaded on first attribute access (`fxckpt.profiling.MemoryProfiler` after `import fxckpt`)
@@ -25,7 +26,7 @@ _SUBMODULES = ("profiling", "recipes", "training")
 __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
-    "SOLVERS", "SolverError", "auto_checkpoint", "max_batch_size", "measure_step", "peak_formula",
+    "SOLVERS", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size", "measure_step", "peak_formula",
     "register_solver", "simulate", "solve",
 ]
 

@@ -1,0 +1,296 @@
+"""AOTAutograd's joint graph as a `RematProblem`, and a plan back into forward and backward graphs.
+
+NOTE [ The compiled step's memory, in the eager runtime's model ]
+The compiled step runs two graphs. The forward graph frees every value at its last use except
+what it returns: the user's outputs (held by the caller until backward ends) and the values it
+saves for backward. The backward graph takes the saved values and frees each at its last use
+(boxed calling convention), recomputing a forward value just before its first backward use
+(`reordering_to_mimic_autograd_engine`); the recomputed value lives until its last use.
+
+The simulator (`fxckpt.core.simulate`) models the eager saved-tensor-hook runtime, and that model
+already says exactly this once the problem is built as follows, so no second memory model is
+needed: every backward op of the joint graph becomes a problem node that allocates nothing in
+forward, runs its "backward" at its position in the backward graph, and *saves* the forward
+values it reads. A saved value is then held until its last backward reader, a recomputed one is
+materialized at its first backward reader and cached until its last, and the recipe of a
+recomputed node holds its kept inputs until it is materialized, as a saved input is held until
+its last backward use. What the backward ops allocate are `Grad`s: born at the op, dead after
+their last reader (through views), or held to the end of the backward graph when they are its
+outputs (the parameter gradients, accumulated into `.grad` after the graph returns). The
+tangents are born when backward starts.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch.utils import _pytree as pytree
+from torch.utils.checkpoint import CheckpointPolicy
+from torch.utils.flop_counter import flop_registry
+
+from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
+
+# Seeded random ops: a replay would draw fresh numbers. Inductor's dropout draws its seeds with
+# inductor_seeds (tagged) and its numbers with inductor_random from a seed: recomputing that from
+# the saved seed is exact in principle, but torch issue 198333 reports backward masks that differ
+# from forward's since 2.13, so it is never recomputed either (its mask is saved instead).
+_UNREPLAYABLE = {torch.ops.prims.inductor_random.default} if hasattr(torch.ops.prims, "inductor_random") else set()
+
+
+# NOTE [ Op scratch the fake values do not show ]
+# Some kernels allocate temporaries beyond their outputs (CPU convolutions and their backward,
+# the CPU dropout backward), which the joint graph's fake values cannot show. For these ops
+# fxckpt runs the op once on real tensors of the node's shapes, under the profiler's allocator
+# events, and charges the excess over its outputs as the node's transient bytes (cached per
+# signature). Ops outside this list are charged their outputs only.
+PROBED = {torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
+          torch.ops.aten.native_dropout_backward.default}
+_SCRATCH: dict[str, int] = {}
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.normal_() if out.is_floating_point() else out.random_(0, 2)
+
+
+def op_scratch(node: fx.Node) -> int:
+    """Bytes a probed op allocates beyond its outputs while it runs (NOTE [ Op scratch ... ])."""
+    if node.target not in PROBED:
+        return 0
+    args = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (node.args, node.kwargs))
+    leaves = pytree.tree_leaves(args)
+    if any(isinstance(x, torch.SymInt) for t in leaves if isinstance(t, torch.Tensor) for x in t.shape):
+        return 0
+    key = repr((node.target, pytree.tree_map_only(torch.Tensor, lambda t: (t.shape, t.stride(), t.dtype, t.device), args)))
+    if key not in _SCRATCH:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        from fxckpt.benchmark import profiled_peak_bytes  # the allocator's view, as the benchmarks measure
+
+        with unset_fake_temporarily(), torch.no_grad():
+            a, kw = pytree.tree_map_only(torch.Tensor, _real, args)
+            peak = profiled_peak_bytes(lambda: node.target(*a, **kw))
+        _SCRATCH[key] = max(0, peak - sum(_nbytes(t) for t in _tensors(node.meta.get("val"))))
+    return _SCRATCH[key]
+
+
+@dataclass
+class JointProblem:
+    """A `RematProblem` built from a joint graph, with the fx nodes behind its problem nodes."""
+
+    problem: RematProblem
+    forward: list[fx.Node]  # forward fx nodes, one per problem node (problem.nodes[:len(forward)])
+    backward: list[fx.Node]  # backward fx nodes, in the joint graph's order
+    primals: list[fx.Node]
+    source: dict[fx.Node, fx.Node | None]  # the forward node whose storage a value uses (None: an input's)
+
+
+def _tensors(val) -> list:
+    return [t for t in pytree.tree_leaves(val) if isinstance(t, torch.Tensor)]
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    """Bytes of a fake tensor's storage (sizes are hints when symbolic: a plan for these sizes)."""
+    from torch.fx.experimental.symbolic_shapes import optimization_hint as hint_int
+
+    try:
+        return hint_int(t.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return hint_int(t.numel()) * t.element_size()
+
+
+def is_view(node: fx.Node) -> bool:
+    """Whether a node's output shares storage with its first tensor argument."""
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:
+        return True
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return False
+    if node.target in (torch.ops.aten._unsafe_view.default, torch.ops.aten.alias.default):
+        return True
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+
+
+def _flops(node: fx.Node) -> int:
+    """FLOPs by torch's flop registry (matmuls, convolutions); other ops one per output element."""
+    packet = getattr(node.target, "overloadpacket", None)
+    val = node.meta.get("val")
+    if packet in flop_registry:
+        args, kwargs = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (node.args, node.kwargs))
+        try:
+            return int(flop_registry[packet](*args, **kwargs, out_val=val))
+        except Exception:  # a formula that cannot take these (symbolic) arguments
+            pass
+    from torch.fx.experimental.symbolic_shapes import optimization_hint as hint_int
+
+    return 0 if is_view(node) else sum(hint_int(t.numel()) for t in _tensors(val))
+
+
+def _ban(node: fx.Node, outputs: set[fx.Node]) -> str | None:
+    target = node.target
+    tags = getattr(target, "tags", ())
+    if torch.Tag.nondeterministic_seeded in tags or target in _UNREPLAYABLE:
+        return "random op: saved so that backward sees the numbers forward drew"
+    if node in outputs:
+        return "graph output"
+    if getattr(target, "namespace", None) == "_c10d_functional":
+        return "collective: saved, never replayed"
+    if target is torch.ops.higher_order.with_effects:
+        return "effectful op: saved, never replayed"
+    schema = getattr(target, "_schema", None)
+    if schema is not None and any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+        return "mutates an input"
+    return None
+
+
+def _prefer(node: fx.Node) -> str | None:
+    """A user's (or torch's force-save) CheckpointPolicy, on the node or on the getitems of its tuple."""
+    policies = [node.meta.get("recompute")] + [u.meta.get("recompute") for u in node.users if u.target is operator.getitem]
+    if any(p in (CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_SAVE) for p in policies):
+        return "save"
+    if any(p in (CheckpointPolicy.MUST_RECOMPUTE, CheckpointPolicy.PREFER_RECOMPUTE) for p in policies):
+        return "recompute"
+    return None
+
+
+def _is_tensor_node(node: fx.Node) -> bool:
+    return bool(_tensors(node.meta.get("val")))
+
+
+def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str = "compiled graph") -> JointProblem:
+    """The `RematProblem` of a joint graph classified by `torch._functorch.partitioners.classify_nodes`.
+
+    Forward nodes are the forward-only and the unclaimed ones (computed from primals alone, so
+    the partitioner may place them on either side); see NOTE [ The compiled step's memory, in
+    the eager runtime's model ].
+    """
+    graph_nodes = list(joint.graph.nodes)
+    out_node = graph_nodes[-1]
+    fwd_outputs = {a for a in pytree.tree_leaves(out_node.args[0][:num_fwd_outputs]) if isinstance(a, fx.Node)}
+    primals = [n for n in graph_nodes if n.op == "placeholder" and not str(n.target).startswith("tangents")]
+    tangents = [n for n in graph_nodes if n.op == "placeholder" and str(n.target).startswith("tangents")]
+    forward = [n for n in graph_nodes if n.op == "call_function" and n not in info.required_bw_nodes
+               and _is_tensor_node(n)]
+    backward = [n for n in graph_nodes if n.op == "call_function" and n in info.required_bw_nodes]
+    index = {n: i for i, n in enumerate(forward)}
+
+    # Which storage each value uses: a forward node's own, its base's (views, getitems), or none
+    # (values of primals: parameters and inputs exist before the step).
+    source: dict[fx.Node, fx.Node | None] = {p: None for p in primals + tangents}
+    for n in graph_nodes:
+        if n.op != "call_function":
+            continue
+        if is_view(n):
+            base = n.args[0] if isinstance(n.args[0], fx.Node) else None
+            source[n] = source.get(base) if base is not None else None
+            if n.target is operator.getitem and base is not None and base in index and source[base] is base:
+                source[n] = n  # one element of an op's tuple: its own buffer, created by that op
+                # (the elements of a view's tuple, e.g. split's, stay views of its base)
+        else:
+            source[n] = n
+
+    nodes: list[Node] = []
+    buffers: list[Buffer] = []
+    buf_of: dict[fx.Node, int] = {}  # fx node owning a storage -> buffer index
+    for i, n in enumerate(forward):
+        creates: list[int] = []
+        if source[n] is n and n.target is not operator.getitem:
+            elements = [n] if not isinstance(n.meta["val"], (tuple, list)) else [
+                u for u in n.users if u.target is operator.getitem and source.get(u) is u]
+            for owner in elements:
+                buf_of[owner] = len(buffers)
+                creates.append(len(buffers))
+                buffers.append(Buffer(owner.name, _nbytes(owner.meta["val"]), i))
+        src = source[n]
+        value = (buf_of[src],) if src is not None and src in buf_of else ()
+        nodes.append(Node(
+            name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
+                index[a] for a in n.all_input_nodes if a in index)),
+            creates=tuple(creates), value=value, flops=_flops(n) if creates else 0, transient_bytes=op_scratch(n),
+            is_output=n in fwd_outputs, ban=_ban(n, fwd_outputs), prefer=_prefer(n),
+        ))
+
+    # The backward graph: each op a node whose backward saves the forward values it reads.
+    bwd_pos = {n: k for k, n in enumerate(backward)}
+    first = len(nodes)
+    root: dict[fx.Node, fx.Node] = {}  # a backward value -> the backward node owning its storage
+
+    def storage_root(a: fx.Node) -> fx.Node:
+        return root.get(a, a)
+
+    fwd_alias: dict[fx.Node, fx.Node] = {}  # a backward view of a forward value -> that forward node
+    last_reader: dict[fx.Node, int] = {}
+    for k, n in enumerate(backward):
+        base = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        if n.target is operator.getitem and base in bwd_pos and not is_view(base):
+            pass  # one element of a backward op's tuple: a storage of its own
+        elif is_view(n) and base is not None:
+            if base in bwd_pos or base in tangents:
+                root[n] = storage_root(base)
+            elif base in index or base in fwd_alias:
+                fwd_alias[n] = fwd_alias.get(base, base)
+        for a in n.all_input_nodes:
+            last_reader[storage_root(a)] = k
+    bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(out_node.args[0][num_fwd_outputs:]) if isinstance(a, fx.Node)}
+    grads: list[Grad] = []
+    for k, n in enumerate(backward):
+        reads = (fwd_alias.get(a, a) for a in n.all_input_nodes)
+        saves = tuple(dict.fromkeys(b for a in reads if a in index for b in nodes[index[a]].value))
+        val = n.meta.get("val")
+        own = 0 if is_view(n) else sum(_nbytes(t) for t in _tensors(val))
+        extra = op_scratch(n)
+        nodes.append(Node(name=f"bwd {n.name}", op=str(getattr(n.target, "overloadpacket", n.target)),
+                          saves=saves, requires_grad=True, bwd_rank=k + 1, bwd_transient_bytes=own + extra))
+        elements = [n] if not isinstance(val, (tuple, list)) else [u for u in n.users if u.target is operator.getitem]
+        if not own:
+            elements = []
+        for e in elements:
+            nbytes = sum(_nbytes(t) for t in _tensors(e.meta.get("val")))
+            dies = -1 if e in bwd_outputs else first + last_reader.get(e, k)
+            grads.append(Grad(nbytes, first + k, dies))
+    nodes.append(Node(name="bwd tangents", op="tangents", requires_grad=True, bwd_rank=0))
+    for t in tangents:
+        if _is_tensor_node(t) and t in last_reader:
+            grads.append(Grad(_nbytes(t.meta["val"]), len(nodes) - 1, first + last_reader[t]))
+    problem = RematProblem(tuple(nodes), tuple(buffers), grads=tuple(grads), name=name, meta={"runtime": "compiled"})
+    return JointProblem(problem, forward, backward, primals, source)
+
+
+def saved_values(jp: JointProblem, recompute: frozenset[str]) -> list[fx.Node]:
+    """The forward values the backward graph takes when the nodes named `recompute` are replayed:
+    kept values read by a backward op or by a replayed node backward needs. A forward value is
+    replayed when its storage's producer is recomputed, or when it holds no storage (a view of a
+    parameter) and nothing forbids it; tuples are saved through their getitems."""
+    index = {n: i for i, n in enumerate(jp.forward)}
+    nodes = jp.problem.nodes
+
+    def replayed(n: fx.Node) -> bool:
+        if n not in index:
+            return False  # primals
+        src = jp.source.get(n)
+        if src is None:
+            return nodes[index[n]].ban is None
+        producer = jp.forward[jp.problem.buffers[nodes[index[src]].value[0]].producer] if nodes[index[src]].value else src
+        return producer.name in recompute
+
+    saved: dict[fx.Node, None] = {}
+    seen: set[fx.Node] = set()
+    stack = list(jp.backward)
+    while stack:
+        n = stack.pop()
+        for a in n.all_input_nodes:
+            if a in jp.backward or str(a.target).startswith("tangents"):
+                continue
+            if replayed(a):
+                if a not in seen:
+                    seen.add(a)
+                    stack.append(a)
+            else:
+                saved[a] = None
+    order = {n: i for i, n in enumerate(jp.primals + jp.forward)}
+    return sorted(saved, key=order.__getitem__)

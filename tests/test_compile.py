@@ -1,0 +1,173 @@
+"""The torch.compile backend: gradients equal to eager, measured peak within the budget and
+the prediction, monotone in the budget, registered by name.
+
+Compiling is the slow part (seconds per graph): each test compiles few graphs, most with
+`compiler="aot_eager"`; one test runs inductor on a tiny model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxckpt
+from fxckpt.benchmark import profiled_peak_bytes
+from fxckpt.core.errors import InfeasibleBudgetError
+
+from tests.models import call_model, make_cnn, make_gpt2, make_transformer
+
+MIB = 2**20
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def make_dropout_mlp():
+    """Four 512-wide layers with dropout on a 512-row batch: every activation is 1 MiB."""
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(512, 512), nn.GELU(), nn.Dropout(0.1)) for _ in range(4)]
+    return nn.Sequential(*layers, nn.Linear(512, 1)).train(), torch.randn(512, 512)
+
+
+def loss_of(output):
+    loss = getattr(output, "loss", None)
+    return loss if loss is not None else output.sum()
+
+
+def step(model, example, seed=1):
+    """One training step from zeroed `.grad`s; the gradients and buffers after it."""
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    torch.manual_seed(seed)
+    loss_of(call_model(model, example)).backward()
+    return [p.grad.clone() for p in model.parameters()], [b.clone() for b in model.buffers()]
+
+
+def measured_peak(model, example, seed=1) -> int:
+    def run():
+        torch.manual_seed(seed)
+        loss_of(call_model(model, example)).backward()
+    return profiled_peak_bytes(run)
+
+
+def infeasible(error: BaseException) -> InfeasibleBudgetError | None:
+    """The InfeasibleBudgetError behind Dynamo's BackendCompilerFailed."""
+    while error is not None and not isinstance(error, InfeasibleBudgetError):
+        error = getattr(error, "inner_exception", None) or error.__cause__
+    return error
+
+
+def compiled_step(model, example, **options):
+    """Compile a copy of `model` with the fxckpt backend, run one step; (copy, backend, grads, buffers)."""
+    m = copy.deepcopy(model)
+    be = fxckpt.backend(**options)
+    compiled = torch.compile(m, backend=be)
+    grads, buffers = step(compiled, example)
+    return compiled, be, grads, buffers
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y), (x - y).abs().max()
+
+
+def test_budget_sweep_on_dropout_mlp():
+    """90% / 70% / the smallest feasible budget: bitwise gradients (dropout included), measured
+    peak under the budget and within 5% of the prediction, peak and FLOPs monotone."""
+    model, x = make_dropout_mlp()
+    ref_grads, _ = step(copy.deepcopy(model), x)
+    with pytest.raises(Exception) as info:
+        compiled_step(model, x, budget_mb=0.01, compiler="aot_eager")
+    floor = infeasible(info.value)
+    assert floor is not None and floor.min_feasible_bytes > 0, info.value
+    rows = []
+    for spec in ({"budget": 0.9}, {"budget": 0.7}, {"budget_mb": floor.min_feasible_bytes / MIB}):
+        torch._dynamo.reset()
+        compiled, be, grads, _ = compiled_step(model, x, compiler="aot_eager", **spec)
+        assert_same(grads, ref_grads)
+        (plan,) = fxckpt.compiled_plans(be)
+        peak = measured_peak(compiled, x)
+        assert peak <= plan.budget_bytes, (spec, peak, plan.budget_bytes)
+        assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (spec, peak, plan.summary())
+        rows.append((peak, plan.recompute_flops))
+    peaks, flops = zip(*rows)
+    assert list(peaks) == sorted(peaks, reverse=True) and peaks[-1] < peaks[0]
+    assert list(flops) == sorted(flops) and flops[-1] > 0
+    # dropout's output is never replayed: its mask is saved
+    assert not any(r.op == "aten.native_dropout" and r.decision == "recompute" for r in plan.rows)
+
+
+@pytest.mark.parametrize("make", [make_transformer, make_cnn], ids=["pre-LN transformer", "cnn with batchnorm"])
+def test_gradients_and_buffers_equal_eager(make):
+    model, x = make()
+    ref_grads, ref_buffers = step(copy.deepcopy(model), x)
+    compiled, be, grads, buffers = compiled_step(model, x, budget=0.8, compiler="aot_eager")
+    assert_same(grads, ref_grads)
+    assert_same(buffers, ref_buffers)  # BatchNorm's running statistics updated once
+    (plan,) = fxckpt.compiled_plans(be)
+    assert plan.recompute, plan.summary()
+    peak = measured_peak(compiled, x)
+    assert peak <= plan.budget_bytes
+    assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (peak, plan.summary())
+
+
+def test_gpt2_with_labels_by_name_graphs_share_budget_mb():
+    """Hugging Face GPT-2 through backend="fxckpt": two graphs (Dynamo breaks before the loss),
+    planned in order, the second for what the first leaves of the budget."""
+    model, example = make_gpt2()
+    example = {**example, "use_cache": False}
+    ref_grads, _ = step(copy.deepcopy(model), example)
+    m = copy.deepcopy(model)
+    compiled = torch.compile(m, backend="fxckpt", options={"budget_mb": 2.4, "compiler": "aot_eager"})
+    grads, _ = step(compiled, example)
+    assert_same(grads, ref_grads)
+    plans = fxckpt.compiled_plans(compiled)
+    assert len(plans) == 2 and plans[0].recompute, [p.summary() for p in plans]
+    first = fxckpt.compile._backend_of(compiled).graphs[0]
+    assert plans[0].budget_bytes == int(2.4 * MIB)
+    assert plans[1].budget_bytes == int(2.4 * MIB) - first.boundary_bytes
+    assert measured_peak(compiled, example) <= 2.4 * MIB
+
+
+def test_cache_key_names_budget_and_solver():
+    be = fxckpt.backend(budget_mb=2.6, compiler="aot_eager")
+    assert be.uuid() != fxckpt.backend(budget_mb=2.5, compiler="aot_eager").uuid()
+    assert be.uuid() != fxckpt.backend(budget_mb=2.6, solver="greedy", compiler="aot_eager").uuid()
+    assert be.uuid() == fxckpt.backend(budget_mb=2.6, compiler="aot_eager").uuid()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="exactly one"):
+        fxckpt.backend()
+    with pytest.raises(ValueError, match="positive"):
+        fxckpt.backend(budget_mb=-1)
+    with pytest.raises(ValueError, match="unknown solver"):
+        fxckpt.backend(budget=0.5, solver="nope")
+    with pytest.raises(ValueError, match="inductor"):
+        fxckpt.backend(budget=0.5, compiler="aot_eager", max_autotune=True)
+    with pytest.raises(TypeError, match="fxckpt backend"):
+        fxckpt.compiled_plans(nn.Linear(2, 2))
+
+
+def test_inductor_matches_default_compile_with_dropout():
+    """Inductor: gradients equal torch.compile's own (same seeds, so the same dropout masks)
+    within float tolerance; the measured peak fits the budget."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.GELU(), nn.Dropout(0.2), nn.Linear(256, 256), nn.Tanh(),
+                          nn.Linear(256, 1)).train()
+    x = torch.randn(256, 256)
+    ref_grads, _ = step(torch.compile(copy.deepcopy(model)), x)
+    torch._dynamo.reset()
+    compiled, be, grads, _ = compiled_step(model, x, budget=0.7)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    (plan,) = fxckpt.compiled_plans(be)
+    assert plan.recompute
+    assert measured_peak(compiled, x) <= plan.budget_bytes
