@@ -143,6 +143,20 @@ def test_cache_key_names_budget_and_solver():
     assert be.uuid() == fxckpt.backend(budget_mb=2.6, compiler="aot_eager").uuid()
 
 
+def test_verify_checks_once_and_falls_back_on_a_mismatch(monkeypatch):
+    import fxckpt.compile.verify as verify
+
+    model, x = make_dropout_mlp()
+    ref_grads, _ = step(copy.deepcopy(model), x)
+    calls = []
+    real = verify.same_gradients
+    monkeypatch.setattr(verify, "same_gradients", lambda a, b, exact: calls.append(real(a, b, exact)) or False)
+    with pytest.warns(RuntimeWarning, match="falling back to torch's default partitioner"):
+        _, _, grads, _ = compiled_step(model, x, budget=0.7, compiler="aot_eager", verify=True)
+    assert calls == [True]  # our plan's gradients equal the no-recompute graph's; the mismatch is forced
+    assert_same(grads, ref_grads)  # the fallback, from the same RNG state
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="exactly one"):
         fxckpt.backend()
