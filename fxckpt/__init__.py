@@ -7,7 +7,7 @@ so `import fxckpt.core` works where torch is not installed.
 
 from importlib import import_module
 
-from .core import (SOLVERS, CaptureError, FxckptError, InfeasibleBudgetError, Plan, RematProblem, SolverError,
+from .core import (SOLVERS, CaptureError, FxckptError, InfeasibleBudgetError, Plan, RematProblem, ShardingError, SolverError,
                    register_solver, simulate, solve)
 from .core.solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
 
@@ -26,8 +26,8 @@ _SUBMODULES = ("profiling", "recipes", "training")
 __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
-    "SOLVERS", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size", "measure_step", "peak_formula",
-    "register_solver", "simulate", "solve",
+    "SOLVERS", "ShardingError", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size",
+    "measure_step", "peak_formula", "register_solver", "simulate", "solve",
 ]
 
 

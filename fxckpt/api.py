@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from itertools import chain
@@ -78,11 +79,26 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
                solver: str = "auto", verify: bool = True) -> _Planned:
     """Run the pipeline on one call signature: capture, annotate, solve, rewrite, and (verify)
     a dry run of the rewritten step on fake tensors that must fit the budget too."""
-    from . import passes
+    from .distributed import check_no_sharded_submodules, gathered
 
     _budget_bytes(1, budget_mb, budget)  # reject bad budgets before any work
     if args and kwargs:
         raise ValueError("pass either positional arguments (a tensor or a tuple) or keyword arguments (a dict), not both")
+    check_no_sharded_submodules(model)
+    # Inputs with autograd history (a block re-planned inside its model's forward): plan on
+    # leaves with the same requires_grad; planning runs its own backward on fake copies.
+    args, kwargs = pytree.tree_map_only(torch.Tensor, _as_leaf, (args, kwargs))
+    with gathered(model):
+        return _plan(model, args, kwargs, budget_mb, budget, solver, verify)
+
+
+def _as_leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_(t.requires_grad)
+
+
+def _plan(model, args, kwargs, budget_mb, budget, solver, verify) -> _Planned:
+    from . import passes
+
     with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
         captured = passes.capture(model, kwargs if kwargs else args)
     gm = passes.annotate(captured)  # under the caller's autocast, as the step will run
@@ -132,6 +148,9 @@ class CheckpointedModule(ModelWrapper):
     machinery; its train/eval mode is the model's. A call with another signature (input shapes,
     dtypes, devices, autocast, submodule modes, parameter dtypes and devices; see `_signature`)
     is planned again (same budget and solver) and the plan cached per signature.
+    The graph runs inside the model's own `__call__`, so hooks on the model itself (FSDP2's
+    all-gather, see `fxckpt.distributed`) run around it; hooks on its submodules do not (the
+    graph inlines them).
     """
 
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver):
@@ -156,6 +175,10 @@ class CheckpointedModule(ModelWrapper):
     def forward(self, *args, **kwargs):
         if not (self.training and torch.is_grad_enabled()):
             return self._model(*args, **kwargs)
+        from .distributed import call_with_forward, check_no_sharded_submodules
+        from .passes.capture import training_kwargs
+
+        check_no_sharded_submodules(self._model)  # fully_shard may come after auto_checkpoint
         sig = _signature(self._model, args, kwargs)
         planned = self.plans.get(sig)
         if planned is None:
@@ -163,16 +186,19 @@ class CheckpointedModule(ModelWrapper):
             planned = plan_model(self._model, args, kwargs, **self._spec)
             self.plans[sig] = planned
         object.__setattr__(self, "_current", planned)
-        from .passes.capture import training_kwargs
         kwargs = training_kwargs(self._model, kwargs)
-        with planned.gm.fxckpt_runtime.active():
-            return planned.gm(*args, **kwargs)
+        return call_with_forward(self._model, functools.partial(_run, planned.gm), args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(object.__getattribute__(self, "_model"), name)
+
+
+def _run(gm: torch.fx.GraphModule, *args, **kwargs):
+    with gm.fxckpt_runtime.active():
+        return gm(*args, **kwargs)
 
 
 def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float = 500, *,

@@ -217,7 +217,7 @@ def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
         "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
         "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
-        "SOLVERS", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size", "measure_step",
+        "SOLVERS", "ShardingError", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size", "measure_step",
         "peak_formula", "register_solver", "simulate", "solve"])
     for name in fxckpt.__all__:
         assert getattr(fxckpt, name).__doc__, name

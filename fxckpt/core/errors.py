@@ -13,6 +13,10 @@ class CaptureError(FxckptError):
     """No front-end could turn the model into a torch.fx graph."""
 
 
+class ShardingError(FxckptError):
+    """FSDP2's `fully_shard` was applied where fxckpt's captured graph would bypass it."""
+
+
 class SolverError(FxckptError):
     """A solver returned a plan over the budget although a plan under it exists."""
 
