@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fxckpt
-from fxckpt.demo import gpt2
+from fxckpt.benchmark.zoo import gpt2
 from fxckpt.measure import measure_step, step_loss
 
 MiB = 2**20
