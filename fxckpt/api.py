@@ -75,11 +75,35 @@ def _budget_bytes(baseline: int, budget_mb, budget) -> int:
 _RETRIES = 3  # re-solves under a tighter budget when the dry run finds the plan over budget
 
 
+TIMINGS = ("estimate", "profile", "flops")
+
+
+def _device_and_dtype(model: torch.nn.Module, args, kwargs) -> tuple[torch.device, torch.dtype]:
+    leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    device = leaves[0].device if leaves else params[0].device if params else torch.device("cpu")
+    return device, params[0].dtype if params else torch.float32
+
+
+def node_seconds(model, captured, gm, timing: str) -> dict:
+    """`to_problem`'s timing arguments: rates (estimate), measured seconds (profile), or none."""
+    from .calibrate import device_rates, profile_nodes
+
+    if timing == "flops":
+        return {}
+    if timing == "profile":
+        return {"seconds": profile_nodes(gm, captured.args, captured.kwargs)}
+    return {"rates": device_rates(*_device_and_dtype(model, captured.args, captured.kwargs))}
+
+
 def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=None, budget=None,
-               solver: str = "auto", verify: bool = True) -> _Planned:
+               solver: str = "auto", verify: bool = True, timing: str = "estimate") -> _Planned:
     """Run the pipeline on one call signature: capture, annotate, solve, rewrite, and (verify)
     a dry run of the rewritten step on fake tensors that must fit the budget too."""
     from .distributed import check_no_sharded_submodules, gathered
+
+    if timing not in TIMINGS:
+        raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
 
     _budget_bytes(1, budget_mb, budget)  # reject bad budgets before any work
     if args and kwargs:
@@ -102,7 +126,7 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify) -> _Planned:
     with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
         captured = passes.capture(model, kwargs if kwargs else args)
     gm = passes.annotate(captured)  # under the caller's autocast, as the step will run
-    problem = passes.to_problem(gm, name=type(model).__name__)
+    problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
     budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
     target = budget_bytes
     for attempt in range(_RETRIES + 1):
@@ -153,9 +177,9 @@ class CheckpointedModule(ModelWrapper):
     graph inlines them).
     """
 
-    def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver):
+    def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing):
         super().__init__(model)
-        object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver))
+        object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver, timing=timing))
         object.__setattr__(self, "plans", {signature: planned})
         object.__setattr__(self, "_current", planned)
 
@@ -202,7 +226,7 @@ def _run(gm: torch.fx.GraphModule, *args, **kwargs):
 
 
 def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float = 500, *,
-                    budget: float | None = None, solver: str = "auto") -> CheckpointedModule:
+                    budget: float | None = None, solver: str = "auto", timing: str = "estimate") -> CheckpointedModule:
     """Rewrite `model` so a training step's activation peak stays under a budget.
 
     Args:
@@ -211,6 +235,10 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
         budget_mb: the activation budget in MiB (2**20 bytes).
         budget: instead, a fraction of the un-checkpointed activation peak (e.g. 0.5).
         solver: a registered solver name (see `fxckpt.core.solvers.SOLVERS`).
+        timing: what the solver minimizes: "estimate" (default), recompute seconds estimated
+            from FLOPs and bytes at the device's measured rates (`fxckpt.calibrate`, measured once
+            per device and cached); "profile", seconds measured per node on the example (a few
+            real forwards); "flops", recompute FLOPs.
 
     Returns:
         A `CheckpointedModule` with `.plan` (predicted peak, recompute FLOPs, solver, solve time).
@@ -230,6 +258,6 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
 
     args, kwargs = split_input(example_input)
     with _training(model):
-        planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver)
+        planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing)
         signature = _signature(model, args, kwargs)
-    return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver)
+    return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing)

@@ -30,8 +30,13 @@ META = "fxckpt"
 _FAKE_UNDERSIZED = {getattr(torch.ops.aten, "mkldnn_rnn_layer").default} if hasattr(torch.ops.aten, "mkldnn_rnn_layer") else set()
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 class _OpRecorder(TorchDispatchMode):
-    """Sees every ATen op a node runs: randomness, in-place writes, temporaries."""
+    """Sees every ATen op a node runs: randomness, in-place writes, temporaries, and the ops and
+    bytes that price it in seconds (`fxckpt.core.timing`)."""
 
     def __init__(self, known):
         super().__init__()
@@ -40,6 +45,7 @@ class _OpRecorder(TorchDispatchMode):
         self.written: list[torch.Tensor] = []
         self.new: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
+        self.ops = self.bytes_read = self.bytes_written = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -56,7 +62,12 @@ class _OpRecorder(TorchDispatchMode):
                     val = args[i] if i < len(args) else kwargs.get(arg.name)
                     self.written.extend(tensor_leaves(val))
         out = func(*args, **kwargs)
-        for t in tensor_leaves(out):
+        written = tensor_leaves(out)
+        if written and not func.is_view:  # views move no data; metadata queries return no tensor
+            self.ops += 1
+            self.bytes_read += sum(_nbytes(t) for t in tensor_leaves((args, kwargs)))
+            self.bytes_written += sum(_nbytes(t) for t in written)
+        for t in written:
             k = storage_key(t)
             if k not in self.new and not self.known(k):
                 self.new[k] = (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
@@ -241,6 +252,7 @@ class _Annotator(torch.fx.Interpreter):
             extra_saved_bytes=extra if requires_grad else 0,
             transient_bytes=max(0, rec.peak - created_bytes - extra),
             is_random=rec.random, is_view=bool(outs) and not creates, writes=tuple(writes), mutates=mutates, ban=ban,
+            ops=rec.ops, bytes_read=rec.bytes_read, bytes_written=rec.bytes_written,
         )
 
     def _bytes(self, name: str, creates) -> int:

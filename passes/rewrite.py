@@ -28,6 +28,34 @@ from .runtime import RecipeSpec, RematRuntime
 from .to_problem import to_problem
 
 
+def _savers_of(problem, R) -> set[str]:
+    """Nodes whose backward saves a buffer of a recomputed node: the only ones, besides the
+    recipes themselves, whose saved tensors the pack hook must see."""
+    buffers = problem.buffers
+    return {n.name for n in problem.nodes if n.requires_grad and any(buffers[b].producer in R for b in n.saves)}
+
+
+def _insert_hook_switches(graph: torch.fx.Graph, rt_node, nodes, hooked: set[str]) -> None:
+    """Turn the pack hook on before each run of `hooked` nodes and off after it.
+
+    NOTE [ Hooks only where the plan recomputes ]
+    A saved-tensor hook is a Python call for every tensor autograd saves, in forward, and
+    again when backward unpacks it. Only the recipes' own saves and the saves of their
+    consumers can refer to a recomputed storage, and annotation knows which nodes those are;
+    every other node runs without hooks (and with nothing recomputed, no node has any). A save
+    annotation did not foresee is held by autograd: more memory than predicted, never a wrong
+    gradient. The runtime turns the hook off when the forward ends, whatever happened.
+    """
+    on = False
+    for node in [*nodes, graph.output_node()]:
+        want = node.name in hooked and node.op != "output"
+        if node.op in ("placeholder", "get_attr") or want == on:
+            continue
+        with graph.inserting_before(node):
+            graph.call_method("hooks_on" if want else "hooks_off", (rt_node,))
+        on = want
+
+
 def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
     """A new GraphModule, sharing `gm`'s state, that recomputes `plan.recompute` in backward.
 
@@ -43,14 +71,16 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
     graph, env = copy_graph(gm.graph)
     specs: dict[str, RecipeSpec] = {}
     rt_node = None
+    if need_names:
+        first = next(n for n in graph.nodes if n.op != "placeholder")
+        with graph.inserting_before(first):
+            rt_node = graph.get_attr("fxckpt_runtime")
+        _insert_hook_switches(graph, rt_node, [env[n] for n in gm.graph.nodes if n.op != "output"],
+                              need_names | _savers_of(problem, R))
     for old in gm.graph.nodes:
         if old.name not in need_names:
             continue
         new = env[old]
-        if rt_node is None:
-            first = next(n for n in graph.nodes if n.op != "placeholder")
-            with graph.inserting_before(first):
-                rt_node = graph.get_attr("fxckpt_runtime")
         cost = old.meta[META]
         inputs = tuple(a.name for a in old.all_input_nodes)
         reads = dict(cost.reads)
@@ -58,7 +88,7 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
         missing = set(remat.values()) - need_names
         assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
         specs[old.name] = RecipeSpec(
-            node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
+            old.name, node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
             random=cost.is_random, internals=cost.extra_saved_bytes > 0,
             module=gm.get_submodule(old.target) if old.op == "call_module" else None)
         with graph.inserting_before(new):

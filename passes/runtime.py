@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +32,7 @@ def _known_storages(args, kwargs, state) -> set[int]:
 
 @dataclass(frozen=True)
 class RecipeSpec:
+    name: str  # the fx node it rebuilds
     fn: Callable
     template: tuple  # (args, kwargs) with the node's inputs as fx Nodes
     inputs: tuple[str, ...]  # names of those inputs, in the order begin() receives their values
@@ -50,10 +52,11 @@ class Recipe:
     random op started from, and, for nodes whose backward saves internals (attention weights,
     dropout masks), the requires_grad of its inputs so that a rerun saves the same tensors."""
 
-    __slots__ = ("spec", "args", "kwargs", "rng", "grad_flags", "amp", "rerun", "value", "saved")
+    __slots__ = ("spec", "args", "kwargs", "rng", "grad_flags", "amp", "rerun", "value", "saved", "replays")
 
-    def __init__(self, spec: RecipeSpec, args, kwargs, rng=None, grad_flags=None, amp=()):
+    def __init__(self, spec: RecipeSpec, args, kwargs, rng=None, grad_flags=None, amp=(), replays=None):
         self.spec, self.args, self.kwargs, self.rng, self.grad_flags = spec, args, kwargs, rng, grad_flags
+        self.replays = replays  # the runtime's count of recomputations this step
         self.amp = amp  # autocast state of the forward: backward runs outside it
         self.rerun = spec.internals  # rebuild saved internals with autograd
         self.value, self.saved = _EMPTY, None
@@ -67,6 +70,8 @@ class Recipe:
             else:
                 self.value, self.saved = self._rerun_with_autograd(args, kwargs)
             self.args = self.kwargs = self.rng = self.grad_flags = None  # let the inputs go
+            if self.spec.writer and self.replays is not None:
+                self.replays[self.spec.name] += 1
         return self.value
 
     def _rerun_with_autograd(self, args, kwargs):
@@ -166,6 +171,10 @@ class RematRuntime:
         self._storages: dict[int, tuple[StorageWeakRef, Recipe, int]] = {}
         self._capturing: tuple | None = None  # (recipe, known storages, packed) while a node runs
         self._amp: tuple = ()
+        self._hooked = False  # our pack hook is on the saved-tensor hooks stack
+        # Nodes recomputed since the last forward began (a view rebuilt with its base is not
+        # counted): what tests compare with the plan, so a runtime that skips or repeats work fails.
+        self.replays: Counter[str] = Counter()
 
     @contextlib.contextmanager
     def active(self):
@@ -173,14 +182,27 @@ class RematRuntime:
             raise RuntimeError("a fxckpt module was re-entered while its forward is running")
         self._active = True
         self._amp = autocast_state()
+        self.replays = Counter()
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
-                yield
+            yield
         finally:
+            self.hooks_off()  # a forward that raised may have left them on
             self._active = False
             self._capturing = None
             self._recipes.clear()
             self._storages.clear()
+
+    def hooks_on(self) -> None:
+        """Called by the rewritten graph before nodes whose saves may be recipes (NOTE [ Hooks
+        only where the plan recomputes ] in rewrite.py): saved_tensors_hooks' push, unscoped."""
+        if self._active and not self._hooked:
+            torch._C._autograd._push_saved_tensors_default_hooks(self._pack, _unpack)
+            self._hooked = True
+
+    def hooks_off(self) -> None:
+        if self._hooked:
+            torch._C._autograd._pop_saved_tensors_default_hooks()
+            self._hooked = False
 
     def begin(self, name: str, inputs: list) -> None:
         """Called by the rewritten graph right before node `name` runs in forward."""
@@ -193,7 +215,8 @@ class RematRuntime:
         # casts under an autocast the plan was not made for); a rerun with autograd rebuilds them.
         grad_flags = [x.requires_grad for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
         r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[spec.remat[n.name]] if n.name in spec.remat else env[n.name])
-        recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags, self._amp)
+        recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags, self._amp,
+                        self.replays)
         self._recipes[name] = recipe
         self._capturing = (recipe, _known_storages(args, kwargs, spec.state()), [])
 

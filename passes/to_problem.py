@@ -7,13 +7,21 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from fxckpt.core.costs import NodeCost
+from fxckpt.core.errors import FxckptError
 from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
+from fxckpt.core.timing import DeviceRates, estimate_seconds
 
 from .annotate import META
 
 
-def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
-    """The torch-free `RematProblem` of an annotated graph, in execution order."""
+def to_problem(gm: torch.fx.GraphModule, name: str = "graph", *, rates: DeviceRates | None = None,
+               seconds: dict[str, float] | None = None) -> RematProblem:
+    """The torch-free `RematProblem` of an annotated graph, in execution order.
+
+    Node times, which make the solvers minimize seconds instead of FLOPs: `seconds` (measured
+    per node, `fxckpt.calibrate.profile_nodes`) where given, else estimated at `rates`
+    (`fxckpt.calibrate.device_rates`); with neither, nodes carry no times.
+    """
     if META not in gm.meta:
         raise ValueError("to_problem takes the GraphModule that annotate() returns; this one is not annotated")
     nodes = [n for n in gm.graph.nodes if META in n.meta]
@@ -40,7 +48,7 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
             name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
             creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
             writes=tuple(buf_index[b] for b in c.writes),
-            saves=tuple(buf_index[b] for b in c.saves), flops=c.flops,
+            saves=tuple(buf_index[b] for b in c.saves), flops=c.flops, seconds=_seconds(n.name, c, rates, seconds),
             requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
             bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
         ))
@@ -48,6 +56,16 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph") -> RematProblem:
                   for n in nodes for d, nbytes in n.meta[META].grads)
     return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads,
                         loss_bytes=gm.meta.get(META, {}).get("loss_bytes", 0), name=name)
+
+
+def _seconds(name: str, c: NodeCost, rates: DeviceRates | None, measured: dict[str, float] | None) -> float | None:
+    if measured is not None:
+        if name not in measured:
+            raise FxckptError(f"node {name!r} has no measured time; profile the same annotated graph")
+        return measured[name]
+    if rates is None:
+        return None
+    return estimate_seconds(rates, c.flops, c.bytes_read + c.bytes_written, c.ops)
 
 
 def _scope(n: torch.fx.Node) -> str:

@@ -2,6 +2,7 @@
 measured activation peak under the budget and close to the prediction."""
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -53,7 +54,17 @@ def assert_trains_like(name, budget):
         if x.grad is not None:
             assert torch.equal(x.grad, y.grad)
     assert list(ckpt.state_dict()) == list(ref_model.state_dict())
+    assert_executes_plan(ckpt)
     return ckpt
+
+
+def assert_executes_plan(ckpt):
+    """The step just run recomputed exactly what the plan's simulation says, each node once:
+    equal gradients alone would pass with a runtime that recomputes nothing."""
+    problem = ckpt.problem
+    sim = fxckpt.simulate(problem, problem.indices(ckpt.plan.recompute))
+    replays = ckpt.graph_module.fxckpt_runtime.replays
+    assert replays == Counter(sim.recomputed), (sorted(replays.items()), sorted(sim.recomputed))
 
 
 @pytest.mark.parametrize("budget", [1.0, 0.7])

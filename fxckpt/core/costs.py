@@ -32,3 +32,6 @@ class NodeCost:
     reads: tuple[tuple[str, str], ...] = ()  # (input, the node that wrote it in place since): replays read the writer
     mutates: str | None = None  # what it modifies in place, e.g. "buffer bn1.running_mean"
     ban: str | None = None  # why it must not be recomputed
+    ops: int = 0  # ATen ops its forward runs, views excluded (each pays a dispatch)
+    bytes_read: int = 0  # tensor bytes those ops read (inputs of each op; views excluded)
+    bytes_written: int = 0  # tensor bytes those ops write (their outputs)

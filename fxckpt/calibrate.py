@@ -1,0 +1,215 @@
+"""Device rates for the time estimate (`fxckpt.core.timing`), measured once and cached, and an
+opt-in real per-node profile.
+
+`device_rates(device, dtype)` runs a short micro-benchmark (well under a second) the first time a
+device and dtype are seen: a matmul (FLOP rate), a large copy (bandwidth), a loop of tiny ops
+(per-op dispatch) and a tiny rewritten graph replayed in backward (the runtime's own cost per
+recomputed node). The result is kept in memory and in `rates.json` under the user cache
+directory (`$FXCKPT_CACHE_DIR`, else `$XDG_CACHE_HOME/fxckpt`, else `~/.cache/fxckpt`), keyed by
+device, dtype, torch version and CPU threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from .core.timing import DeviceRates
+
+log = logging.getLogger(__name__)
+_RATES: dict[str, DeviceRates] = {}
+_TINY_NODES = 32  # nodes of the tiny graph that prices the runtime's replay
+_VERSION = 1  # of the calibration: bump when the runtime or the micro-benchmark changes (stale caches)
+
+
+def cache_file() -> pathlib.Path:
+    root = os.environ.get("FXCKPT_CACHE_DIR")
+    if root is None:
+        base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+        root = pathlib.Path(base) / "fxckpt"
+    return pathlib.Path(root) / "rates.json"
+
+
+def _key(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cuda":
+        where = f"cuda:{device.index or 0} {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"{device.type} x{torch.get_num_threads()} threads"
+    return f"{where} {str(dtype).removeprefix('torch.')} torch {torch.__version__}"
+
+
+def device_rates(device="cpu", dtype: torch.dtype = torch.float32, *, refresh: bool = False) -> DeviceRates:
+    """The measured rates of `device` for `dtype`, from the caches unless `refresh`.
+
+    Example:
+        >>> import fxckpt.calibrate as cal
+        >>> r = cal.device_rates("cpu")
+        >>> r.flops_per_second > 0 and r.bytes_per_second > 0
+        True
+    """
+    device = torch.device(device)
+    key = _key(device, dtype)
+    if not refresh:
+        hit = _RATES.get(key) or _read(key)
+        if hit is not None:
+            _RATES[key] = hit
+            return hit
+    rates = _RATES[key] = measure_rates(device, dtype)
+    _write(key, rates)
+    log.info("measured %s", rates)
+    return rates
+
+
+def set_device_rates(rates: DeviceRates, device="cpu", dtype: torch.dtype = torch.float32) -> None:
+    """Use `rates` for `device` and `dtype` in this process instead of measuring (tests that
+    need deterministic plans; rates measured elsewhere)."""
+    if not isinstance(rates, DeviceRates):
+        raise TypeError(f"rates must be a fxckpt.core.timing.DeviceRates, got {type(rates).__name__}")
+    _RATES[_key(torch.device(device), dtype)] = rates
+
+
+def _read(key: str) -> DeviceRates | None:
+    try:
+        return DeviceRates(**json.loads(cache_file().read_text())[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write(key: str, rates: DeviceRates) -> None:
+    path = cache_file()
+    try:
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        table[key] = json.loads(rates.to_json())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    except OSError as e:  # a read-only home: the in-memory cache still serves this process
+        log.debug("could not cache device rates in %s: %s", path, e)
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def _best(fn: Callable[[], object], sync: Callable[[], None], reps: int = 5, inner: int = 1) -> float:
+    """The fastest of `reps` timings of `inner` calls, per call (after one warm-up): the
+    device's rate, without the noise a shared machine adds."""
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t0) / inner)
+    return min(times)
+
+
+def measure_rates(device, dtype: torch.dtype = torch.float32) -> DeviceRates:
+    """Run the micro-benchmark (no caching; `device_rates` caches)."""
+    device = torch.device(device)
+    sync = _sync(device)
+    n = 2048 if device.type == "cuda" else 512
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty_like(a)
+    flops = 2 * n**3 / _best(lambda: torch.mm(a, b, out=c), sync)
+    nbytes = (512 if device.type == "cuda" else 64) * 2**20
+    x = torch.empty(nbytes // a.element_size(), device=device, dtype=dtype)
+    y = torch.empty_like(x)
+    bandwidth = 2 * nbytes / _best(lambda: y.copy_(x), sync)
+    del a, b, c, x, y
+    tiny = torch.ones(1, device=device, dtype=dtype)
+    op = _best(lambda: torch.add(tiny, tiny), sync, inner=200)
+    node = max(0.0, _replay_overhead(device, dtype, sync) - op)
+    return DeviceRates(_key(device, dtype), flops, bandwidth, op, node)
+
+
+class _Tiny(torch.nn.Module):
+    def forward(self, x):
+        for _ in range(_TINY_NODES):
+            x = torch.sin(x)  # saves its input: every node is a candidate
+        return x
+
+
+def _replay_overhead(device, dtype, sync) -> float:
+    """Seconds a training step of a tiny graph gains per node when every node is recomputed:
+    the runtime's recipe bookkeeping in forward, its hooks and the replay in backward."""
+    from . import passes
+    from .core.solvers import solve
+
+    gm = passes.annotate(passes.capture(_Tiny(), (torch.ones(1, device=device, dtype=dtype, requires_grad=True),)))
+    problem = passes.to_problem(gm)
+    x = torch.ones(1, device=device, dtype=dtype, requires_grad=True)
+    steps = {}
+    for method in ("none", "all"):
+        run = passes.rewrite(gm, solve(problem, float("inf"), method))
+
+        def step(run=run):
+            with run.fxckpt_runtime.active():
+                y = run(x)
+            y.backward()
+        steps[method] = step
+    spans = []
+    for _ in range(3):  # paired, so a busy moment hits both
+        none, every = (_best(steps[m], sync, reps=1, inner=10) for m in ("none", "all"))
+        spans.append((every - none) / _TINY_NODES)
+    return max(0.0, statistics.median(spans))
+
+
+def profile_nodes(gm: torch.fx.GraphModule, args: tuple, kwargs: dict | None = None, *,
+                  repeats: int = 5) -> dict[str, float]:
+    """Measured seconds of one run of each annotated node (the fastest of `repeats`: what the
+    node costs without the noise of a shared machine, like the rates), run as the
+    runtime replays it: under no_grad, on real inputs from one forward of `gm`.
+
+    Example:
+        >>> import torch, fxckpt.passes as P
+        >>> gm = P.annotate(P.capture(torch.nn.Linear(8, 8), (torch.randn(4, 8),)))
+        >>> times = profile_nodes(gm, (torch.randn(4, 8),))
+        >>> all(t >= 0 for t in times.values())
+        True
+    """
+    from .passes.annotate import META
+    from .passes.capture import flat_inputs
+
+    device = next((t.device for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)),
+                  torch.device("cpu"))
+    sync = _sync(device)
+    times: dict[str, list[float]] = {}
+
+    class _Timer(torch.fx.Interpreter):
+        def run_node(self, n):
+            if META not in n.meta or n.op in ("placeholder", "output", "get_attr"):
+                return super().run_node(n)
+            fork = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+            with fork:  # timing replays must not move the RNG the real step draws from
+                sync()
+                t0 = time.perf_counter()
+                out = super().run_node(n)
+                sync()
+            times.setdefault(n.name, []).append(time.perf_counter() - t0)
+            return out
+
+    flat = flat_inputs(gm, args, kwargs or {})
+    buffers = [(b, b.detach().clone()) for b in gm.buffers()]  # batch norm statistics
+    try:
+        with torch.no_grad():
+            for _ in range(repeats + 1):  # the first run warms caches and allocators
+                _Timer(gm).run(*flat)
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return {name: min(ts[1:]) for name, ts in times.items()}

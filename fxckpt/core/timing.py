@@ -1,0 +1,74 @@
+"""Estimated seconds per node: a roofline at a device's measured rates, plus per-op overhead.
+
+Torch-free: the rates come from `fxckpt.calibrate` (a short micro-benchmark per device, cached),
+the FLOPs, bytes and op counts from annotation (`NodeCost`).
+
+NOTE [ Why a roofline plus overhead ]
+Matmul FLOPs alone price a recomputed GELU, norm or dropout at nothing, yet replaying it reads
+and writes its tensors at memory bandwidth, and every ATen op it runs pays a fixed dispatch
+cost (on small ops the larger part). So one run of a node is estimated as
+    max(FLOPs / matmul rate, bytes read and written / bandwidth)
+        + ATen ops x per-op overhead + the runtime's overhead per replayed node.
+FLOPs are FlopCounterMode's where it counts them (matmuls, convolutions, attention); elsewhere
+annotation counts one per output element, which the bandwidth term dominates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class DeviceRates:
+    """The measured rates of one device (and dtype), the roofline's parameters.
+
+    Attributes:
+        device: what was measured, e.g. "cpu float32 x2 threads" or "cuda:0 NVIDIA H200 float32".
+        flops_per_second: dense matmul rate.
+        bytes_per_second: memory bandwidth, bytes read plus bytes written per second.
+        op_overhead_seconds: fixed cost of one ATen op call (dispatch), whatever its size.
+        node_overhead_seconds: what the runtime adds to replay one node (its Python: recipe
+            lookup, contexts, the call), measured on a recipe of a tiny op.
+    """
+
+    device: str
+    flops_per_second: float
+    bytes_per_second: float
+    op_overhead_seconds: float
+    node_overhead_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("flops_per_second", "bytes_per_second"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"DeviceRates.{name} must be a positive number, got {v!r}")
+        for name in ("op_overhead_seconds", "node_overhead_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"DeviceRates.{name} must be a number >= 0, got {v!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "DeviceRates":
+        return cls(**json.loads(text))
+
+
+def estimate_seconds(rates: DeviceRates, flops: float, bytes_moved: float, ops: int) -> float:
+    """One replay of a node at `rates`: max(compute, memory) time plus the overheads. A node
+    that runs no op (a view) costs nothing.
+
+    Example:
+        >>> r = DeviceRates("toy", flops_per_second=1e12, bytes_per_second=1e11,
+        ...                 op_overhead_seconds=1e-5, node_overhead_seconds=2e-5)
+        >>> round(estimate_seconds(r, flops=2e9, bytes_moved=1e8, ops=2), 6)  # compute-bound: 2 ms
+        0.00204
+        >>> round(estimate_seconds(r, flops=1e6, bytes_moved=1e9, ops=1), 6)  # memory-bound: 10 ms
+        0.01003
+    """
+    if ops == 0:
+        return 0.0
+    roofline = max(flops / rates.flops_per_second, bytes_moved / rates.bytes_per_second)
+    return roofline + ops * rates.op_overhead_seconds + rates.node_overhead_seconds

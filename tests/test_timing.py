@@ -1,0 +1,96 @@
+"""Plans priced in seconds: what annotation counts, the estimate at fixed rates, the rates cache,
+the per-node profile. Asserts arithmetic and decisions, never measured time."""
+
+import json
+
+import pytest
+import torch
+from conftest import PINNED_RATES
+
+import fxckpt
+from fxckpt import calibrate, passes
+from fxckpt.core.timing import DeviceRates, estimate_seconds
+
+
+def _annotated(model, *args):
+    return passes.annotate(passes.capture(model, args))
+
+
+def test_estimate_is_a_roofline_plus_overheads():
+    r = DeviceRates("toy", flops_per_second=1e12, bytes_per_second=1e11, op_overhead_seconds=1e-5,
+                    node_overhead_seconds=2e-5)
+    assert estimate_seconds(r, 2e9, 1e8, 2) == pytest.approx(2e-3 + 2e-5 + 2e-5)  # compute-bound
+    assert estimate_seconds(r, 1e6, 1e9, 3) == pytest.approx(1e-2 + 3e-5 + 2e-5)  # memory-bound
+    assert estimate_seconds(r, 0, 0, 0) == 0.0  # a view runs no op
+    with pytest.raises(ValueError, match="flops_per_second"):
+        DeviceRates("bad", 0, 1, 0)
+    assert DeviceRates.from_json(r.to_json()) == r
+
+
+def test_annotation_counts_ops_and_bytes():
+    """linear(16x64 -> 32) runs t (a view: not counted) and addmm, which reads the bias, the
+    input and the weight and writes the output; relu reads and writes 16x32."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+    gm = _annotated(model, torch.randn(16, 64))
+    costs = {n.name: n.meta["fxckpt"] for n in gm.graph.nodes if "fxckpt" in n.meta}
+    lin = next(c for name, c in costs.items() if name.startswith("_0") or "linear" in name or name == "0")
+    relu = next(c for name, c in costs.items() if name.startswith("_1") or "relu" in name or name == "1")
+    assert (lin.ops, lin.bytes_read, lin.bytes_written) == (1, 4 * (32 + 16 * 64 + 64 * 32), 4 * 16 * 32)
+    assert (relu.ops, relu.bytes_read, relu.bytes_written) == (1, 4 * 16 * 32, 4 * 16 * 32)
+    problem = passes.to_problem(gm, rates=PINNED_RATES)
+    node = problem.nodes[problem.index[next(n for n, c in costs.items() if c is lin)]]
+    assert node.seconds == pytest.approx(estimate_seconds(PINNED_RATES, lin.flops, lin.bytes_read + lin.bytes_written, 1))
+    assert passes.to_problem(gm).nodes[0].seconds is None
+
+
+def test_auto_checkpoint_prices_plans_in_seconds():
+    model = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Linear(64, 64), torch.nn.GELU())])
+    x = torch.randn(32, 64)
+    timed = fxckpt.auto_checkpoint(model, x, budget=0.8)
+    flops = fxckpt.auto_checkpoint(model, x, budget=0.8, timing="flops")
+    assert timed.problem.timed and not flops.problem.timed
+    assert flops.plan.recompute_seconds is None
+    expected = sum(timed.problem.nodes[timed.problem.index[n]].seconds
+                   for n in fxckpt.simulate(timed.problem, timed.problem.indices(timed.plan.recompute)).recomputed)
+    assert timed.plan.recompute_seconds == pytest.approx(expected) and expected > 0
+    assert "est." in timed.plan.summary()
+    with pytest.raises(ValueError, match="timing must be one of"):
+        fxckpt.auto_checkpoint(model, x, budget=0.8, timing="wall")
+
+
+def test_rates_are_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FXCKPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibrate, "_RATES", {})
+    calls = []
+    fake = DeviceRates("cpu test", 1e10, 1e9, 1e-6, 1e-5)
+    monkeypatch.setattr(calibrate, "measure_rates", lambda d, t: calls.append(d) or fake)
+    assert calibrate.device_rates("cpu", torch.float64) == fake
+    assert calibrate.device_rates("cpu", torch.float64) == fake and len(calls) == 1  # in memory
+    monkeypatch.setattr(calibrate, "_RATES", {})
+    assert calibrate.device_rates("cpu", torch.float64) == fake and len(calls) == 1  # from the file
+    table = json.loads((tmp_path / "rates.json").read_text())
+    assert list(table.values()) == [json.loads(fake.to_json())]
+    calibrate.device_rates("cpu", torch.float64, refresh=True)
+    assert len(calls) == 2
+    with pytest.raises(TypeError, match="DeviceRates"):
+        calibrate.set_device_rates({"flops_per_second": 1})
+
+
+def test_micro_benchmark_gives_positive_rates():
+    r = calibrate.measure_rates("cpu", torch.float32)
+    assert r.flops_per_second > 0 and r.bytes_per_second > 0 and r.op_overhead_seconds > 0
+    assert r.node_overhead_seconds >= 0 and "float32" in r.device
+
+
+def test_profile_times_every_node_and_leaves_state_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5))
+    x = torch.randn(4, 8)
+    gm = _annotated(model, x)
+    stats = model[1].running_mean.clone()
+    rng = torch.get_rng_state()
+    times = calibrate.profile_nodes(gm, (x,), {}, repeats=2)
+    assert set(times) == {n.name for n in gm.graph.nodes if "fxckpt" in n.meta and n.op != "placeholder"}
+    assert all(t > 0 for t in times.values())
+    assert torch.equal(model[1].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)
+    problem = passes.to_problem(gm, seconds=times)
+    assert all(problem.nodes[problem.index[n]].seconds == t for n, t in times.items())
