@@ -22,13 +22,7 @@ import fxckpt
 from fxckpt import calibrate, passes
 from fxckpt.core.timing import estimate_seconds
 from fxckpt.demo import gpt2
-
-
-def encoder():
-    torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(d_model=128, nhead=4, dim_feedforward=512, batch_first=True)
-    model = torch.nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False).train()
-    return model, torch.randn(8, 128, 128)
+from overhead import encoder  # the sibling benchmark's model
 
 
 def _kind(op: str) -> str:
@@ -50,7 +44,7 @@ def report(name: str, model, example, budget: float, repeats: int) -> None:
         cost = node.meta.get("fxckpt")
         if cost is None or node.name not in measured or not (cost.creates or cost.writes):
             continue
-        est = estimate_seconds(rates, cost.flops, cost.bytes_read + cost.bytes_written, cost.ops)
+        est = estimate_seconds(rates, cost.flops, cost.bytes_read + cost.bytes_written, cost.ops, cost.random_elements)
         row = (measured[node.name], est)
         rows[_kind(problem.nodes[problem.index[node.name]].op)].append(row)
         rows["(all nodes)"].append(row)

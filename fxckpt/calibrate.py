@@ -3,7 +3,7 @@ opt-in real per-node profile.
 
 `device_rates(device, dtype)` runs a short micro-benchmark (well under a second) the first time a
 device and dtype are seen: a matmul (FLOP rate), a large copy (bandwidth), a loop of tiny ops
-(per-op dispatch) and a tiny rewritten graph replayed in backward (the runtime's own cost per
+(per-op dispatch), Bernoulli draws (dropout's RNG) and a tiny rewritten graph replayed in backward (the runtime's own cost per
 recomputed node). The result is kept in memory and in `rates.json` under the user cache
 directory (`$FXCKPT_CACHE_DIR`, else `$XDG_CACHE_HOME/fxckpt`, else `~/.cache/fxckpt`), keyed by
 device, dtype, torch version and CPU threads.
@@ -26,7 +26,7 @@ from .core.timing import DeviceRates
 log = logging.getLogger(__name__)
 _RATES: dict[str, DeviceRates] = {}
 _TINY_NODES = 32  # nodes of the tiny graph that prices the runtime's replay
-_VERSION = 1  # of the calibration: bump when the runtime or the micro-benchmark changes (stale caches)
+_VERSION = 2  # of the calibration: bump when the runtime or the micro-benchmark changes (stale caches)
 
 
 def cache_file() -> pathlib.Path:
@@ -42,7 +42,7 @@ def _key(device: torch.device, dtype: torch.dtype) -> str:
         where = f"cuda:{device.index or 0} {torch.cuda.get_device_name(device)}"
     else:
         where = f"{device.type} x{torch.get_num_threads()} threads"
-    return f"{where} {str(dtype).removeprefix('torch.')} torch {torch.__version__}"
+    return f"{where} {str(dtype).removeprefix('torch.')} torch {torch.__version__} v{_VERSION}"
 
 
 def device_rates(device="cpu", dtype: torch.dtype = torch.float32, *, refresh: bool = False) -> DeviceRates:
@@ -132,8 +132,10 @@ def measure_rates(device, dtype: torch.dtype = torch.float32) -> DeviceRates:
     del a, b, c, x, y
     tiny = torch.ones(1, device=device, dtype=dtype)
     op = _best(lambda: torch.add(tiny, tiny), sync, inner=200)
+    mask = torch.empty(2**20, device=device, dtype=dtype)
+    rng = mask.numel() / _best(lambda: mask.bernoulli_(0.9), sync)
     node = max(0.0, _replay_overhead(device, dtype, sync) - op)
-    return DeviceRates(_key(device, dtype), flops, bandwidth, op, node)
+    return DeviceRates(_key(device, dtype), flops, bandwidth, op, node, rng)
 
 
 class _Tiny(torch.nn.Module):

@@ -45,7 +45,7 @@ class _OpRecorder(TorchDispatchMode):
         self.written: list[torch.Tensor] = []
         self.new: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
-        self.ops = self.bytes_read = self.bytes_written = 0
+        self.ops = self.bytes_read = self.bytes_written = self.random_elements = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -67,6 +67,8 @@ class _OpRecorder(TorchDispatchMode):
             self.ops += 1
             self.bytes_read += sum(_nbytes(t) for t in tensor_leaves((args, kwargs)))
             self.bytes_written += sum(_nbytes(t) for t in written)
+            if torch.Tag.nondeterministic_seeded in func.tags:
+                self.random_elements += sum(t.numel() for t in written)
         for t in written:
             k = storage_key(t)
             if k not in self.new and not self.known(k):
@@ -252,7 +254,7 @@ class _Annotator(torch.fx.Interpreter):
             extra_saved_bytes=extra if requires_grad else 0,
             transient_bytes=max(0, rec.peak - created_bytes - extra),
             is_random=rec.random, is_view=bool(outs) and not creates, writes=tuple(writes), mutates=mutates, ban=ban,
-            ops=rec.ops, bytes_read=rec.bytes_read, bytes_written=rec.bytes_written,
+            ops=rec.ops, bytes_read=rec.bytes_read, bytes_written=rec.bytes_written, random_elements=rec.random_elements,
         )
 
     def _bytes(self, name: str, creates) -> int:

@@ -7,7 +7,6 @@ from typing import Any, Callable
 import torch
 import torch.fx
 import torch.nn.functional as F
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
 aten = torch.ops.aten
@@ -63,8 +62,9 @@ def _without_stats(fn, i_mean: int, i_var: int):
 
 
 def storage_key(t: torch.Tensor) -> int:
-    """Identifies a tensor's storage: views and in-place results share their base's key."""
-    return StorageWeakRef(t.untyped_storage()).cdata
+    """Identifies a tensor's storage: views and in-place results share their base's key (the
+    StorageImpl's address, what StorageWeakRef(...).cdata is, without making a weak ref)."""
+    return t.untyped_storage()._cdata
 
 
 def tensor_leaves(tree) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.fx.node import map_arg
+import torch.fx
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
@@ -24,10 +24,17 @@ log = logging.getLogger(__name__)
 _EMPTY = object()
 
 
-def _known_storages(args, kwargs, state) -> set[int]:
-    """Storages a node did not create: its inputs' and its module's parameters and buffers."""
-    leaves = [*pytree.tree_leaves((args, kwargs)), *state]
-    return {storage_key(t) for t in leaves if isinstance(t, torch.Tensor)}
+def _known_storages(leaves: list, state) -> set[int]:
+    """Storages a node did not create: its inputs' (call leaves) and its module's parameters
+    and buffers."""
+    return {storage_key(t) for t in (*leaves, *state) if isinstance(t, torch.Tensor)}
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """A node's output tensors, in pytree leaf order (a lone tensor without pytree)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,39 @@ class RecipeSpec:
     internals: bool  # its backward saves tensors of its own: rerun with autograd to rebuild them
     module: torch.nn.Module | None = None  # a called module, whose parameters and buffers it uses
 
+    # NOTE [ Flat templates ]
+    # begin() runs for every recipe in every forward and materialize() for every replay: walking
+    # (args, kwargs) with pytree there cost more than small ops themselves (profiled: ~2/3 of a
+    # replayed node's time). So the template is flattened once, here, into its leaves and the
+    # leaf positions of inputs and recipe inputs; a step fills a list and, for the usual call
+    # shape (no nested containers), builds (args, kwargs) by slicing.
+    def __post_init__(self) -> None:
+        leaves, treespec = pytree.tree_flatten(self.template)
+        pos = {name: j for j, name in enumerate(self.inputs)}
+        slots = tuple((i, pos[x.name]) for i, x in enumerate(leaves) if isinstance(x, torch.fx.Node))
+        args, kwargs = self.template
+        flat_call = not any(isinstance(a, (list, tuple, dict)) for a in (*args, *kwargs.values()))
+        object.__setattr__(self, "leaves", tuple(leaves))
+        object.__setattr__(self, "slots", slots)
+        object.__setattr__(self, "remat_slots", tuple((i, self.remat[leaves[i].name]) for i, _ in slots
+                                                      if leaves[i].name in self.remat))
+        object.__setattr__(self, "treespec", treespec)
+        object.__setattr__(self, "call_shape", (len(args), tuple(kwargs)) if flat_call else None)
+
+    def fill(self, inputs: list) -> list:
+        """The template's leaves with the node's input values in place."""
+        flat = list(self.leaves)
+        for i, j in self.slots:
+            flat[i] = inputs[j]
+        return flat
+
+    def build(self, flat: list) -> tuple[tuple, dict]:
+        """(args, kwargs) of a call from filled leaves."""
+        if self.call_shape is None:
+            return pytree.tree_unflatten(flat, self.treespec)
+        n, keys = self.call_shape
+        return tuple(flat[:n]), dict(zip(keys, flat[n:]))
+
     def state(self) -> list:
         m = self.module
         return [] if m is None else [*m.parameters(), *m.buffers()]
@@ -52,10 +92,10 @@ class Recipe:
     random op started from, and, for nodes whose backward saves internals (attention weights,
     dropout masks), the requires_grad of its inputs so that a rerun saves the same tensors."""
 
-    __slots__ = ("spec", "args", "kwargs", "rng", "grad_flags", "amp", "rerun", "value", "saved", "replays")
+    __slots__ = ("spec", "flat", "rng", "grad_flags", "amp", "rerun", "value", "saved", "replays")
 
-    def __init__(self, spec: RecipeSpec, args, kwargs, rng=None, grad_flags=None, amp=(), replays=None):
-        self.spec, self.args, self.kwargs, self.rng, self.grad_flags = spec, args, kwargs, rng, grad_flags
+    def __init__(self, spec: RecipeSpec, flat: list, rng=None, grad_flags=None, amp=(), replays=None):
+        self.spec, self.flat, self.rng, self.grad_flags = spec, flat, rng, grad_flags  # flat: template leaves
         self.replays = replays  # the runtime's count of recomputations this step
         self.amp = amp  # autocast state of the forward: backward runs outside it
         self.rerun = spec.internals  # rebuild saved internals with autograd
@@ -63,23 +103,27 @@ class Recipe:
 
     def materialize(self):
         if self.value is _EMPTY:
-            args, kwargs = pytree.tree_map_only(Recipe, Recipe.materialize, (self.args, self.kwargs))
-            if not self.rerun:
-                with torch.no_grad(), _replaying(self.rng), _autocast(self.amp):
+            flat = [x.materialize() if type(x) is Recipe else x for x in self.flat]
+            if self.rerun:
+                self.value, self.saved = self._rerun_with_autograd(flat)
+            elif self.rng is None and not self.amp:  # the common case, without generator contexts
+                args, kwargs = self.spec.build(flat)
+                with torch.no_grad():
                     self.value = self.spec.fn(*args, **kwargs)
             else:
-                self.value, self.saved = self._rerun_with_autograd(args, kwargs)
-            self.args = self.kwargs = self.rng = self.grad_flags = None  # let the inputs go
+                args, kwargs = self.spec.build(flat)
+                with torch.no_grad(), _replaying(self.rng), _autocast(self.amp):
+                    self.value = self.spec.fn(*args, **kwargs)
+            self.flat = self.rng = self.grad_flags = None  # let the inputs go
             if self.spec.writer and self.replays is not None:
                 self.replays[self.spec.name] += 1
         return self.value
 
-    def _rerun_with_autograd(self, args, kwargs):
-        leaves, spec = pytree.tree_flatten((args, kwargs))
+    def _rerun_with_autograd(self, flat: list):
         flags = iter(self.grad_flags)
-        leaves = [x.detach().requires_grad_(next(flags)) if isinstance(x, torch.Tensor) else x for x in leaves]
-        args, kwargs = pytree.tree_unflatten(leaves, spec)
-        known = _known_storages(args, kwargs, self.spec.state())
+        leaves = [x.detach().requires_grad_(next(flags)) if isinstance(x, torch.Tensor) else x for x in flat]
+        args, kwargs = self.spec.build(leaves)
+        known = _known_storages(leaves, self.spec.state())
         saved = []
 
         def pack(t):
@@ -91,7 +135,7 @@ class Recipe:
         with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never), _replaying(self.rng),
               _autocast(self.amp)):
             value = self.spec.fn(*args, **kwargs)
-        outputs = _known_storages(value, None, ())
+        outputs = _known_storages(_tensors(value), ())
         internals = [t.detach() for t in saved if storage_key(t) not in outputs]
         # The graph's saved variables hold `pack`, which holds `saved`, whose tensors hold the
         # graph: clear it, or the cycle keeps the inputs alive until a gc pass. Detached for the
@@ -117,11 +161,10 @@ def _never(_):
     raise RuntimeError("fxckpt: backward through a recomputation graph")
 
 
-def rng_state(args, kwargs):
+def rng_state(leaves: list):
     """RNG states a random op is about to draw from: the CPU generator's and, for CUDA
-    tensors among its inputs, their devices' generators."""
-    devices = sorted({t.device.index or 0 for t in pytree.tree_leaves((args, kwargs))
-                      if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+    tensors among its call's leaves, their devices' generators."""
+    devices = sorted({t.device.index or 0 for t in leaves if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
     return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in devices]
 
 
@@ -155,7 +198,7 @@ class _Packed:
         value = self.recipe.materialize()
         if self.internal >= 0:
             return self.recipe.saved[self.internal]
-        base = [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)][self.leaf]
+        base = _tensors(value)[self.leaf]
         if (tuple(base.shape), base.stride(), base.storage_offset()) == self.geometry:
             return base
         return base.as_strided(*self.geometry)
@@ -209,23 +252,23 @@ class RematRuntime:
         if not self._active:
             return
         spec = self.specs[name]
-        env = dict(zip(spec.inputs, inputs))
-        args, kwargs = map_arg(spec.template, lambda n: env[n.name])
+        flat = spec.fill(inputs)
         # Recorded for every recipe: a node may save internals annotation did not see (say,
         # casts under an autocast the plan was not made for); a rerun with autograd rebuilds them.
-        grad_flags = [x.requires_grad for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-        r_args, r_kwargs = map_arg(spec.template, lambda n: self._recipes[spec.remat[n.name]] if n.name in spec.remat else env[n.name])
-        recipe = Recipe(spec, r_args, r_kwargs, rng_state(args, kwargs) if spec.random else None, grad_flags, self._amp,
-                        self.replays)
+        grad_flags = [x.requires_grad for x in flat if isinstance(x, torch.Tensor)]
+        held = list(flat)
+        for i, r in spec.remat_slots:
+            held[i] = self._recipes[r]
+        recipe = Recipe(spec, held, rng_state(flat) if spec.random else None, grad_flags, self._amp, self.replays)
         self._recipes[name] = recipe
-        self._capturing = (recipe, _known_storages(args, kwargs, spec.state()), [])
+        self._capturing = (recipe, _known_storages(flat, spec.state()), [])
 
     def record(self, name: str, value) -> None:
         """Called by the rewritten graph right after node `name` ran in forward."""
         if not self._active:
             return
         recipe, writer = self._recipes[name], self.specs[name].writer
-        tensors = [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
+        tensors = _tensors(value)
         leaf_of = {}
         for i, t in enumerate(tensors):
             leaf_of.setdefault(storage_key(t), i)

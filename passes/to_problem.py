@@ -65,7 +65,7 @@ def _seconds(name: str, c: NodeCost, rates: DeviceRates | None, measured: dict[s
         return measured[name]
     if rates is None:
         return None
-    return estimate_seconds(rates, c.flops, c.bytes_read + c.bytes_written, c.ops)
+    return estimate_seconds(rates, c.flops, c.bytes_read + c.bytes_written, c.ops, c.random_elements)
 
 
 def _scope(n: torch.fx.Node) -> str:

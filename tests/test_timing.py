@@ -22,6 +22,9 @@ def test_estimate_is_a_roofline_plus_overheads():
     assert estimate_seconds(r, 2e9, 1e8, 2) == pytest.approx(2e-3 + 2e-5 + 2e-5)  # compute-bound
     assert estimate_seconds(r, 1e6, 1e9, 3) == pytest.approx(1e-2 + 3e-5 + 2e-5)  # memory-bound
     assert estimate_seconds(r, 0, 0, 0) == 0.0  # a view runs no op
+    rng = DeviceRates("toy", 1e12, 1e11, 0.0, 0.0, random_per_second=1e8)
+    assert estimate_seconds(rng, 1e3, 1e6, 1, random_elements=10**6) == pytest.approx(1e-2)  # RNG-bound
+    assert estimate_seconds(r, 1e3, 1e6, 1, random_elements=10**6) == pytest.approx(1e-5 + 1e-5 + 2e-5)  # not measured
     with pytest.raises(ValueError, match="flops_per_second"):
         DeviceRates("bad", 0, 1, 0)
     assert DeviceRates.from_json(r.to_json()) == r
@@ -37,6 +40,7 @@ def test_annotation_counts_ops_and_bytes():
     relu = next(c for name, c in costs.items() if name.startswith("_1") or "relu" in name or name == "1")
     assert (lin.ops, lin.bytes_read, lin.bytes_written) == (1, 4 * (32 + 16 * 64 + 64 * 32), 4 * 16 * 32)
     assert (relu.ops, relu.bytes_read, relu.bytes_written) == (1, 4 * 16 * 32, 4 * 16 * 32)
+    assert lin.random_elements == relu.random_elements == 0
     problem = passes.to_problem(gm, rates=PINNED_RATES)
     node = problem.nodes[problem.index[next(n for n, c in costs.items() if c is lin)]]
     assert node.seconds == pytest.approx(estimate_seconds(PINNED_RATES, lin.flops, lin.bytes_read + lin.bytes_written, 1))
@@ -79,7 +83,7 @@ def test_rates_are_measured_once_and_cached(tmp_path, monkeypatch):
 def test_micro_benchmark_gives_positive_rates():
     r = calibrate.measure_rates("cpu", torch.float32)
     assert r.flops_per_second > 0 and r.bytes_per_second > 0 and r.op_overhead_seconds > 0
-    assert r.node_overhead_seconds >= 0 and "float32" in r.device
+    assert r.node_overhead_seconds >= 0 and r.random_per_second > 0 and "float32" in r.device
 
 
 def test_profile_times_every_node_and_leaves_state_alone():
@@ -89,6 +93,8 @@ def test_profile_times_every_node_and_leaves_state_alone():
     stats = model[1].running_mean.clone()
     rng = torch.get_rng_state()
     times = calibrate.profile_nodes(gm, (x,), {}, repeats=2)
+    drop = next(n.meta["fxckpt"] for n in gm.graph.nodes if "fxckpt" in n.meta and n.meta["fxckpt"].is_random)
+    assert drop.random_elements == 4 * 8  # one Bernoulli draw per element of the mask
     assert set(times) == {n.name for n in gm.graph.nodes if "fxckpt" in n.meta and n.op != "placeholder"}
     assert all(t > 0 for t in times.values())
     assert torch.equal(model[1].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)

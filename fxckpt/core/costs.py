@@ -35,3 +35,4 @@ class NodeCost:
     ops: int = 0  # ATen ops its forward runs, views excluded (each pays a dispatch)
     bytes_read: int = 0  # tensor bytes those ops read (inputs of each op; views excluded)
     bytes_written: int = 0  # tensor bytes those ops write (their outputs)
+    random_elements: int = 0  # elements its random ops draw (dropout masks, attention dropout)

@@ -7,8 +7,11 @@ NOTE [ Why a roofline plus overhead ]
 Matmul FLOPs alone price a recomputed GELU, norm or dropout at nothing, yet replaying it reads
 and writes its tensors at memory bandwidth, and every ATen op it runs pays a fixed dispatch
 cost (on small ops the larger part). So one run of a node is estimated as
-    max(FLOPs / matmul rate, bytes read and written / bandwidth)
+    max(FLOPs / matmul rate, bytes read and written / bandwidth, random draws / RNG rate)
         + ATen ops x per-op overhead + the runtime's overhead per replayed node.
+The RNG term is there because measured: on CPU, drawing dropout's Bernoulli mask costs far more
+than its bytes (a dropout on 128K floats ran ~30x its bandwidth time; attention with dropout
+~10x its FLOP time, benchmarks/estimator.py).
 FLOPs are FlopCounterMode's where it counts them (matmuls, convolutions, attention); elsewhere
 annotation counts one per output element, which the bandwidth term dominates.
 """
@@ -30,6 +33,8 @@ class DeviceRates:
         op_overhead_seconds: fixed cost of one ATen op call (dispatch), whatever its size.
         node_overhead_seconds: what the runtime adds to replay one node (its Python: recipe
             lookup, contexts, the call), measured on a recipe of a tiny op.
+        random_per_second: random elements drawn per second (dropout's Bernoulli); 0: not
+            measured, random draws are then priced by their bytes only.
     """
 
     device: str
@@ -37,13 +42,14 @@ class DeviceRates:
     bytes_per_second: float
     op_overhead_seconds: float
     node_overhead_seconds: float = 0.0
+    random_per_second: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("flops_per_second", "bytes_per_second"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"DeviceRates.{name} must be a positive number, got {v!r}")
-        for name in ("op_overhead_seconds", "node_overhead_seconds"):
+        for name in ("op_overhead_seconds", "node_overhead_seconds", "random_per_second"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"DeviceRates.{name} must be a number >= 0, got {v!r}")
@@ -56,7 +62,7 @@ class DeviceRates:
         return cls(**json.loads(text))
 
 
-def estimate_seconds(rates: DeviceRates, flops: float, bytes_moved: float, ops: int) -> float:
+def estimate_seconds(rates: DeviceRates, flops: float, bytes_moved: float, ops: int, random_elements: int = 0) -> float:
     """One replay of a node at `rates`: max(compute, memory) time plus the overheads. A node
     that runs no op (a view) costs nothing.
 
@@ -70,5 +76,6 @@ def estimate_seconds(rates: DeviceRates, flops: float, bytes_moved: float, ops: 
     """
     if ops == 0:
         return 0.0
-    roofline = max(flops / rates.flops_per_second, bytes_moved / rates.bytes_per_second)
+    roofline = max(flops / rates.flops_per_second, bytes_moved / rates.bytes_per_second,
+                   random_elements / rates.random_per_second if rates.random_per_second else 0.0)
     return roofline + ops * rates.op_overhead_seconds + rates.node_overhead_seconds
