@@ -89,10 +89,10 @@ def compare_step(model, ckpt, ref_model, example, ref_example) -> tuple[float, b
     return diff, all(buffers)
 
 
-def _plan(model, example, budget):
+def _plan(model, example, budget, timing="estimate"):
     """(checkpointed module, None) or (None, the floor's InfeasibleBudgetError) for a 1% budget."""
     if budget != FLOOR:
-        return fxckpt.auto_checkpoint(model, example, budget=budget)
+        return fxckpt.auto_checkpoint(model, example, budget=budget, timing=timing)
     try:
         return fxckpt.auto_checkpoint(model, example, budget=0.01)
     except InfeasibleBudgetError as e:
@@ -118,7 +118,8 @@ def _floor_works(name: str, floor: int) -> bool:
     return True
 
 
-def run_case(name: str, budget: float | str, *, measure_original: bool = True, check_floor: bool = True) -> Outcome:
+def run_case(name: str, budget: float | str, *, measure_original: bool = True, check_floor: bool = True,
+             timing: str = "estimate") -> Outcome:
     """Plan `SWEEP_ZOO[name]` at `budget` (a fraction of its un-checkpointed peak, or `FLOOR`),
     train one step beside the unmodified model and measure the checkpointed step's peak.
 
@@ -128,7 +129,7 @@ def run_case(name: str, budget: float | str, *, measure_original: bool = True, c
     ref_model, ref_example = clone_model(model), copy.deepcopy(example)
     original = measure_step(ref_model, ref_example, warmup=False).peak_bytes if measure_original else None
     try:
-        ckpt = _plan(model, example, budget)
+        ckpt = _plan(model, example, budget, timing)
     except InfeasibleBudgetError as e:
         right = e.min_feasible_bytes > e.budget_bytes and (not check_floor or _floor_works(name, e.min_feasible_bytes))
         return Outcome(name, budget, "infeasible" if right else "wrong floor", budget_bytes=e.budget_bytes,
