@@ -218,6 +218,34 @@ def _fxckpt_at(anchor_name: str, results) -> Strategy:
     return _fxckpt(budget_mb=anchor.peak_mib)
 
 
+def _fxckpt_compile(**spec) -> Strategy:
+    def apply(model, example) -> Prepared:
+        from ..compile import backend
+
+        torch._dynamo.reset()
+        counter = CountingInductor()
+        be = backend(**spec)
+        be.inner_compile = counter._inner_compile
+        limit = f"{spec['budget_mb']:.1f} MiB" if "budget_mb" in spec else f"{100 * spec['budget']:.0f}% per graph"
+        return Prepared(torch.compile(model, backend=be), model, counter=counter,
+                        budget_bytes=int(spec["budget_mb"] * MIB) if "budget_mb" in spec else None,
+                        notes=[f"fxckpt backend (inductor), budget {limit}; plans: fxckpt.compiled_plans"])
+    return apply
+
+
+@register_family("fxckpt compile N%", r"fxckpt compile ([0-9.]+)%")
+def _fxckpt_compile_fraction(percent: str, results) -> Strategy:
+    return _fxckpt_compile(budget=float(percent) / 100)
+
+
+@register_family("fxckpt compile @ <strategy>", r"fxckpt compile @ (.+)")
+def _fxckpt_compile_at(anchor_name: str, results) -> Strategy:
+    anchor = results.get(anchor_name)
+    if anchor is None or anchor.peak_mib is None:
+        raise SkipStrategy(f"anchor {anchor_name!r} not measured")
+    return _fxckpt_compile(budget_mb=anchor.peak_mib)
+
+
 _TINY_FRACTION = 1e-4  # a budget no plan reaches: its InfeasibleBudgetError names the smallest feasible one
 
 
