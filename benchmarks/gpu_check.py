@@ -163,3 +163,6 @@ def fxckpt_run(base, example, args, ref, label, **budget):
 
 if __name__ == "__main__":
     main()
+    if torch.cuda.is_available():  # then the eager runtime under DDP on one GPU, NCCL (a smoke run)
+        import gpu_check_ddp
+        raise SystemExit(gpu_check_ddp.main())

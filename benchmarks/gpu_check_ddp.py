@@ -1,6 +1,6 @@
 """1-GPU NCCL smoke run of fxckpt under DistributedDataParallel (where a GPU is lent).
 
-    python benchmarks/gpu_check_ddp.py
+    python benchmarks/gpu_check_ddp.py     # also run at the end of benchmarks/gpu_check.py on CUDA
 
 A process group of one rank on NCCL (127.0.0.1, a free port), a small GPT-2 from its config on
 cuda:0: one step of DDP(model) and of DDP(fxckpt.auto_checkpoint(copy, budget=0.5)) from the same
