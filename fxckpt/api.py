@@ -113,14 +113,14 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
     # leaves with the same requires_grad; planning runs its own backward on fake copies.
     args, kwargs = pytree.tree_map_only(torch.Tensor, _as_leaf, (args, kwargs))
     with gathered(model):
-        return _plan(model, args, kwargs, budget_mb, budget, solver, verify)
+        return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing)
 
 
 def _as_leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_(t.requires_grad)
 
 
-def _plan(model, args, kwargs, budget_mb, budget, solver, verify) -> _Planned:
+def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing) -> _Planned:
     from . import passes
 
     with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
