@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv test demo clean
+.PHONY: venv test test-slow demo clean
 
 venv: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e ".[test,plot]"
 	touch $(STAMP)
 
+# CI runs `make test`: the tests marked slow (200-example property tests, the 1,000-step soak)
+# run with `make test-slow`.
 test: venv
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest tests -m "not slow"
+
+test-slow: venv
+	$(VENV)/bin/python -m pytest tests -m slow
 
 demo: venv
 	$(VENV)/bin/python -m fxckpt.demo

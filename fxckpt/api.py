@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -163,6 +164,13 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> int:
     return live.peak_bytes
 
 
+# NOTE [ Plan cache ]
+# One plan per call signature. A loop over many distinct shapes (variable sequence lengths) would
+# otherwise keep a rewritten graph per shape forever: the least recently used plan is dropped beyond
+# PLAN_CACHE_SIZE, and its signature is planned again if it comes back.
+PLAN_CACHE_SIZE = 16
+
+
 class CheckpointedModule(ModelWrapper):
     """A model that trains like the original while recomputing what its plan says.
 
@@ -171,7 +179,8 @@ class CheckpointedModule(ModelWrapper):
     in `eval()` or under `torch.no_grad()` it runs the original forward, with no recompute
     machinery; its train/eval mode is the model's. A call with another signature (input shapes,
     dtypes, devices, autocast, submodule modes, parameter dtypes and devices; see `_signature`)
-    is planned again (same budget and solver) and the plan cached per signature.
+    is planned again (same budget and solver) and the plan cached per signature, for the
+    `PLAN_CACHE_SIZE` most recently used signatures (see NOTE [ Plan cache ]).
     The graph runs inside the model's own `__call__`, so hooks on the model itself (FSDP2's
     all-gather, see `fxckpt.distributed`) run around it; hooks on its submodules do not (the
     graph inlines them).
@@ -180,7 +189,7 @@ class CheckpointedModule(ModelWrapper):
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing):
         super().__init__(model)
         object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver, timing=timing))
-        object.__setattr__(self, "plans", {signature: planned})
+        object.__setattr__(self, "plans", collections.OrderedDict({signature: planned}))
         object.__setattr__(self, "_current", planned)
 
     @property
@@ -209,6 +218,9 @@ class CheckpointedModule(ModelWrapper):
             log.info("new input signature: planning again for it")
             planned = plan_model(self._model, args, kwargs, **self._spec)
             self.plans[sig] = planned
+            if len(self.plans) > PLAN_CACHE_SIZE:
+                self.plans.popitem(last=False)
+        self.plans.move_to_end(sig)
         object.__setattr__(self, "_current", planned)
         kwargs = training_kwargs(self._model, kwargs)
         return call_with_forward(self._model, functools.partial(_run, planned.gm), args, kwargs)

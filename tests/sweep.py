@@ -9,6 +9,7 @@ prints the whole table; `tests/test_zoo_sweep.py` runs a subset.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,7 @@ class _WrongFloor(Exception):
         self.floor = floor
 
 
+@functools.lru_cache(maxsize=None)
 def _floor_works(name: str, floor: int) -> bool:
     model, example = SWEEP_ZOO[name]()
     try:
@@ -116,6 +118,13 @@ def _floor_works(name: str, floor: int) -> bool:
     except InfeasibleBudgetError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def original_peak(name: str) -> int:
+    """The measured activation peak of the unmodified model's step."""
+    model, example = SWEEP_ZOO[name]()
+    return measure_step(model, example, warmup=False).peak_bytes
 
 
 def run_case(name: str, budget: float | str, *, measure_original: bool = True, check_floor: bool = True,
@@ -127,7 +136,7 @@ def run_case(name: str, budget: float | str, *, measure_original: bool = True, c
     and (`check_floor`) a plan at that floor exists."""
     model, example = SWEEP_ZOO[name]()
     ref_model, ref_example = clone_model(model), copy.deepcopy(example)
-    original = measure_step(ref_model, ref_example, warmup=False).peak_bytes if measure_original else None
+    original = original_peak(name) if measure_original else None
     try:
         ckpt = _plan(model, example, budget, timing)
     except InfeasibleBudgetError as e:
