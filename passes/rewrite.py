@@ -90,7 +90,7 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
         specs[old.name] = RecipeSpec(
             old.name, node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
             random=cost.is_random, internals=cost.extra_saved_bytes > 0,
-            module=gm.get_submodule(old.target) if old.op == "call_module" else None)
+            module=gm.get_submodule(old.target) if old.op == "call_module" else None, in_place=bool(cost.writes))
         with graph.inserting_before(new):
             graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
         with graph.inserting_after(new):

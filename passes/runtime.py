@@ -48,6 +48,7 @@ class RecipeSpec:
     random: bool  # replays the RNG state it started from
     internals: bool  # its backward saves tensors of its own: rerun with autograd to rebuild them
     module: torch.nn.Module | None = None  # a called module, whose parameters and buffers it uses
+    in_place: bool = False  # writes an input in place (e.g. a router's `weights.div_(sum)`)
 
     # NOTE [ Flat templates ]
     # begin() runs for every recipe in every forward and materialize() for every replay: walking
@@ -121,7 +122,7 @@ class Recipe:
 
     def _rerun_with_autograd(self, flat: list):
         flags = iter(self.grad_flags)
-        leaves = [x.detach().requires_grad_(next(flags)) if isinstance(x, torch.Tensor) else x for x in flat]
+        leaves = [_rerun_input(x, next(flags), self.spec.in_place) if isinstance(x, torch.Tensor) else x for x in flat]
         args, kwargs = self.spec.build(leaves)
         known = _known_storages(leaves, self.spec.state())
         saved = []
@@ -142,6 +143,16 @@ class Recipe:
         # same reason: a grad_fn chain would keep the rerun's inputs alive.
         saved.clear()
         return pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, value), internals
+
+
+def _rerun_input(x: torch.Tensor, requires_grad: bool, in_place: bool) -> torch.Tensor:
+    """An input of a rerun with autograd, cut from the step's graph. Autograd refuses in-place
+    writes to a leaf that requires grad, so an in-place op gets a copy (not a leaf) to write to."""
+    x = x.detach().requires_grad_(requires_grad)
+    if not (in_place and requires_grad):
+        return x
+    with torch.enable_grad():  # backward runs without grad mode
+        return x.clone()
 
 
 def autocast_state() -> tuple:
