@@ -47,11 +47,7 @@ def main() -> None:
         import time
         t0 = time.perf_counter()
         if spec is None:
-            try:
-                fxckpt.auto_checkpoint(m, example, budget=0.01)
-                spec = dict(budget=0.01)
-            except InfeasibleBudgetError as e:
-                spec = dict(budget_mb=e.min_feasible_bytes / MiB)
+            spec = dict(budget_mb=fxckpt.min_feasible_budget(m, example) / MiB)
             t0 = time.perf_counter()
         try:
             ckpt = fxckpt.auto_checkpoint(m, example, **spec)

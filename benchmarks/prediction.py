@@ -28,11 +28,7 @@ def main() -> None:
             m, ex = copy.deepcopy(model), copy.deepcopy(example)
             try:
                 if label == "min":
-                    try:
-                        fxckpt.auto_checkpoint(m, ex, budget=0.01)
-                        continue
-                    except fxckpt.InfeasibleBudgetError as e:
-                        ckpt = fxckpt.auto_checkpoint(m, ex, budget_mb=e.min_feasible_bytes / MiB)
+                    ckpt = fxckpt.auto_checkpoint(m, ex, budget_mb=fxckpt.min_feasible_budget(m, ex) / MiB)
                 else:
                     ckpt = fxckpt.auto_checkpoint(m, ex, budget=float(label[:-1]) / 100)
             except fxckpt.InfeasibleBudgetError as e:

@@ -13,7 +13,7 @@ from .core.solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedChec
 
 # name -> module that defines it (imported on first access: these need torch)
 _LAZY = {
-    "CheckpointedModule": ".api", "auto_checkpoint": ".api",
+    "CheckpointedModule": ".api", "auto_checkpoint": ".api", "min_feasible_budget": ".api",
     "max_batch_size": ".batch", "peak_formula": ".batch",
     "CheckpointedSequential": ".manual", "SelectiveCheckpoint": ".manual", "checkpoint": ".manual",
     "measure_step": ".measure", "StepMeasurement": ".measure",
@@ -27,7 +27,7 @@ __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
     "SOLVERS", "ShardingError", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size",
-    "measure_step", "peak_formula", "register_solver", "simulate", "solve",
+    "measure_step", "min_feasible_budget", "peak_formula", "register_solver", "simulate", "solve",
 ]
 
 

@@ -6,7 +6,6 @@ import collections
 import contextlib
 import functools
 import logging
-import math
 from itertools import chain
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +18,7 @@ from .core.plan import Plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
 from .core.solvers import check_budget, solve
+from .core.solvers.registry import is_amount
 from .wrap import ModelWrapper
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,10 @@ def _training(model: torch.nn.Module):
 
 def _budget_bytes(baseline: int, budget_mb, budget) -> int:
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or math.isnan(budget) or budget <= 0:
+        if not is_amount(budget, positive=True):
             raise ValueError(f"budget is a positive fraction of the un-checkpointed activation peak, got {budget!r}")
         return max(1, int(budget * baseline))
-    if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or math.isnan(budget_mb) or budget_mb <= 0:
+    if not is_amount(budget_mb, positive=True):
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb!r}")
     return check_budget(budget_mb * MIB)
 
@@ -273,3 +273,27 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
         planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing)
         signature = _signature(model, args, kwargs)
     return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing)
+
+
+_TINY_FRACTION = 1e-4  # of the un-checkpointed peak: a budget no real model's plan reaches
+
+
+def min_feasible_budget(model: torch.nn.Module, example_input: Any, *, solver: str = "auto") -> int:
+    """The smallest activation budget, in bytes, under which `auto_checkpoint` finds a plan.
+
+    It plans at a tiny budget (1e-4 of the un-checkpointed peak); the `InfeasibleBudgetError`
+    names the smallest feasible peak, which is returned (or the tiny budget itself, where that
+    fits). The model is left as it was.
+
+    Example:
+        >>> import torch, fxckpt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+        >>> x = torch.randn(32, 64)
+        >>> floor = fxckpt.min_feasible_budget(model, x)
+        >>> fxckpt.auto_checkpoint(model, x, budget_mb=floor / 2**20).plan.predicted_peak_bytes <= floor
+        True
+    """
+    try:
+        return auto_checkpoint(model, example_input, budget=_TINY_FRACTION, solver=solver).plan.budget_bytes
+    except InfeasibleBudgetError as e:
+        return e.min_feasible_bytes

@@ -7,6 +7,7 @@ report what a forward + backward step costs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -211,6 +212,28 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
     cuda = next((t.device for t in params + inputs if t.device.type == "cuda"), None)
     device = str(cuda or next((t.device for t in params + inputs), torch.device("cpu")))
 
+    def step():
+        output = call_with(model, example_input)
+        (loss_fn or step_loss)(output).backward()
+
+    with _each_step_fresh(model, leaves, cuda) as reset:
+        # NOTE: FLOPs are counted in a run of their own: FlopCounterMode tracks modules with
+        # hooks that hold tensors, which would change the peak being measured.
+        flops = _count_flops(step, reset)
+        peak = _peak_bytes(step, reset, cuda)
+        times = _step_times(step, reset, cuda, warmup=warmup, repeats=repeats)
+
+    result = StepMeasurement(int(peak), int(flops), statistics.median(times), device)
+    logger.debug("measured step on %s: peak %.3f MiB, %.3g FLOPs, %.4f s", device, result.peak_mib,
+                 result.flops, result.seconds)
+    return result
+
+
+@contextlib.contextmanager
+def _each_step_fresh(model, leaves: list[torch.Tensor], cuda):
+    """Yield ``reset()``, which puts back the state a step starts from: a zeroed ``.grad`` on
+    every leaf, the buffers and the RNG state (CPU, and CUDA) as they were on entry. On exit the
+    state is reset once more and each leaf gets back its own ``.grad``."""
     user_grads = [t.grad for t in leaves]
     buffers = list(model.buffers())
     saved_buffers = [b.detach().clone() for b in buffers]
@@ -228,46 +251,47 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
 
-    def step():
-        output = call_with(model, example_input)
-        (loss_fn or step_loss)(output).backward()
-
     try:
-        # NOTE: FLOPs are counted in a run of their own: FlopCounterMode tracks modules with
-        # hooks that hold tensors, which would change the peak being measured.
-        reset()
-        with FlopCounterMode(display=False) as flop_counter:
-            step()
-        reset()
-        if cuda:
-            torch.cuda.synchronize(cuda)
-            torch.cuda.reset_peak_memory_stats(cuda)
-            before = torch.cuda.memory_allocated(cuda)
-            step()
-            torch.cuda.synchronize(cuda)
-            peak = torch.cuda.max_memory_allocated(cuda) - before
-        else:
-            with LiveBytesMode() as live:
-                step()
-            peak = live.peak_bytes
-
-        times = []
-        for i in range(int(warmup) + max(1, repeats)):
-            reset()
-            if cuda:
-                torch.cuda.synchronize(cuda)
-            t0 = time.perf_counter()
-            step()
-            if cuda:
-                torch.cuda.synchronize(cuda)
-            if i >= int(warmup):
-                times.append(time.perf_counter() - t0)
+        yield reset
     finally:
         reset()
         for t, g in zip(leaves, user_grads):
             t.grad = g
 
-    result = StepMeasurement(int(peak), int(flop_counter.get_total_flops()), statistics.median(times), device)
-    logger.debug("measured step on %s: peak %.3f MiB, %.3g FLOPs, %.4f s", device, result.peak_mib,
-                 result.flops, result.seconds)
-    return result
+
+def _count_flops(step, reset) -> int:
+    reset()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _peak_bytes(step, reset, cuda) -> int:
+    """The activation peak of one step: the CUDA allocator's, else `LiveBytesMode`'s."""
+    reset()
+    if cuda:
+        torch.cuda.synchronize(cuda)
+        torch.cuda.reset_peak_memory_stats(cuda)
+        before = torch.cuda.memory_allocated(cuda)
+        step()
+        torch.cuda.synchronize(cuda)
+        return torch.cuda.max_memory_allocated(cuda) - before
+    with LiveBytesMode() as live:
+        step()
+    return live.peak_bytes
+
+
+def _step_times(step, reset, cuda, *, warmup: bool, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` steps (at least one), after one untimed step if ``warmup``."""
+    times = []
+    for i in range(int(warmup) + max(1, repeats)):
+        reset()
+        if cuda:
+            torch.cuda.synchronize(cuda)
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize(cuda)
+        if i >= int(warmup):
+            times.append(time.perf_counter() - t0)
+    return times

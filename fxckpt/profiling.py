@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch.utils.module_tracker import ModuleTracker
 
+from .core.errors import MIB
 from .measure import LiveBytesMode
 
 __all__ = ["LayerMemory", "MemoryProfile", "MemoryProfiler", "MemoryVisualizer", "OpRecord"]
 
-MIB = 2**20
 ROOT, OUTSIDE = "(model)", "(outside)"
 
 

@@ -3,11 +3,10 @@ imported on first use (`pip install fxckpt[plot]`)."""
 
 from __future__ import annotations
 
+from .core.errors import MIB
 from .core.plan import Plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
-
-MIB = 2**20
 
 
 def pyplot():

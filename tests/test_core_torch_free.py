@@ -187,3 +187,21 @@ def test_timeline_plot_draws_both_curves_and_the_budget():
     ax = plot_timeline(p, plan)
     assert len(ax.lines) == 3
     assert max(ax.lines[1].get_ydata()) <= plan.budget_bytes / MiB
+
+
+def test_simulator_interface_for_solvers():
+    """The public interface the ILP and the chain DP build on: per-problem facts cached on the
+    problem (not by id), and every step's live bytes and buffers, whose maximum is the peak."""
+    from fxckpt.core.simulate import step_facts, step_marks
+    from fxckpt.core.synthetic import random_problem
+
+    p = random_problem(25, "skip", seed=1)
+    assert step_facts(p) is step_facts(p)
+    assert step_facts(random_problem(25, "skip", seed=1)) is not step_facts(p)  # equal problem, own facts
+    plan = frozenset(p.candidates()[::3])
+    marks = step_marks(p, plan)
+    assert max(m.live_bytes for m in marks) == simulate(p, plan).peak_bytes
+    assert [m.kind for m in marks].count("recompute") == len(simulate(p, plan).recomputed)
+    facts = step_facts(p)
+    for m in marks:
+        assert m.live_bytes >= sum(facts.nbytes[b] for b in m.live_buffers)

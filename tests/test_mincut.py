@@ -126,7 +126,7 @@ def test_edge_cases():
 @pytest.mark.skipif(mincut.sp is None, reason="needs scipy")
 def test_backends_cut_alike():
     p = random_problem(40, "fanout", 7)
-    nx_cut, sp_cut = mincut._Cut(p, "networkx"), mincut._Cut(p, "scipy")
+    nx_cut, sp_cut = mincut.flow_graph(p, "networkx"), mincut.flow_graph(p, "scipy")
     ratios = sorted({nx_cut.flops[v] / nx_cut.hold_bytes[v] for v in nx_cut.allowed if nx_cut.hold_bytes[v]})
     mult = {v: 1.0 for v in nx_cut.allowed}
     for lam in [ratios[0] / 2] + [math.sqrt(a * b) for a, b in itertools.pairwise(ratios)] + [ratios[-1] * 2]:

@@ -246,19 +246,12 @@ def _fxckpt_compile_at(anchor_name: str, results) -> Strategy:
     return _fxckpt_compile(budget_mb=anchor.peak_mib)
 
 
-_TINY_FRACTION = 1e-4  # a budget no plan reaches: its InfeasibleBudgetError names the smallest feasible one
-
-
 @register_strategy("fxckpt min")
 def _fxckpt_min(model, example) -> Prepared:
-    from ..api import auto_checkpoint
-    from ..core.errors import InfeasibleBudgetError
+    from ..api import auto_checkpoint, min_feasible_budget
 
     t0 = time.perf_counter()
-    try:
-        ckpt = auto_checkpoint(model, example, budget=_TINY_FRACTION)
-    except InfeasibleBudgetError as e:
-        ckpt = auto_checkpoint(model, example, budget_mb=e.min_feasible_bytes / MIB)
+    ckpt = auto_checkpoint(model, example, budget_mb=min_feasible_budget(model, example) / MIB)
     prep = _plan_prepared(model, ckpt, time.perf_counter() - t0)
     prep.notes.insert(0, "smallest feasible budget")
     return prep

@@ -6,10 +6,9 @@ import html
 import json
 from dataclasses import asdict, dataclass, field
 
+from .errors import MIB
 from .problem import RematProblem
 from .simulate import simulate
-
-MIB = 2**20
 
 
 @dataclass(frozen=True)

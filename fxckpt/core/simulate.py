@@ -20,8 +20,6 @@ from typing import Iterable
 
 from .problem import RematProblem
 
-MIB = 2**20
-
 
 @dataclass(frozen=True)
 class Simulation:
@@ -125,8 +123,21 @@ def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: 
     )
 
 
-class _Static:
-    """What a run needs that does not depend on the plan, computed once per problem."""
+class StepFacts:
+    """What a simulated run needs that does not depend on the plan, computed once per problem
+    (`step_facts`). Solvers that reason about the simulator's model read these too.
+
+    Attributes:
+        nbytes: bytes of each buffer.
+        producer: the node that allocates each buffer.
+        saves: per node, the buffers its backward saves (empty without a backward).
+        saved_by: per buffer, how many nodes' backwards save it (held while its producer is kept).
+        output_holds: per buffer, how many graph outputs hold it (alive to the step's end).
+        forward_last: per buffer, the last forward step that reads it (any alias), or creates it.
+        cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
+        inputs: per node, its input nodes without repeats, in order.
+        born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
+    """
 
     def __init__(self, p: RematProblem):
         self.nbytes = [b.nbytes for b in p.buffers]
@@ -160,24 +171,62 @@ class _Static:
                     self.dying[g.dies] += g.nbytes
 
 
-_STATIC: dict[int, tuple[RematProblem, _Static]] = {}
+# NOTE [ Step facts live on the problem ]
+# Solvers simulate one problem thousands of times; its plan-independent facts are computed once
+# and kept on the problem object itself, as its own cached properties are (`users`, `source`):
+# they live and die with the problem, and no global cache can hand a new problem the facts of
+# a dead one whose id() it reuses.
+_FACTS = "_fxckpt_step_facts"
 
 
-def _static(p: RematProblem) -> _Static:
-    hit = _STATIC.get(id(p))
-    if hit is None or hit[0] is not p:
-        if len(_STATIC) > 64:
-            _STATIC.clear()
-        hit = _STATIC[id(p)] = (p, _Static(p))
-    return hit[1]
+def step_facts(problem: RematProblem) -> StepFacts:
+    """The plan-independent facts of ``problem``'s simulated step (computed on first use).
+
+    Example:
+        >>> from fxckpt.core.synthetic import random_problem
+        >>> p = random_problem(10, seed=0)
+        >>> step_facts(p) is step_facts(p), len(step_facts(p).nbytes) == len(p.buffers)
+        (True, True)
+    """
+    facts = problem.__dict__.get(_FACTS)
+    if facts is None:  # written to the instance's __dict__, as functools.cached_property does
+        facts = problem.__dict__[_FACTS] = StepFacts(problem)
+    return facts
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One step of a simulated run: a node's forward, its backward, or a recompute."""
+
+    kind: str  # "forward", "backward" or "recompute"
+    node: int
+    live_bytes: int  # live at this step, its transient bytes included
+    live_buffers: frozenset[int]  # the buffers counted in it
+
+
+def step_marks(problem: RematProblem, recompute: Iterable[int] = ()) -> tuple[Mark, ...]:
+    """Every step of the simulated run of a plan, with the bytes and the buffers live at it (what
+    `simulate` maximizes over; the ILP builds its liveness bounds from the empty plan's marks).
+
+    Example:
+        >>> from fxckpt.core.synthetic import random_problem
+        >>> p = random_problem(10, seed=0)
+        >>> max(m.live_bytes for m in step_marks(p)) == simulate(p).peak_bytes
+        True
+    """
+    run = _Run(problem, check_plan(problem, recompute), False, marks=[])
+    run.go()
+    return tuple(run.marks)
 
 
 class _Run:
     """One pass over the step. `alive[b]` marks buffers counted in `live`."""
 
-    def __init__(self, problem: RematProblem, R: frozenset[int], record: bool, cap: int | None = None):
+    def __init__(self, problem: RematProblem, R: frozenset[int], record: bool, cap: int | None = None,
+                 marks: list[Mark] | None = None):
         self.p, self.R, self.record, self.cap = problem, R, record, cap
-        self.st = _static(problem)
+        self.marks = marks  # a list to append every step's `Mark` to, or None
+        self.st = step_facts(problem)
         self.src, self.last = problem.source, problem.last_writer
         self.need = needed_recipes(problem, R)
         self.alive = [False] * len(problem.buffers)
@@ -194,6 +243,8 @@ class _Run:
 
     def _mark(self, kind: str, i: int, extra: int = 0) -> None:
         now = self.live + extra
+        if self.marks is not None:
+            self.marks.append(Mark(kind, i, now, frozenset(b for b, a in enumerate(self.alive) if a)))
         if self.record:
             self.events.append((now, (kind, i)))
         if now > self.peak:

@@ -5,53 +5,20 @@ come from the simulator, and raises `InfeasibleBudgetError` when no plan fits.""
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import InfeasibleBudgetError, SolverError
 from ..plan import Plan, make_plan
 from ..problem import RematProblem
 from ..simulate import recompute_cost, simulate
+from . import auto, baselines, chain, exhaustive, greedy, ilp, mincut  # noqa: F401  (the built-in solvers register)
+from .auto import EXACT_UP_TO
+from .exhaustive import solve_exhaustive
+from .greedy import descend
+from .mincut import solve_mincut
+from .registry import SOLVERS, Solved, Solver, check_budget, recompute_of, register_solver
 
-Solver = Callable[[RematProblem, int], "frozenset | Solved"]
-
-
-@dataclass(frozen=True)
-class Solved:
-    """A solver's answer with a proven lower bound on the recompute cost (`RematProblem.cost`)
-    of any plan that fits (a solver that knows one returns this instead of a bare frozenset)."""
-
-    recompute: frozenset
-    lower_bound: float | None = None
-SOLVERS: dict[str, Solver] = {}
-
-
-def register_solver(name: str):
-    """Register `fn(problem, budget_bytes) -> frozenset of node indices` under `name`.
-
-    Example:
-        >>> @register_solver("nothing-doc-example")
-        ... def nothing(problem, budget_bytes):
-        ...     return frozenset()
-    """
-    def deco(fn: Solver) -> Solver:
-        if name in SOLVERS:
-            raise RuntimeError(f"solver {name!r} is registered twice")
-        SOLVERS[name] = fn
-        return fn
-    return deco
-
-
-def recompute_of(answer) -> frozenset:
-    return answer.recompute if isinstance(answer, Solved) else frozenset(answer)
-
-
-def check_budget(budget_bytes) -> int:
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)) or not budget_bytes >= 0:
-        raise ValueError(f"budget must be a non-negative number of bytes, got {budget_bytes!r}")
-    return int(budget_bytes) if math.isfinite(budget_bytes) else 2**62
+__all__ = ["SOLVERS", "Solved", "Solver", "check_budget", "min_peak_plan", "recompute_of", "register_solver", "solve"]
 
 
 def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Plan:
@@ -101,13 +68,7 @@ def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Excep
 def min_peak_plan(problem: RematProblem) -> frozenset[int]:
     """The lowest-peak plan known: exact for small problems, else the lower of the greedy
     descent's and the min-cut solver's (both return their lowest peak when nothing fits)."""
-    from .auto import EXACT_UP_TO
-    from .exhaustive import solve_exhaustive
-    from .greedy import descend
-    from .mincut import solve_mincut
     if len(problem.candidates()) <= EXACT_UP_TO:
         return solve_exhaustive(problem, 0)
     return min((descend(problem, 0), solve_mincut(problem, 0)), key=lambda R: simulate(problem, R).peak_bytes)
 
-
-from . import auto, baselines, chain, exhaustive, greedy, ilp, mincut  # noqa: E402,F401  (register the built-in solvers)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..simulate import simulate
-from . import register_solver
+from .registry import register_solver
 from .chain_exact import solve_node_chain
 from .exhaustive import LIMIT, solve_exhaustive
 from .greedy import solve_greedy

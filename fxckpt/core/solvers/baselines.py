@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from . import register_solver
+from .registry import register_solver
 
 
 @register_solver("none")

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from itertools import product
 
-from . import register_solver
+from .registry import register_solver
 
 
 @dataclass(frozen=True)

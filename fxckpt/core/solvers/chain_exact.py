@@ -40,7 +40,7 @@ from bisect import bisect_right
 from heapq import heapify, heappop, heappush
 
 from ..problem import RematProblem
-from ..simulate import _static
+from ..simulate import step_facts
 
 NEG = float("-inf")
 INF = float("inf")
@@ -51,7 +51,7 @@ class _Chain:
 
     def __init__(self, p: RematProblem):
         nodes, n = p.nodes, len(p.nodes)
-        st = _static(p)
+        st = step_facts(p)
         self.n = n
         buf = [nd.creates[0] for nd in nodes]
         rg = [nd.requires_grad for nd in nodes]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from itertools import combinations
 
 from ..simulate import recompute_cost, simulate
-from . import register_solver
+from .registry import register_solver
 
 LIMIT = 16  # candidates; 2**16 simulations is about as far as this goes
 

@@ -4,7 +4,7 @@ then give back recomputations the budget does not need."""
 from __future__ import annotations
 
 from ..simulate import simulate
-from . import register_solver
+from .registry import register_solver
 
 _TRIES = 8  # candidates simulated at a time: the byte/FLOP score alone misjudges timing
 _MAX_TRIALS = 64  # per step, before settling for a candidate that keeps the peak level

@@ -21,25 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
-from ..simulate import _Run, _static, simulate
-from . import Solved, register_solver
+from ..simulate import simulate, step_facts, step_marks
+from .registry import Solved, register_solver
 
 SECONDS = 30.0  # default limit for the whole cut loop
 LIMIT = 400  # nodes: the model has O(nodes x backward steps) columns
-
-
-class _Recorder(_Run):
-    """A run that records, at every forward and backward step, the live bytes and the set of
-    live buffers."""
-
-    def __init__(self, problem):
-        super().__init__(problem, frozenset(), False)
-        self.marks: list[tuple[str, int, int, frozenset[int]]] = []
-
-    def _mark(self, kind, i, extra=0):
-        self.marks.append((kind, i, self.live + extra, frozenset(b for b, a in enumerate(self.alive) if a)))
-        super()._mark(kind, i, extra)
 
 
 class _Model:
@@ -60,28 +48,51 @@ class _Model:
         self.rows.append((terms, -float("inf"), rhs))
 
 
-def build(problem, budget_bytes: int):
-    """The relaxation as a `_Model`, and the column of r_x for each candidate x."""
-    p, st = problem, _static(problem)
-    nodes = p.nodes
-    n, order = len(nodes), p.backward_order
-    K = len(order)
-    pos = {c: k for k, c in enumerate(order)}
-    src, last = p.source, p.last_writer
-    rec = _Recorder(p)
-    rec.go()
-    m = _Model()
+@dataclass
+class _Recipes:
+    """The recipe columns: n_x (recipe x needed), and inside each recipe's window of backward
+    steps D[x][k] (materialized by step k) and H[x][k] (a holder remains at step k's mark)."""
 
+    needed: list[int]  # n_x, per node
+    slots: dict[int, list[tuple[int, int]]]  # x -> (saver position or K, r column) of its saved slots
+    consumers: dict[int, list[int]]  # x -> needed-recipe consumers u (src[x] recomputable)
+    recipe: list[int] = field(default_factory=list)  # nodes that may need a recipe
+    D: dict[int, dict[int, int]] = field(default_factory=dict)
+    H: dict[int, dict[int, int]] = field(default_factory=dict)
+
+
+def build(problem, budget_bytes: int):
+    """The relaxation as a `_Model`, and the column of r_x for each candidate x, in five steps:
+    the choice columns, the recipes each choice needs, when each recipe materializes and is
+    held, the bytes each step holds, and one budget row per step that could exceed it."""
+    m = _Model()
+    st = step_facts(problem)
+    r = _choice_columns(m, problem)
+    rec = _recipe_needs(m, problem, st, r)
+    _recipe_windows(m, problem, r, rec)
+    marks, conds, const = _liveness(problem, st, r, rec)
+    _budget_rows(m, st, marks, conds, const, budget_bytes)
+    return m, r
+
+
+def _choice_columns(m: _Model, p) -> dict[int, int]:
+    """r_x, binary, per candidate x (fixed by a user's "save" / "recompute" preference)."""
+    nodes = p.nodes
     r: dict[int, int] = {}
     for c in p.candidates():
         pref = nodes[c].prefer
         r[c] = m.var(lb=1.0 if pref == "recompute" else 0.0, ub=0.0 if pref == "save" else 1.0, integer=True)
+    return r
 
-    def rv(x):  # column of r_x, or None when x can never be recomputed (r_x = 0)
-        return r.get(x)
 
-    # n_x: recipe x needed. Direct: a saved slot of a recomputed producer; transitive: an input
-    # node of a needed recipe whose source is recomputed.
+def _recipe_needs(m: _Model, p, st, r: dict[int, int]) -> _Recipes:
+    """n_x: recipe x needed. Direct: a saved slot of a recomputed producer; transitive: an input
+    node of a needed recipe whose source is recomputed."""
+    nodes, n = p.nodes, len(p.nodes)
+    K = len(p.backward_order)
+    pos = {c: k for k, c in enumerate(p.backward_order)}
+    src, last = p.source, p.last_writer
+    rv = r.get  # column of r_x, or None when x can never be recomputed (r_x = 0)
     nv = [m.var() for _ in range(n)]
     slots: dict[int, list[tuple[int, int]]] = defaultdict(list)  # x -> (saver position or K, r column)
     for c, node in enumerate(nodes):
@@ -99,10 +110,14 @@ def build(problem, budget_bytes: int):
             if s is not None and rv(s) is not None:
                 m.ge({nv[a]: 1, nv[u]: -1, r[s]: -1}, -1)
                 consumers[a].append(u)
+    return _Recipes(nv, slots, consumers)
 
-    # D[x][k]: materialized by backward step k; H[x][k]: a holder remains at step k's mark.
-    # Only inside x's window: it cannot materialize before its (or a consumer's) first slot,
-    # and without consumers nothing holds it past its last slot.
+
+def _recipe_windows(m: _Model, p, r: dict[int, int], rec: _Recipes) -> None:
+    """D[x][k] and H[x][k], only inside x's window: it cannot materialize before its (or a
+    consumer's) first slot, and without consumers nothing holds it past its last slot."""
+    K, src = len(p.backward_order), p.source
+    nv, slots, consumers = rec.needed, rec.slots, rec.consumers
     recipe = sorted(set(slots) | set(consumers) | {u for us in consumers.values() for u in us})
     first, final = {}, {}
     for x in sorted(recipe, reverse=True):  # consumers run after their inputs
@@ -145,13 +160,22 @@ def build(problem, budget_bytes: int):
                 upper[du] = upper.get(du, 0.0) - 1
             m.le(upper, 0)
         if K - 1 in D[x]:
-            m.cost[D[x][K - 1]] = float(problem.cost[x])
+            m.cost[D[x][K - 1]] = float(p.cost[x])
+    rec.recipe, rec.D, rec.H = recipe, D, H
 
-    # Liveness lower bounds per step: terms[t][b] lists linear expressions g_{b,t} must exceed.
-    fwd_marks = [mk for mk in rec.marks if mk[0] == "forward"]
-    bwd_marks = [mk for mk in rec.marks if mk[0] == "backward"]
-    marks = [(t, "f", i, live, alive) for t, (_, i, live, alive) in enumerate(fwd_marks)]
-    marks += [(len(fwd_marks) + k, "b", i, live, alive) for k, (_, i, live, alive) in enumerate(bwd_marks)]
+
+def _liveness(p, st, r: dict[int, int], rec: _Recipes):
+    """Lower bounds of the bytes live at every forward and backward step, from the run without a
+    plan: conds[t][b] lists the linear expressions buffer b's liveness g_{b,t} must exceed;
+    const[t] is what lives outside buffers."""
+    nodes, src = p.nodes, p.source
+    nv, recipe, D, H = rec.needed, rec.recipe, rec.D, rec.H
+    rv = r.get
+    plain = step_marks(p)  # the run without a plan: the liveness the bounds start from
+    fwd_marks = [mk for mk in plain if mk.kind == "forward"]
+    bwd_marks = [mk for mk in plain if mk.kind == "backward"]
+    marks = [(t, "f", mk.node, mk.live_bytes, mk.live_buffers) for t, mk in enumerate(fwd_marks)]
+    marks += [(len(fwd_marks) + k, "b", mk.node, mk.live_bytes, mk.live_buffers) for k, mk in enumerate(bwd_marks)]
     conds: list[dict[int, list[dict[int, float] | float]]] = [defaultdict(list) for _ in marks]
     const = [0] * len(marks)
     for t, kind, i, live, alive in marks:
@@ -185,6 +209,11 @@ def build(problem, budget_bytes: int):
                         if d is not None:
                             expr[d] = -1.0
                     conds[t][b].append((0.0, expr))
+    return marks, conds, const
+
+
+def _budget_rows(m: _Model, st, marks, conds, const, budget_bytes: int) -> None:
+    """One row per step whose live bytes could exceed the budget: sum of g_{b,t} * bytes fits."""
     for t, _, _, _, _ in marks:
         fixed, free = const[t], {}
         for b, cs in conds[t].items():
@@ -201,7 +230,6 @@ def build(problem, budget_bytes: int):
                 m.ge({g: 1.0, **{v: -w for v, w in expr.items()}}, c0)
             row[g] = float(st.nbytes[b])
         m.le(row, budget_bytes - fixed)
-    return m, r
 
 
 def _milp(m: _Model, seconds: float):

@@ -32,12 +32,14 @@ answers are deterministic and 10k-node graphs solve in a few seconds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import networkx as nx
 
 from ..simulate import recompute_cost, simulate
-from . import register_solver
+from .registry import register_solver
 from .greedy import descend, prune
 
 try:  # optional (the `ilp` extra): a C max-flow, ~100x faster than networkx on large graphs
@@ -64,80 +66,28 @@ _CLIMB_CALLS = 3000  # simulations the local search may spend
 _INT32 = 2**31 - 1
 
 
+@dataclass
 class _Cut:
-    """The flow graph of a problem, built once; `plan(lam, mult)` cuts it for one multiplier
-    (`mult[v]` scales producer v's bytes: the reweighting rounds' knob)."""
+    """The flow graph of a problem (built once by `flow_graph`); `plan(lam, mult)` cuts it for
+    one multiplier (`mult[v]` scales producer v's bytes: the reweighting rounds' knob)."""
 
-    def __init__(self, problem, backend: str = "auto"):
-        nodes, buffers = problem.nodes, problem.buffers
-        src, last = problem.source, problem.last_writer
-        saved: set[int] = set()
-        for n in nodes:
-            if n.requires_grad:
-                saved.update(n.saves)
-        valued: set[int] = set()  # buffers some node's value refers to (what a recipe holds)
-        for n in nodes:
-            valued.update(n.value)
-        self.producers = producers = [i for i, n in enumerate(nodes) if n.creates]
-        cands = set(problem.candidates())
-        self.allowed = [i for i in producers if i in cands and nodes[i].prefer != "save"]
-        self.forced = frozenset(i for i in self.allowed if nodes[i].prefer == "recompute")
-        allowed = set(self.allowed)
-        # what a replay of producer v runs: v, the non-allocating nodes aliasing its buffers
-        # (views, in-place ops), and the last writers of its buffers
-        members: dict[int, set[int]] = {v: {v} for v in allowed}
-        for i, n in enumerate(nodes):
-            if src[i] in allowed and not n.creates:
-                members[src[i]].add(i)
-        for v in allowed:
-            for b in nodes[v].creates:
-                members[v].add(last[b])
-        self.hold_bytes = {v: sum(buffers[b].nbytes for b in set(nodes[v].creates) if b in saved or b in valued)
-                           for v in producers}
-        cost = problem.cost
-        self.flops = {v: sum(cost[q] for q in members[v]) for v in allowed}
-        k = {v: j for j, v in enumerate(producers)}
-        vin = lambda v: 2 + 2 * k[v]  # (0: source, 1: sink)
-        vout = lambda v: 3 + 2 * k[v]
-        edges: dict[tuple[int, int], int | None] = {}  # None: infinite
-        for v in producers:
-            edges[vin(v), vout(v)] = 0  # set per multiplier
-            edges[0, vin(v)] = self.flops[v] if v in allowed else None
-            if v in self.forced:
-                edges[vin(v), 1] = None
-        for v in allowed:
-            for q in members[v]:
-                for a in nodes[q].inputs:
-                    u = src[a]
-                    if u is not None and u != v and nodes[u].creates:
-                        edges[vout(u), vin(v)] = None
-        for b in saved:
-            edges[vout(buffers[b].producer), 1] = None
-        self.size = 2 + 2 * len(producers)
-        self.vin = {v: vin(v) for v in allowed}
-        if backend == "auto":
-            backend = "scipy" if sp is not None and len(nodes) >= _SCIPY_FROM else "networkx"
-        if backend == "scipy" and sp is None:  # pragma: no cover
-            raise ImportError("the scipy max-flow backend needs scipy")
-        self.backend = backend
-        keys = list(edges)
-        if backend == "scipy":
-            self.rows = np.array([a for a, _ in keys], dtype=np.int32)
-            self.cols = np.array([b for _, b in keys], dtype=np.int32)
-            self.caps = np.array([np.inf if edges[e] is None else float(edges[e]) for e in keys])
-            pos = {e: j for j, e in enumerate(keys)}
-            self.split_pos = np.array([pos[vin(v), vout(v)] for v in producers], dtype=np.int64)
-            self.split_bytes = np.array([float(self.hold_bytes[v]) for v in producers])
-        else:
-            G = nx.DiGraph()
-            G.add_nodes_from(range(self.size))
-            for (a, b), c in edges.items():
-                if c is None:
-                    G.add_edge(a, b)  # no capacity attribute: infinite
-                else:
-                    G.add_edge(a, b, capacity=c)
-            self.G = G
-            self.split = [(vin(v), vout(v)) for v in producers]
+    producers: list[int]  # nodes that allocate, each split into an in and an out vertex
+    allowed: list[int]  # producers the plan may recompute
+    forced: frozenset[int]  # producers a user marked "recompute"
+    hold_bytes: dict[int, int]  # what keeping each producer holds for backward
+    flops: dict[int, int]  # what replaying each allowed producer costs
+    vin: dict[int, int]  # the in vertex of each allowed producer
+    size: int  # vertices: source 0, sink 1, then in/out per producer
+    backend: str  # "scipy" or "networkx"
+    # scipy: the edges as arrays, the producers' split edges among them
+    rows: Any = None
+    cols: Any = None
+    caps: Any = None
+    split_pos: Any = None
+    split_bytes: Any = None
+    # networkx: the graph and the producers' split edges
+    G: Any = None
+    split: list[tuple[int, int]] | None = None
 
     def plan(self, lam: float, mult: dict[int, float]) -> frozenset[int]:
         """The recompute set of a minimum cut of flops(R) + lam * sum(mult * held bytes)."""
@@ -164,6 +114,93 @@ class _Cut:
         residual.data = (residual.data > 0).astype(np.int8)
         residual.eliminate_zeros()
         return set(breadth_first_order(residual, 0, directed=True, return_predecessors=False).tolist())
+
+
+def flow_graph(problem, backend: str = "auto") -> _Cut:
+    """The flow graph whose minimum cuts trade replay cost against held bytes: a source edge per
+    allowed producer (its replay cost), a split edge per producer (its held bytes, set per
+    multiplier), infinite edges from a producer to the producers whose replay reads it and from
+    every saved buffer's producer to the sink."""
+    nodes, buffers = problem.nodes, problem.buffers
+    saved: set[int] = set()
+    for n in nodes:
+        if n.requires_grad:
+            saved.update(n.saves)
+    valued: set[int] = set()  # buffers some node's value refers to (what a recipe holds)
+    for n in nodes:
+        valued.update(n.value)
+    producers = [i for i, n in enumerate(nodes) if n.creates]
+    cands = set(problem.candidates())
+    allowed = [i for i in producers if i in cands and nodes[i].prefer != "save"]
+    forced = frozenset(i for i in allowed if nodes[i].prefer == "recompute")
+    members = _replay_members(problem, set(allowed))
+    hold_bytes = {v: sum(buffers[b].nbytes for b in set(nodes[v].creates) if b in saved or b in valued)
+                  for v in producers}
+    cost = problem.cost
+    flops = {v: sum(cost[q] for q in members[v]) for v in allowed}
+    k = {v: j for j, v in enumerate(producers)}
+    vin = {v: 2 + 2 * k[v] for v in producers}  # (0: source, 1: sink)
+    vout = {v: 3 + 2 * k[v] for v in producers}
+    edges = _flow_edges(problem, producers, members, flops, forced, saved, vin, vout)
+    if backend == "auto":
+        backend = "scipy" if sp is not None and len(nodes) >= _SCIPY_FROM else "networkx"
+    if backend == "scipy" and sp is None:  # pragma: no cover
+        raise ImportError("the scipy max-flow backend needs scipy")
+    cut = _Cut(producers, allowed, forced, hold_bytes, flops, {v: vin[v] for v in allowed}, 2 + 2 * len(producers),
+               backend)
+    split = [(vin[v], vout[v]) for v in producers]
+    keys = list(edges)
+    if backend == "scipy":
+        cut.rows = np.array([a for a, _ in keys], dtype=np.int32)
+        cut.cols = np.array([b for _, b in keys], dtype=np.int32)
+        cut.caps = np.array([np.inf if edges[e] is None else float(edges[e]) for e in keys])
+        pos = {e: j for j, e in enumerate(keys)}
+        cut.split_pos = np.array([pos[e] for e in split], dtype=np.int64)
+        cut.split_bytes = np.array([float(hold_bytes[v]) for v in producers])
+    else:
+        G = nx.DiGraph()
+        G.add_nodes_from(range(cut.size))
+        for (a, b), c in edges.items():
+            if c is None:
+                G.add_edge(a, b)  # no capacity attribute: infinite
+            else:
+                G.add_edge(a, b, capacity=c)
+        cut.G, cut.split = G, split
+    return cut
+
+
+def _replay_members(problem, allowed: set[int]) -> dict[int, set[int]]:
+    """What a replay of producer v runs: v, the non-allocating nodes aliasing its buffers (views,
+    in-place ops), and the last writers of its buffers."""
+    nodes, src, last = problem.nodes, problem.source, problem.last_writer
+    members: dict[int, set[int]] = {v: {v} for v in allowed}
+    for i, n in enumerate(nodes):
+        if src[i] in allowed and not n.creates:
+            members[src[i]].add(i)
+    for v in allowed:
+        for b in nodes[v].creates:
+            members[v].add(last[b])
+    return members
+
+
+def _flow_edges(problem, producers, members, flops, forced, saved, vin, vout) -> dict[tuple[int, int], int | None]:
+    """The flow graph's edges and capacities (None: infinite; 0 on split edges, set per cut)."""
+    nodes, buffers, src = problem.nodes, problem.buffers, problem.source
+    edges: dict[tuple[int, int], int | None] = {}
+    for v in producers:
+        edges[vin[v], vout[v]] = 0  # set per multiplier
+        edges[0, vin[v]] = flops[v] if v in members else None
+        if v in forced:
+            edges[vin[v], 1] = None
+    for v in members:
+        for q in members[v]:
+            for a in nodes[q].inputs:
+                u = src[a]
+                if u is not None and u != v and nodes[u].creates:
+                    edges[vout[u], vin[v]] = None
+    for b in saved:
+        edges[vout[buffers[b].producer], 1] = None
+    return edges
 
 
 def _calls(problem) -> int:
@@ -208,7 +245,7 @@ def solve_mincut(problem, budget_bytes):
     """Cheapest plan found by multiplier search over minimum cuts, then knapsack repair."""
     if not problem.nodes:
         return frozenset()
-    cut = _Cut(problem, BACKEND)
+    cut = flow_graph(problem, BACKEND)
     forced = cut.forced
     J = _Judge(problem, budget_bytes)
     if J.peak(forced) <= budget_bytes:
