@@ -1,63 +1,18 @@
-"""Memory meters of the harness: `profiled_memory` reads ``torch.profiler``'s allocator events
-(which see inductor-compiled code and op-internal scratch), and `forward_memory_check` checks
-that reading against the storages autograd saves."""
+"""Memory meters of the harness: `profiled_memory` (from `fxckpt.measure`) reads
+``torch.profiler``'s allocator events (which see inductor-compiled code and op-internal scratch),
+and `forward_memory_check` checks that reading against the storages autograd saves."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
+from ..measure import ProfiledMemory, profiled_memory, profiled_peak_bytes
 from ..passes.capture import call_with, step_loss
 
 __all__ = ["ProfiledMemory", "forward_memory_check", "profiled_memory", "profiled_peak_bytes"]
-
-
-@dataclass(frozen=True)
-class ProfiledMemory:
-    """What `profiled_memory` saw."""
-
-    result: Any  # what the function returned
-    peak_bytes: int  # largest allocated-and-not-freed total, above what was allocated before
-    end_bytes: int  # still allocated at the end
-    peak_op: str | None  # the outermost aten op running when the peak was reached (None: between ops)
-
-
-def profiled_memory(fn: Callable[[], Any]) -> ProfiledMemory:
-    """Run ``fn()`` under ``torch.profiler`` memory profiling and read the memory events (every
-    allocation and free of the CPU allocator: eager ops, inductor buffers and op-internal scratch
-    alike) in time order."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
-        result = fn()
-    events = prof.profiler.kineto_results.events()
-    memory = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())  # stable sort
-    current = peak = 0
-    peak_ns = None
-    for e in memory:
-        current += e.nbytes()
-        if current > peak:
-            peak, peak_ns = current, e.start_ns()
-    return ProfiledMemory(result, peak, current, _op_at(events, peak_ns))
-
-
-def _op_at(events, ns: int | None) -> str | None:
-    """The outermost aten op whose interval contains the time ``ns`` (the op a model called; the
-    allocation itself may be in an op it calls, e.g. ``aten::empty``)."""
-    if ns is None:
-        return None
-    running = [e for e in events if e.name().startswith("aten::") and e.start_ns() <= ns <= e.start_ns() + e.duration_ns()]
-    return min(running, key=lambda e: e.start_ns()).name() if running else None
-
-
-def profiled_peak_bytes(fn: Callable[[], Any]) -> int:
-    """The peak of CPU-allocator bytes allocated and not yet freed while ``fn()`` runs, above
-    what was allocated before (see `profiled_memory`)."""
-    return profiled_memory(fn).peak_bytes
 
 
 def _storage_key(t: torch.Tensor):

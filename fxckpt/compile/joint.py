@@ -68,7 +68,7 @@ def op_scratch(node: fx.Node) -> int:
     if key not in _SCRATCH:
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-        from fxckpt.benchmark import profiled_peak_bytes  # the allocator's view, as the benchmarks measure
+        from fxckpt.measure import profiled_peak_bytes  # the allocator's view, as the benchmarks measure
 
         with unset_fake_temporarily(), torch.no_grad():
             a, kw = pytree.tree_map_only(torch.Tensor, _real, args)
