@@ -212,10 +212,15 @@ def _fxckpt_fraction(percent: str, results) -> Strategy:
 
 @register_family("fxckpt @ <strategy>", r"fxckpt @ (.+)")
 def _fxckpt_at(anchor_name: str, results) -> Strategy:
+    return _fxckpt(budget_mb=_anchor_peak_mib(anchor_name, results))
+
+
+def _anchor_peak_mib(anchor_name: str, results) -> float:
+    """The measured peak of an earlier row, the budget of an equal-memory ("@") row."""
     anchor = results.get(anchor_name)
     if anchor is None or anchor.peak_mib is None:
         raise SkipStrategy(f"anchor {anchor_name!r} not measured")
-    return _fxckpt(budget_mb=anchor.peak_mib)
+    return anchor.peak_mib
 
 
 def _fxckpt_compile(**spec) -> Strategy:
@@ -240,10 +245,7 @@ def _fxckpt_compile_fraction(percent: str, results) -> Strategy:
 
 @register_family("fxckpt compile @ <strategy>", r"fxckpt compile @ (.+)")
 def _fxckpt_compile_at(anchor_name: str, results) -> Strategy:
-    anchor = results.get(anchor_name)
-    if anchor is None or anchor.peak_mib is None:
-        raise SkipStrategy(f"anchor {anchor_name!r} not measured")
-    return _fxckpt_compile(budget_mb=anchor.peak_mib)
+    return _fxckpt_compile(budget_mb=_anchor_peak_mib(anchor_name, results))
 
 
 @register_strategy("fxckpt min")
