@@ -63,11 +63,22 @@ def _training(model: torch.nn.Module):
             m.training = flag
 
 
+DEFAULT_BUDGET_MB = 500
+
+
 def _budget_bytes(baseline: int, budget_mb, budget) -> int:
+    """The budget in bytes: `budget` a fraction in (0, 1] of `baseline`, or `budget_mb` MiB
+    (500 when neither is given); both at once is an error."""
+    if budget is not None and budget_mb is not None:
+        raise ValueError(f"pass budget (a fraction of the activation peak) or budget_mb (MiB), not both; "
+                         f"got budget={budget!r} and budget_mb={budget_mb!r}")
     if budget is not None:
-        if not is_amount(budget, positive=True):
-            raise ValueError(f"budget is a positive fraction of the un-checkpointed activation peak, got {budget!r}")
+        if not is_amount(budget, positive=True) or budget > 1:
+            raise ValueError(f"budget is a fraction of the model's activation peak in (0, 1], got {budget!r}; "
+                             "for a budget in MiB pass budget_mb")
         return max(1, int(budget * baseline))
+    if budget_mb is None:
+        budget_mb = DEFAULT_BUDGET_MB
     if not is_amount(budget_mb, positive=True):
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb!r}")
     return check_budget(budget_mb * MIB)
@@ -107,8 +118,6 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
 
     _budget_bytes(1, budget_mb, budget)  # reject bad budgets before any work
-    if args and kwargs:
-        raise ValueError("pass either positional arguments (a tensor or a tuple) or keyword arguments (a dict), not both")
     check_no_sharded_submodules(model)
     # Inputs with autograd history (a block re-planned inside its model's forward): plan on
     # leaves with the same requires_grad; planning runs its own backward on fake copies.
@@ -125,7 +134,7 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing) -> _Pl
     from . import passes
 
     with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-        captured = passes.capture(model, kwargs if kwargs else args)
+        captured = passes.capture(model, args, kwargs)
     gm = passes.annotate(captured)  # under the caller's autocast, as the step will run
     problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
     budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
@@ -237,15 +246,18 @@ def _run(gm: torch.fx.GraphModule, *args, **kwargs):
         return gm(*args, **kwargs)
 
 
-def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float = 500, *,
+def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float | None = None, *,
                     budget: float | None = None, solver: str = "auto", timing: str = "estimate") -> CheckpointedModule:
     """Rewrite `model` so a training step's activation peak stays under a budget.
 
     Args:
         model: the module to train.
         example_input: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
-        budget_mb: the activation budget in MiB (2**20 bytes).
-        budget: instead, a fraction of the un-checkpointed activation peak (e.g. 0.5).
+            Later calls may mix positional and keyword arguments.
+        budget_mb: the activation budget in MiB (2**20 bytes); 500 when neither it nor `budget`
+            is given.
+        budget: instead, a fraction in (0, 1] of the model's activation peak (e.g. 0.5): the
+            captured graph's, with the model's own checkpoint regions as the model runs them.
         solver: a registered solver name (see `fxckpt.core.solvers.SOLVERS`).
         timing: what the solver minimizes: "estimate" (default), recompute seconds estimated
             from FLOPs and bytes at the device's measured rates (`fxckpt.calibrate`, measured once
@@ -257,7 +269,9 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
 
     Raises:
         InfeasibleBudgetError: the budget is below the smallest feasible peak (named in MiB).
-        ValueError: the budget is zero, negative or NaN.
+        ValueError: the budget is zero, negative or NaN, a fraction above 1, or both `budget` and
+            `budget_mb` are given.
+        TypeError: `example_input` is not a tensor, tuple, list or dict.
         CaptureError: no front-end could capture the model.
 
     Example:

@@ -21,6 +21,8 @@ from torch.utils import _pytree as pytree
 
 from fxckpt.core.errors import CaptureError
 
+from . import opaque
+
 log = logging.getLogger(__name__)
 
 
@@ -36,12 +38,19 @@ class Captured:
 
 def split_input(example_input: Any) -> tuple[tuple, dict]:
     """A tensor is one positional argument, a tuple or list the positional arguments, a dict
-    the keyword arguments."""
+    the keyword arguments.
+
+    Raises:
+        TypeError: anything else (None, say): there is no call to trace.
+    """
     if isinstance(example_input, dict):
         return (), dict(example_input)
     if isinstance(example_input, (tuple, list)):
         return tuple(example_input), {}
-    return (example_input,), {}
+    if isinstance(example_input, torch.Tensor):
+        return (example_input,), {}
+    raise TypeError(f"example_input is what the model is called with: a tensor, a tuple or list of positional "
+                    f"arguments, or a dict of keyword arguments; got {type(example_input).__name__}")
 
 
 def call_with(model, example_input: Any):
@@ -63,32 +72,68 @@ def training_kwargs(model: torch.nn.Module, kwargs: dict) -> dict:
     return kwargs
 
 
-def capture(model: torch.nn.Module, example_input: Any) -> Captured:
-    """Trace `model` called on `example_input` into a GraphModule sharing the model's state.
+def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = None) -> Captured:
+    """Trace `model` called on `example_input` (and keyword arguments `kwargs`, for a call that
+    mixes both) into a GraphModule sharing the model's state.
+
+    Custom autograd Functions and the model's own checkpoint regions are kept whole (see NOTE
+    [ Calls capture keeps whole ] in opaque.py).
 
     Raises:
         CaptureError: naming what each front-end failed on, and the manual fallback.
     """
-    args, kwargs = split_input(example_input)
-    kwargs = training_kwargs(model, kwargs)
+    args, named = split_input(example_input)
+    kwargs = training_kwargs(model, {**named, **(kwargs or {})})
     errors = []
     try:
-        gm = torch.fx.symbolic_trace(model)
+        with opaque.recording() as rec:
+            tracer = _Tracer(rec)
+            graph = tracer.trace(model)
+        gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
         _check_runs_like(gm, model, args, kwargs)
-        return Captured(adopt_state(gm, model), "symbolic_trace", args, kwargs)
+        return _finish(gm, model, rec, "symbolic_trace", args, kwargs)
     except Exception as e:  # symbolic_trace fails in many ways on real models
         errors.append(f"torch.fx.symbolic_trace: {type(e).__name__}: {_first_line(e)}")
     try:
-        ep = torch.export.export(model, args, kwargs, strict=False)
+        with opaque.recording() as rec:
+            ep = torch.export.export(model, args, kwargs, strict=False)
         gm = ep.module()
-        return Captured(adopt_state(torch.fx.GraphModule(gm, gm.graph), model), "export", args, kwargs)
+        gm = torch.fx.GraphModule(gm, gm.graph)
     except Exception as e:
         errors.append(f"torch.export.export(strict=False): {type(e).__name__}: {_first_line(e)}")
+    else:
+        if not rec.functions:
+            return _finish(gm, model, rec, "export", args, kwargs)
+        names = ", ".join(sorted({f.__qualname__ for f in rec.functions}))
+        errors.append(f"torch.export.export(strict=False): the custom autograd Function {names} would lose its "
+                      "backward (export records its forward as plain ops)")
     raise CaptureError(
         f"cannot capture {type(model).__name__} as a graph:\n  " + "\n  ".join(errors)
         + "\nFallback: checkpoint parts of the model by hand with fxckpt.checkpoint / "
         "torch.utils.checkpoint, or make the failing construct traceable."
     )
+
+
+class _Tracer(torch.fx.Tracer):
+    """symbolic_trace's tracer, marking the nodes of the model's own checkpoint regions."""
+
+    def __init__(self, rec: opaque.Recorder):
+        super().__init__()
+        self.rec = rec
+
+    def create_node(self, *args, **kwargs):
+        node = super().create_node(*args, **kwargs)
+        self.rec.mark(node)
+        return node
+
+
+def _finish(gm, model, rec: opaque.Recorder, frontend: str, args, kwargs) -> Captured:
+    opaque.outline_regions(gm, rec.options)
+    gm = adopt_state(gm, model)
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, opaque.CheckpointCall):
+            adopt_state(n.target.region, model)
+    return Captured(gm, frontend, args, kwargs)
 
 
 def step_loss(output) -> torch.Tensor:
