@@ -115,7 +115,7 @@ def _floor_works(name: str, floor: int) -> bool:
     model, example = SWEEP_ZOO[name]()
     try:
         fxckpt.auto_checkpoint(model, example, budget_mb=floor / MIB)  # exact: MIB is a power of two
-    except InfeasibleBudgetError:
+    except Exception:  # infeasible there after all, or planning there crashed: the floor is wrong
         return False
     return True
 
