@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.fx
+from torch.fx.node import map_aggregate
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
@@ -57,16 +58,16 @@ class RecipeSpec:
     # leaf positions of inputs and recipe inputs; a step fills a list and, for the usual call
     # shape (no nested containers), builds (args, kwargs) by slicing.
     def __post_init__(self) -> None:
-        leaves, treespec = pytree.tree_flatten(self.template)
+        leaves: list = []
+        map_aggregate(self.template, leaves.append)  # fx's traversal: it enters slices, pytree does not
         pos = {name: j for j, name in enumerate(self.inputs)}
         slots = tuple((i, pos[x.name]) for i, x in enumerate(leaves) if isinstance(x, torch.fx.Node))
         args, kwargs = self.template
-        flat_call = not any(isinstance(a, (list, tuple, dict)) for a in (*args, *kwargs.values()))
+        flat_call = not any(isinstance(a, (list, tuple, dict, slice)) for a in (*args, *kwargs.values()))
         object.__setattr__(self, "leaves", tuple(leaves))
         object.__setattr__(self, "slots", slots)
         object.__setattr__(self, "remat_slots", tuple((i, self.remat[leaves[i].name]) for i, _ in slots
                                                       if leaves[i].name in self.remat))
-        object.__setattr__(self, "treespec", treespec)
         object.__setattr__(self, "call_shape", (len(args), tuple(kwargs)) if flat_call else None)
 
     def fill(self, inputs: list) -> list:
@@ -79,7 +80,8 @@ class RecipeSpec:
     def build(self, flat: list) -> tuple[tuple, dict]:
         """(args, kwargs) of a call from filled leaves."""
         if self.call_shape is None:
-            return pytree.tree_unflatten(flat, self.treespec)
+            it = iter(flat)
+            return map_aggregate(self.template, lambda _: next(it))
         n, keys = self.call_shape
         return tuple(flat[:n]), dict(zip(keys, flat[n:]))
 
