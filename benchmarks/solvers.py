@@ -3,6 +3,7 @@
     python benchmarks/solvers.py                    # both parts
     python benchmarks/solvers.py --gaps-only --seeds 3
     python benchmarks/solvers.py --times-only --sizes 100 1000 10000 --gpt2 --blocks48
+    python benchmarks/solvers.py --gap              # real models at 70/50/30%: cost, lower bound, gap
 
 Cost is recompute FLOPs (the simulator's). Budgets are fractions of each graph's
 un-checkpointed peak. The ILP is run with a 60 s limit; a gap is counted against its answer
@@ -22,7 +23,7 @@ from fxckpt.core.solvers.ilp import LIMIT as ILP_LIMIT
 from fxckpt.core.solvers.ilp import solve_ilp
 from fxckpt.core.synthetic import SHAPES, random_problem
 
-HEURISTICS = [m for m in ("greedy", "mincut", "chain_dp", "auto") if m in SOLVERS]
+HEURISTICS = [m for m in ("greedy", "mincut", "chain_dp", "block_dp", "auto") if m in SOLVERS]
 
 
 def run(problem, budget, method):
@@ -112,6 +113,42 @@ def times(sizes, gpt2: bool, blocks48: bool, frac: float = 0.6) -> None:
                   flush=True)
 
 
+def real_gaps(fracs=(0.7, 0.5, 0.3), ilp_seconds: float = 20) -> None:
+    """Each solver's cost and solve time on captured models; the ILP's proven lower bound where
+    the graph is small enough for it (within `ilp_seconds`), and each plan's gap to it."""
+    from fxckpt import passes
+    from fxckpt.benchmark.zoo import gpt2, llama
+    models = [("GPT-2 2-layer", lambda: gpt2(2, 128, 4, 2, 64, 1000)),
+              ("GPT-2 small", lambda: gpt2(12, 768, 12, 2, 256, 50257)),
+              ("Llama 2-layer", lambda: llama(2, 128, 344, 4, 2, 64, 1000)),
+              ("Llama 8-layer", lambda: llama(8, 512, 1376, 8, 2, 256, 32000))]
+    print(f"{'model':>14} {'nodes':>5} {'budget':>6} {'solver':>9} {'cost':>11} {'lower bound':>11} {'gap':>7} {'seconds':>8}")
+    for name, make in models:
+        model, example = make()
+        p = passes.to_problem(passes.annotate(passes.capture(model, {**example, "use_cache": False})))
+        base = simulate(p).peak_bytes
+        for frac in fracs:
+            b = int(frac * base)
+            bound = None
+            if len(p.nodes) <= ILP_LIMIT:
+                t0 = time.perf_counter()
+                got = solve_ilp(p, b, seconds=ilp_seconds)
+                bound = got.lower_bound
+                c = simulate(p, got.recompute).recompute_cost if got.lower_bound is not None else None
+                print(f"{name:>14} {len(p.nodes):>5} {frac:>6.0%} {'ilp':>9} {c if c is not None else 'none':>11} "
+                      f"{bound if bound is not None else '-':>11} {'':>7} {time.perf_counter() - t0:8.2f}", flush=True)
+            for m in HEURISTICS:
+                t0 = time.perf_counter()
+                try:
+                    c = solve(p, b, m).recompute_flops  # no device rates: the cost is FLOPs
+                except (InfeasibleBudgetError, SolverError):
+                    c = None
+                s = time.perf_counter() - t0
+                gap = "" if c is None or bound is None else f"{100 * (c - bound) / max(1, c):.1f}%"
+                print(f"{name:>14} {len(p.nodes):>5} {frac:>6.0%} {m:>9} {'no plan' if c is None else c:>11} "
+                      f"{'' if bound is None else round(bound):>11} {gap:>7} {s:8.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="*", default=[100, 1000, 10000])
@@ -121,7 +158,10 @@ def main() -> None:
     ap.add_argument("--blocks48", action="store_true", help="a 48-block GPT's captured graph (needs transformers)")
     ap.add_argument("--gaps-only", action="store_true")
     ap.add_argument("--times-only", action="store_true")
+    ap.add_argument("--gap", action="store_true", help="only the real models' table (needs transformers)")
     args = ap.parse_args()
+    if args.gap:
+        return real_gaps()
     if not args.times_only:
         gaps(args.gap_sizes, args.seeds)
     if not args.gaps_only:

@@ -31,7 +31,7 @@ def test_every_solver_meets_the_budget_or_says_why(p, frac):
             continue
         got = _solve(p, budget, method)
         if isinstance(got, SolverError):  # fixed strategies ignore budgets; heuristics can miss
-            assert method in ("none", "all", "sqrt", "blocks", "greedy", "chain_dp", "mincut") or (method == "auto" and exact is None), f"{method}: {got}"
+            assert method in ("none", "all", "sqrt", "blocks", "greedy", "chain_dp", "block_dp", "mincut") or (method == "auto" and exact is None), f"{method}: {got}"
             continue
         if isinstance(got, InfeasibleBudgetError):
             assert got.min_feasible_bytes > budget

@@ -11,7 +11,7 @@ from ..errors import InfeasibleBudgetError, SolverError
 from ..plan import Plan, make_plan
 from ..problem import RematProblem
 from ..simulate import recompute_cost, simulate
-from . import auto, baselines, chain, exhaustive, greedy, ilp, mincut  # noqa: F401  (the built-in solvers register)
+from . import auto, baselines, block_dp, chain, exhaustive, greedy, ilp, mincut  # noqa: F401  (the built-in solvers register)
 from .auto import EXACT_UP_TO
 from .exhaustive import solve_exhaustive
 from .greedy import descend
@@ -71,4 +71,3 @@ def min_peak_plan(problem: RematProblem) -> frozenset[int]:
     if len(problem.candidates()) <= EXACT_UP_TO:
         return solve_exhaustive(problem, 0)
     return min((descend(problem, 0), solve_mincut(problem, 0)), key=lambda R: simulate(problem, R).peak_bytes)
-

@@ -1,0 +1,87 @@
+"""`block_dp` (torch-free): the composition DP is exact under the block model, and the composed
+plan fits the budget in the simulator and never beats the exhaustive optimum."""
+
+from itertools import product
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fxckpt.core.errors import InfeasibleBudgetError, SolverError
+from fxckpt.core.simulate import simulate
+from fxckpt.core.solvers import solve
+from fxckpt.core.solvers.block_dp import compose, options_front, signature, units
+from fxckpt.core.synthetic import repeated_blocks
+
+SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+option = st.tuples(st.integers(0, 40), st.integers(0, 30), st.integers(0, 15))
+group = st.tuples(st.integers(1, 3), st.lists(option, min_size=1, max_size=3))
+
+
+def brute_compose(groups, peak0, budget):
+    """Every choice of one option per unit, priced by the block model."""
+    choices = [opts for count, opts in groups for _ in range(count)]
+    best = None
+    for pick in product(*choices):
+        if peak0 - sum(o[0] for o in pick) + max(o[2] for o in pick) <= budget:
+            cost = sum(o[1] for o in pick)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@settings(**SETTINGS)
+@given(st.lists(group, min_size=1, max_size=3), st.integers(0, 120))
+def test_compose_is_the_block_model_optimum(groups, budget):
+    groups = [(count, [(d, c, t, frozenset()) for d, c, t in opts]) for count, opts in groups]
+    got = compose(groups, 100, budget)
+    want = brute_compose(groups, 100, budget)
+    assert (got and got[0]) == want if want is not None else got is None
+    if got is not None:  # the chosen options are priced as claimed and fit the model's budget
+        picked = [groups[g][1][k] for g, ks in enumerate(got[1]) for k in ks]
+        assert [len(ks) for ks in got[1]] == [count for count, _ in groups]
+        assert sum(o[1] for o in picked) == got[0]
+        assert 100 - sum(o[0] for o in picked) + max(o[2] for o in picked) <= budget
+
+
+def test_options_front_drops_only_dominated_options():
+    a, b, c = (5, 3, 1, frozenset({0})), (5, 4, 1, frozenset({1})), (2, 1, 0, frozenset())
+    assert options_front([a, b, c]) == [a, c]
+
+
+def test_identical_blocks_share_a_signature():
+    p = repeated_blocks(4, size=5, seed=3)
+    members = units(p)
+    assert len(members) == 5  # four blocks, then embed and head
+    sigs = {signature(p, m) for m in members[:4]}
+    assert len(sigs) == 1 and signature(p, members[4]) not in sigs
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("frac", [0.8, 0.6])
+def test_block_dp_fits_and_never_beats_the_exhaustive_optimum(seed, frac):
+    p = repeated_blocks(3, size=3, seed=seed)  # 11 candidates: 2048 plans
+    budget = int(frac * simulate(p).peak_bytes)
+    try:
+        exact = solve(p, budget, "exhaustive")
+    except InfeasibleBudgetError:
+        with pytest.raises((InfeasibleBudgetError, SolverError)):
+            solve(p, budget, "block_dp")
+        return
+    plan = solve(p, budget, "block_dp")
+    assert plan.predicted_peak_bytes <= budget
+    assert plan.recompute_flops >= exact.recompute_flops
+    assert plan.recompute_flops <= solve(p, budget, "mincut").recompute_flops  # its seeds compete
+
+
+def test_block_dp_matches_the_optimum_on_a_stack():
+    """Six identical blocks: the exhaustive search is out of reach, the ILP proves the optimum."""
+    pytest.importorskip("scipy")
+    from fxckpt.core.solvers.ilp import solve_ilp
+    p = repeated_blocks(6, size=3, seed=3)
+    for frac in (0.8, 0.6, 0.45):
+        budget = int(frac * simulate(p).peak_bytes)
+        ilp = solve_ilp(p, budget, seconds=30)
+        opt = simulate(p, ilp.recompute).recompute_cost
+        assert ilp.lower_bound >= opt * (1 - 1e-6)  # proven
+        assert solve(p, budget, "block_dp").recompute_flops == opt
