@@ -133,9 +133,10 @@ def _as_leaf(t: torch.Tensor) -> torch.Tensor:
 def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing) -> _Planned:
     from . import passes
 
-    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-        captured = passes.capture(model, args, kwargs)
-    gm = passes.annotate(captured)  # under the caller's autocast, as the step will run
+    # Under the caller's autocast, as the step will run: torch.export records the dtypes it
+    # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
+    captured = passes.capture(model, args, kwargs)
+    gm = passes.annotate(captured)
     problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
     budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
     target = budget_bytes

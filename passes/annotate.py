@@ -321,27 +321,36 @@ def _trace_backward(runner: _Annotator, out, leaves) -> _BackwardTrace:
 
 def _in_place_reads(gm, runner: _Annotator) -> None:
     """In-place writes to activations. A node reading an input whose storage another node wrote
-    after the input was made reads the written contents: its recipe reads the last writer
-    instead (`NodeCost.reads`). A node whose input is written *after* it ran cannot be
+    after the input was made reads the written contents: its replay runs after the last such
+    writer's (`NodeCost.reads`). A node whose input is written *after* it ran cannot be
     recomputed: the replay would see contents it never saw. Writers themselves can be:
     replaying the producer, then the writes in order, rebuilds the final contents, which is all
-    that autograd may have saved."""
+    that autograd may have saved; but a writer that copies from another buffer written later
+    would copy the later contents, so the buffer it writes is not recomputed either."""
     if not runner.writers:
         return
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    banned: dict[str, str] = {}  # producer of a written buffer -> why it must be kept
     for n in gm.graph.nodes:
         cost = runner.costs.get(n.name)
         if cost is None:
             continue
         reads, ban = [], cost.ban
         for a in n.all_input_nodes:
-            writers = [w for b in getattr(runner.costs.get(a.name), "value", ()) for w in runner.writers.get(b, ())
-                       if order[a.name] < order[w] and w != n.name]
+            read = getattr(runner.costs.get(a.name), "value", ())
+            writers = [w for b in read for w in runner.writers.get(b, ()) if order[a.name] < order[w] and w != n.name]
             before = [w for w in writers if order[w] < order[n.name]]
             if before:
                 reads.append((a.name, max(before, key=order.get)))
             after = [w for w in writers if order[w] > order[n.name]]
             if after and ban is None:
                 ban = f"reads {a.name}, which {after[0]} modifies in place later"
+            if after and not cost.creates and not set(read) <= set(cost.writes):
+                for b in cost.writes:  # replayed, it would write the later contents of `a`
+                    banned.setdefault(b.rsplit(":", 1)[0], f"{n.name} writes it from {a.name}, "
+                                                           f"which {after[0]} modifies in place later")
         if reads or ban != cost.ban:
             runner.costs[n.name] = replace(cost, ban=ban, reads=tuple(reads))
+    for name, why in banned.items():
+        if runner.costs[name].ban is None:
+            runner.costs[name] = replace(runner.costs[name], ban=why)

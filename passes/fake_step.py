@@ -13,6 +13,7 @@ from torch.utils import _pytree as pytree
 
 from .capture import flat_inputs
 from .ops import storage_key
+from .runtime import uncached_casts
 
 
 class FakeStep:
@@ -55,6 +56,7 @@ class FakeStep:
 
     def __enter__(self):
         self._stack.enter_context(self.mode)
+        self._stack.enter_context(uncached_casts())  # as the runtime runs the step
         self._stack.enter_context(stateless._reparametrize_module(self.gm, self.state, tie_weights=True, strict=False))
         return self
 

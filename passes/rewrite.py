@@ -84,11 +84,19 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
         cost = old.meta[META]
         inputs = tuple(a.name for a in old.all_input_nodes)
         reads = dict(cost.reads)
-        remat = {a: reads.get(a, a) for a in inputs if a in remat_names}
-        missing = set(remat.values()) - need_names
+        remat = frozenset(a for a in inputs if a in remat_names)
+        # NOTE [ Replaying in-place writes ]
+        # A recomputed buffer is rebuilt once, and views and in-place writers replay on that
+        # storage. A replay reads its input itself (its shape, strides and offset: the writer's
+        # output may be another view of the storage) after the writes that input had seen in
+        # forward: the writer's recipe runs first. Writes that came later cannot have run yet
+        # where it matters: annotate bans recomputing whatever would see them.
+        after = tuple(dict.fromkeys(reads[a] for a in inputs if a in remat and a in reads))
+        missing = (remat | set(after)) - need_names
         assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
         specs[old.name] = RecipeSpec(
-            old.name, node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, writer=bool(cost.value and (cost.creates or cost.writes)),
+            old.name, node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, after,
+            writer=bool(cost.value and (cost.creates or cost.writes)),
             random=cost.is_random, internals=cost.extra_saved_bytes > 0,
             module=gm.get_submodule(old.target) if old.op == "call_module" else None, in_place=bool(cost.writes))
         with graph.inserting_before(new):

@@ -44,7 +44,8 @@ class RecipeSpec:
     fn: Callable
     template: tuple  # (args, kwargs) with the node's inputs as fx Nodes
     inputs: tuple[str, ...]  # names of those inputs, in the order begin() receives their values
-    remat: dict[str, str]  # inputs that are recipes too -> the recipe (the input, or its last in-place writer)
+    remat: frozenset[str]  # inputs that are recipes too
+    after: tuple[str, ...]  # in-place writers of those inputs that ran before this node: replayed first
     writer: bool  # allocates or writes its storage: it rebuilds the final contents
     random: bool  # replays the RNG state it started from
     internals: bool  # its backward saves tensors of its own: rerun with autograd to rebuild them
@@ -66,7 +67,7 @@ class RecipeSpec:
         flat_call = not any(isinstance(a, (list, tuple, dict, slice)) for a in (*args, *kwargs.values()))
         object.__setattr__(self, "leaves", tuple(leaves))
         object.__setattr__(self, "slots", slots)
-        object.__setattr__(self, "remat_slots", tuple((i, self.remat[leaves[i].name]) for i, _ in slots
+        object.__setattr__(self, "remat_slots", tuple((i, leaves[i].name) for i, _ in slots
                                                       if leaves[i].name in self.remat))
         object.__setattr__(self, "call_shape", (len(args), tuple(kwargs)) if flat_call else None)
 
@@ -95,17 +96,20 @@ class Recipe:
     random op started from, and, for nodes whose backward saves internals (attention weights,
     dropout masks), the requires_grad of its inputs so that a rerun saves the same tensors."""
 
-    __slots__ = ("spec", "flat", "rng", "grad_flags", "amp", "rerun", "value", "saved", "replays")
+    __slots__ = ("spec", "flat", "after", "rng", "grad_flags", "amp", "rerun", "value", "saved", "replays")
 
-    def __init__(self, spec: RecipeSpec, flat: list, rng=None, grad_flags=None, amp=(), replays=None):
+    def __init__(self, spec: RecipeSpec, flat: list, rng=None, grad_flags=None, amp=(), replays=None, after=()):
         self.spec, self.flat, self.rng, self.grad_flags = spec, flat, rng, grad_flags  # flat: template leaves
         self.replays = replays  # the runtime's count of recomputations this step
+        self.after = after  # recipes of in-place writes the inputs had seen in forward
         self.amp = amp  # autocast state of the forward: backward runs outside it
         self.rerun = spec.internals  # rebuild saved internals with autograd
         self.value, self.saved = _EMPTY, None
 
     def materialize(self):
         if self.value is _EMPTY:
+            for writer in self.after:  # writes into the inputs' recomputed storage, in forward's order
+                writer.materialize()
             flat = [x.materialize() if type(x) is Recipe else x for x in self.flat]
             if self.rerun:
                 self.value, self.saved = self._rerun_with_autograd(flat)
@@ -117,7 +121,7 @@ class Recipe:
                 args, kwargs = self.spec.build(flat)
                 with torch.no_grad(), _replaying(self.rng), _autocast(self.amp):
                     self.value = self.spec.fn(*args, **kwargs)
-            self.flat = self.rng = self.grad_flags = None  # let the inputs go
+            self.flat = self.after = self.rng = self.grad_flags = None  # let the inputs go
             if self.spec.writer and self.replays is not None:
                 self.replays[self.spec.name] += 1
         return self.value
@@ -166,8 +170,28 @@ def autocast_state() -> tuple:
 def _autocast(amp: tuple):
     with contextlib.ExitStack() as stack:
         for device, dtype in amp:
-            stack.enter_context(torch.autocast(device, dtype=dtype))
+            stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=False))
         yield
+
+
+@contextlib.contextmanager
+def uncached_casts():
+    """Autocast without its cache of parameter casts, for a step that fxckpt plans or runs.
+
+    NOTE [ Autocast's cast cache ]
+    Inside `torch.autocast`, the low-precision copy of a parameter is cached until the
+    outermost autocast region exits: a node recomputed in backward has its copy freed in
+    forward only on paper, since the cache holds it through the rest of the forward (a tiny
+    GPT-2 held 0.19 MiB more than planned, and a budget at the floor the error named failed).
+    Without the cache, each copy lives exactly as long as its node's saved tensors, as the
+    annotation measures and the simulator models; the cost is one more cast per reuse.
+    """
+    previous = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        yield
+    finally:
+        torch.set_autocast_cache_enabled(previous)
 
 
 def _never(_):
@@ -240,7 +264,8 @@ class RematRuntime:
         self._amp = autocast_state()
         self.replays = Counter()
         try:
-            yield
+            with uncached_casts():
+                yield
         finally:
             self.hooks_off()  # a forward that raised may have left them on
             self._active = False
@@ -272,7 +297,8 @@ class RematRuntime:
         held = list(flat)
         for i, r in spec.remat_slots:
             held[i] = self._recipes[r]
-        recipe = Recipe(spec, held, rng_state(flat) if spec.random else None, grad_flags, self._amp, self.replays)
+        recipe = Recipe(spec, held, rng_state(flat) if spec.random else None, grad_flags, self._amp, self.replays,
+                        after=[self._recipes[w] for w in spec.after])
         self._recipes[name] = recipe
         self._capturing = (recipe, _known_storages(flat, spec.state()), [])
 

@@ -21,13 +21,12 @@ _SLOW = ("moe", "t5", "bart")
 CASES = [(name, budget) for name in WIDER for budget in ((0.5,) if name in _SLOW else (0.5, FLOOR))]
 CASES.append(("own_checkpoint", 0.9))
 CASES = [(name, budget, "estimate") for name, budget in CASES]
-# Plans priced in seconds (the default) at t5 0.5 no longer replay the masked_fill_ below; the
-# FLOPs-priced plan still does, and keeps the bug in sight.
+# Plans priced in seconds (the default) at t5 0.5 do not replay the in-place masked_fill_ of its
+# shift_right; the FLOPs-priced plan does (issue 10 item 3).
 CASES.append(("t5", 0.5, "flops"))
 
 KNOWN = {
     ("custom_function", FLOOR): "issue 10 item 1: the custom autograd Function's backward is traced away",
-    ("t5", 0.5, "flops"): "issue 10 item 3: an in-place masked_fill_ replayed on the wrong tensor",
     ("own_checkpoint", 0.9): "issue 10 item 4: the model's own checkpointing is traced away",
     ("rnn", FLOOR): "the CPU LSTM's mkldnn workspace is invisible to fake tensors: measured over the plan",
 }
