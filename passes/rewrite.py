@@ -56,6 +56,22 @@ def _insert_hook_switches(graph: torch.fx.Graph, rt_node, nodes, hooked: set[str
         on = want
 
 
+def _read_in_place(gm: torch.fx.GraphModule, need: set[str], remat: set[str]) -> set[str]:
+    """Recomputed inputs the recipes in `need` read themselves although the problem lists their
+    last in-place writer instead (`NodeCost.reads`, NOTE [ Replaying in-place writes ]): views,
+    producers or earlier writers of the storage the writer's replay rebuilds, so recording them
+    costs no memory or FLOPs the simulator does not already count."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    extra: set[str] = set()
+    stack = list(need)
+    while stack:
+        for a in nodes[stack.pop()].all_input_nodes:
+            if a.name in remat and a.name not in need and a.name not in extra:
+                extra.add(a.name)
+                stack.append(a.name)
+    return extra
+
+
 def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
     """A new GraphModule, sharing `gm`'s state, that recomputes `plan.recompute` in backward.
 
@@ -67,6 +83,7 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
     need = needed_recipes(problem, R)
     need_names = {problem.nodes[i].name for i in need}
     remat_names = {problem.nodes[i].name for i, s in enumerate(problem.source) if s in R}
+    need_names |= _read_in_place(gm, need_names, remat_names)
 
     graph, env = copy_graph(gm.graph)
     specs: dict[str, RecipeSpec] = {}

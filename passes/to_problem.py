@@ -42,11 +42,10 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph", *, rates: DeviceRa
         if policy is not None:
             prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
         ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
-        reads = dict(c.reads)  # a replay reads the input after its writer's replay: both are inputs
-        inputs = [index[x] for a in n.all_input_nodes if a in index
-                  for x in (a, *((by_name[reads[a.name]],) if a.name in reads else ()))]
+        reads = dict(c.reads)
+        inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
         out_nodes.append(Node(
-            name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(inputs)),
+            name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
             creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
             writes=tuple(buf_index[b] for b in c.writes),
             saves=tuple(buf_index[b] for b in c.saves), flops=c.flops, seconds=_seconds(n.name, c, rates, seconds),
