@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Planned:
-    gm: torch.fx.GraphModule
+    gm: torch.fx.GraphModule | None  # None in a copy, until its first training step
     plan: Plan
     problem: RematProblem
     frontend: str
@@ -199,8 +199,19 @@ class CheckpointedModule(ModelWrapper):
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing):
         super().__init__(model)
         object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver, timing=timing))
-        object.__setattr__(self, "plans", collections.OrderedDict({signature: planned}))
+        plans = collections.OrderedDict({signature: planned} if planned.gm is not None else {})
+        object.__setattr__(self, "plans", plans)
         object.__setattr__(self, "_current", planned)
+
+    # NOTE [ Copying and saving ]
+    # A rewritten graph holds fake tensors (export's node meta) and recipes bound to the model's
+    # own modules, so it cannot be copied or pickled with the model. A copy (copy.deepcopy,
+    # pickle, torch.save) carries the model, the budget and the current plan's data (`.plan`,
+    # `.problem`), and plans again on its first training step: same budget, solver and timing.
+    # To save training state, save `state_dict()` (the model's own keys).
+    def __reduce__(self):
+        current = self._current
+        return _restore, (self._model, self._spec, current.plan, current.problem, current.frontend)
 
     @property
     def plan(self) -> Plan:
@@ -208,7 +219,9 @@ class CheckpointedModule(ModelWrapper):
         return self._current.plan
 
     @property
-    def graph_module(self) -> torch.fx.GraphModule:
+    def graph_module(self) -> torch.fx.GraphModule | None:
+        """The rewritten graph of the most recent call signature (None in a copy that has not
+        trained yet, see NOTE [ Copying and saving ])."""
         return self._current.gm
 
     @property
@@ -240,6 +253,11 @@ class CheckpointedModule(ModelWrapper):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(object.__getattribute__(self, "_model"), name)
+
+
+def _restore(model, spec: dict, plan: Plan, problem: RematProblem, frontend: str) -> CheckpointedModule:
+    """A copy's wrapper: the plan's data now, its graph at the first training step."""
+    return CheckpointedModule(model, _Planned(None, plan, problem, frontend), None, **spec)
 
 
 def _run(gm: torch.fx.GraphModule, *args, **kwargs):

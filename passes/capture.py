@@ -126,6 +126,12 @@ class _Tracer(torch.fx.Tracer):
         self.rec.mark(node)
         return node
 
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        # torch.fx keeps every torch.nn module whole. A composite one (nn.TransformerEncoder,
+        # nn.MultiheadAttention) would be one opaque node with nothing inside to recompute; trace
+        # into it, and where its forward does not trace (fast-path checks), export takes over.
+        return super().is_leaf_module(m, qualname) and next(m.children(), None) is None
+
 
 def _finish(gm, model, rec: opaque.Recorder, frontend: str, args, kwargs) -> Captured:
     opaque.outline_regions(gm, rec.options)

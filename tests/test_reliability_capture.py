@@ -287,3 +287,69 @@ def test_budget_arguments_are_checked(spec):
 def test_default_budget_is_500_mib():
     ckpt = fxckpt.auto_checkpoint(nn.Linear(4, 4), torch.randn(2, 4))
     assert ckpt.plan.budget_bytes == 500 * 2**20
+
+
+class Encoder(nn.Module):
+    """nn.TransformerEncoder: torch.fx would keep the whole stack as one opaque leaf."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x):
+        return self.head(self.enc(x)).sum()
+
+
+def test_composite_torch_modules_are_traced_through():
+    torch.manual_seed(0)
+    model, x = Encoder(), torch.randn(4, 16, 32)
+    ref = copy.deepcopy(model)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=0.5)  # infeasible while the encoder was one node
+    assert not any(n.op == "call_module" and n.target == "enc" for n in ckpt.graph_module.graph.nodes)
+    assert ckpt.plan.recompute
+    assert_same_step(ckpt, model, ref, x)
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.lstm = nn.LSTM(16, 16, batch_first=True)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.lstm(torch.relu(self.inp(x)))[0]).sum()
+
+
+def test_infeasible_error_names_where_the_floor_is():
+    """One LSTM op's backward holds its own saved tensors whatever is recomputed: the error says
+    the peak is at the LSTM's backward, not only which banned node happens to be live."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        with pytest.raises(fxckpt.InfeasibleBudgetError) as e:
+            fxckpt.auto_checkpoint(Recurrent(), torch.randn(4, 16, 8), budget=0.05)
+    assert e.value.peak_at.startswith("backward") and "lstm" in str(e.value)
+    assert e.value.largest and e.value.largest[0][1] == max(n for _, n in e.value.largest)
+
+
+def test_copies_and_saved_modules_train_like_the_model():
+    torch.manual_seed(0)
+    model, ids = ExportedLM(), _ids()
+    example = {"ids": ids, "labels": ids}
+    ckpt = fxckpt.auto_checkpoint(model, example, budget_mb=fxckpt.min_feasible_budget(model, example) / 2**20)
+    assert ckpt.plan.recompute
+    for copied in (copy.deepcopy(ckpt), _saved_and_loaded(ckpt)):
+        assert copied.plan == ckpt.plan and copied.state_dict().keys() == model.state_dict().keys()
+        assert not any(p is q for p, q in zip(copied.parameters(), model.parameters()))
+        assert_same_step(copied, copied._model, copy.deepcopy(copied._model), ids, labels=ids)
+        assert all(p.grad is None for p in model.parameters())  # the original is untouched
+        assert copied.plan.recompute == ckpt.plan.recompute  # planned again, the same plan
+
+
+def _saved_and_loaded(module):
+    import io
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)

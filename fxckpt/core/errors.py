@@ -28,16 +28,23 @@ class InfeasibleBudgetError(FxckptError, ValueError):
         budget_bytes: the budget asked for.
         min_feasible_bytes: the smallest activation peak any plan found reaches.
         pinned: names of the nodes whose memory cannot be recomputed away at that peak.
+        peak_at: the step where the lowest plan peaks, e.g. "backward lstm".
+        largest: (node, bytes) of the largest tensors live there, largest first: what the floor is made of.
     """
 
-    def __init__(self, budget_bytes: int, min_feasible_bytes: int, pinned: tuple[str, ...] = ()):
+    def __init__(self, budget_bytes: int, min_feasible_bytes: int, pinned: tuple[str, ...] = (), *,
+                 peak_at: str = "", largest: tuple[tuple[str, int], ...] = ()):
         self.budget_bytes = int(budget_bytes)
         self.min_feasible_bytes = int(min_feasible_bytes)
         self.pinned = tuple(pinned)
+        self.peak_at, self.largest = peak_at, tuple(largest)
         shown = ", ".join(self.pinned[:8]) + (" ..." if len(self.pinned) > 8 else "")
+        live = ", ".join(f"{name} ({nbytes / MIB:.2f} MiB)" for name, nbytes in self.largest[:4])
         super().__init__(
             f"budget {self.budget_bytes / MIB:.2f} MiB is below the smallest feasible activation "
             f"peak {self.min_feasible_bytes / MIB:.2f} MiB; use budget_mb >= "
             f"{self.min_feasible_bytes / MIB:.2f}"
             + (f" (held at the peak and not recomputable: {shown})" if shown else "")
+            + (f"; that peak is at {peak_at}" if peak_at else "")
+            + (f", where the largest live tensors come from {live}" if live else "")
         )

@@ -62,7 +62,13 @@ def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Excep
     sim = simulate(problem, min_peak_plan(problem), live_at_peak=True)
     nodes, buffers = problem.nodes, problem.buffers
     pinned = sorted({nodes[buffers[b].producer].name for b in sim.live_at_peak if nodes[buffers[b].producer].ban is not None})
-    return InfeasibleBudgetError(budget, min(sim.peak_bytes, other_peak, got), tuple(pinned))
+    by_node: dict[str, int] = {}
+    for b in sim.live_at_peak:
+        name = nodes[buffers[b].producer].name
+        by_node[name] = by_node.get(name, 0) + buffers[b].nbytes
+    largest = sorted(by_node.items(), key=lambda kv: (-kv[1], kv[0]))
+    return InfeasibleBudgetError(budget, min(sim.peak_bytes, other_peak, got), tuple(pinned),
+                                 peak_at=sim.peak_at, largest=tuple(largest))
 
 
 def min_peak_plan(problem: RematProblem) -> frozenset[int]:
