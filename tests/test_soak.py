@@ -30,7 +30,7 @@ def _model():
 def soak(steps: int, new_shape_every: int) -> None:
     model = _model()
     # Everything recomputed: the most recipes, replays and frees per step.
-    ckpt = fxckpt.auto_checkpoint(model, torch.randn(HOT[0], 16), budget=100.0, solver="all")
+    ckpt = fxckpt.auto_checkpoint(model, torch.randn(HOT[0], 16), budget_mb=2**20, solver="all")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     planned, dropped = [0], []
     plan_model = api.plan_model
