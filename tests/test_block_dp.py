@@ -85,3 +85,30 @@ def test_block_dp_matches_the_optimum_on_a_stack():
         opt = simulate(p, ilp.recompute).recompute_cost
         assert ilp.lower_bound >= opt * (1 - 1e-6)  # proven
         assert solve(p, budget, "block_dp").recompute_flops == opt
+
+
+def test_auto_composes_blocks_where_that_beats_the_min_cut():
+    """A 66-node stack of 8 blocks at 80%: the min-cut plan is the best whole-graph plan auto had;
+    mixing per-block options is cheaper (auto used to return the min-cut plan here)."""
+    p = repeated_blocks(8, size=8, seed=2)
+    budget = int(0.8 * simulate(p).peak_bytes)
+    auto, mincut = solve(p, budget, "auto"), solve(p, budget, "mincut")
+    assert auto.predicted_peak_bytes <= budget
+    assert auto.recompute_flops < mincut.recompute_flops
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # 3 solves of 66 nodes each
+@given(st.integers(0, 50), st.sampled_from([0.8, 0.6, 0.45]))
+def test_auto_is_never_worse_than_mincut_or_block_dp(seed, frac):
+    p = repeated_blocks(8, size=8, seed=seed)  # 66 nodes: past auto's exhaustive search and ILP
+    budget = int(frac * simulate(p).peak_bytes)
+    costs = {}
+    for method in ("mincut", "block_dp", "auto"):
+        try:
+            plan = solve(p, budget, method)
+        except (InfeasibleBudgetError, SolverError):
+            continue
+        assert plan.predicted_peak_bytes <= budget
+        costs[method] = simulate(p, p.indices(plan.recompute)).recompute_cost
+    if costs:
+        assert "auto" in costs and costs["auto"] <= min(costs.values())

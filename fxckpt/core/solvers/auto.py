@@ -1,6 +1,7 @@
 """`auto`: an exact answer where one is affordable (every subset of a few candidates, the DP
 on node chains, the ILP from the best heuristic plan on small graphs); elsewhere the min-cut
-solver, with the greedy descent as fallback."""
+solver, improved on chains of repeated blocks by composing per-block options (`block_dp`), with
+the greedy descent as fallback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 
 from ..simulate import simulate
 from .registry import register_solver
+from .block_dp import compose_plan, repeated
 from .chain_exact import solve_node_chain
 from .exhaustive import LIMIT, solve_exhaustive
 from .greedy import solve_greedy
@@ -32,6 +34,8 @@ def solve_auto(problem, budget_bytes):
         if exact is not None:
             return exact
     R = solve_mincut(problem, budget_bytes)
+    if repeated(problem):  # per-block options mixed across blocks: never worse than R, which competes
+        R = compose_plan(problem, budget_bytes, R) or R
     sim = simulate(problem, R)
     small = len(problem.nodes) <= ILP_UP_TO
     if small or sim.peak_bytes > budget_bytes:  # a second opinion where it is cheap or needed
