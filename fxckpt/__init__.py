@@ -16,7 +16,7 @@ _LAZY = {
     "CheckpointedModule": ".api", "auto_checkpoint": ".api", "min_feasible_budget": ".api",
     "max_batch_size": ".batch", "peak_formula": ".batch",
     "CheckpointedSequential": ".manual", "SelectiveCheckpoint": ".manual", "checkpoint": ".manual",
-    "measure_step": ".measure", "StepMeasurement": ".measure",
+    "measure_step": ".measure", "StepMeasurement": ".measure", "step_loss": ".measure",
     "backend": ".compile", "compiled_plans": ".compile",
 }
 
@@ -27,7 +27,7 @@ __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
     "SOLVERS", "ShardingError", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size",
-    "measure_step", "min_feasible_budget", "peak_formula", "register_solver", "simulate", "solve",
+    "measure_step", "min_feasible_budget", "peak_formula", "register_solver", "simulate", "solve", "step_loss",
 ]
 
 

@@ -109,7 +109,7 @@ def node_seconds(model, captured, gm, timing: str) -> dict:
 
 
 def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=None, budget=None,
-               solver: str = "auto", verify: bool = True, timing: str = "estimate") -> _Planned:
+               solver: str = "auto", verify: bool = True, timing: str = "estimate", loss_fn=None) -> _Planned:
     """Run the pipeline on one call signature: capture, annotate, solve, rewrite, and (verify)
     a dry run of the rewritten step on fake tensors that must fit the budget too."""
     from .distributed import check_no_sharded_submodules, gathered
@@ -123,20 +123,20 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
     # leaves with the same requires_grad; planning runs its own backward on fake copies.
     args, kwargs = pytree.tree_map_only(torch.Tensor, _as_leaf, (args, kwargs))
     with gathered(model):
-        return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing)
+        return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn)
 
 
 def _as_leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_(t.requires_grad)
 
 
-def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing) -> _Planned:
+def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn) -> _Planned:
     from . import passes
 
     # Under the caller's autocast, as the step will run: torch.export records the dtypes it
     # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
     captured = passes.capture(model, args, kwargs)
-    gm = passes.annotate(captured)
+    gm = passes.annotate(captured, loss_fn)
     problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
     budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
     target = budget_bytes
@@ -145,7 +145,7 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing) -> _Pl
         new_gm = passes.rewrite(gm, plan)
         if not verify:
             break
-        plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs))
+        plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs, loss_fn))
         if plan.dry_run_peak_bytes <= budget_bytes:
             break
         log.warning("dry run of the plan peaks at %.2f MiB, over the %.2f MiB budget: solving again",
@@ -157,7 +157,7 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing) -> _Pl
     return _Planned(new_gm, plan, problem, captured.frontend)
 
 
-def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> int:
+def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=None) -> int:
     """The activation peak of one training step of a rewritten graph, run on fake tensors:
     the runtime's real behaviour (recipes, caches, frees) with no real computation."""
     from .measure import LiveBytesMode
@@ -166,10 +166,11 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> int:
 
     with FakeStep(gm, args, kwargs) as step:
         step.leaves()
+        loss = step.loss(loss_fn or step_loss)
         with LiveBytesMode() as live:
             with gm.fxckpt_runtime.active():
                 out = gm(*step.args, **step.kwargs)
-            step_loss(out).backward()
+            loss(out).backward()
             del out
     return live.peak_bytes
 
@@ -196,9 +197,11 @@ class CheckpointedModule(ModelWrapper):
     graph inlines them).
     """
 
-    def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing):
+    def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing,
+                 loss_fn=None):
         super().__init__(model)
-        object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver, timing=timing))
+        object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver, timing=timing,
+                                               loss_fn=loss_fn))
         plans = collections.OrderedDict({signature: planned} if planned.gm is not None else {})
         object.__setattr__(self, "plans", plans)
         object.__setattr__(self, "_current", planned)
@@ -266,7 +269,8 @@ def _run(gm: torch.fx.GraphModule, *args, **kwargs):
 
 
 def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float | None = None, *,
-                    budget: float | None = None, solver: str = "auto", timing: str = "estimate") -> CheckpointedModule:
+                    budget: float | None = None, solver: str = "auto", timing: str = "estimate",
+                    loss_fn=None) -> CheckpointedModule:
     """Rewrite `model` so a training step's activation peak stays under a budget.
 
     Args:
@@ -282,6 +286,16 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
             from FLOPs and bytes at the device's measured rates (`fxckpt.calibrate`, measured once
             per device and cached); "profile", seconds measured per node on the example (a few
             real forwards); "flops", recompute FLOPs.
+        loss_fn: maps the model's output to the scalar you call ``backward()`` on, as your
+            training loop does (e.g. ``lambda out: F.cross_entropy(out.flatten(0, 1), y.flatten())``).
+            The plan covers the whole step, the loss's own tensors included (a cross-entropy holds
+            a log-softmax and a gradient of the logits' size). Default `fxckpt.step_loss`: the
+            output's ``loss`` if it has one (Hugging Face), else the sum of its floating tensors,
+            whose gradient allocates nothing. A loss that allocates more than that needs
+            ``loss_fn`` for the budget to hold. It is called on the output of every call that
+            is planned (the example, then each new input signature), so it must work at every
+            shape the model sees: a closure over fixed targets fits one shape. It must be
+            picklable for ``torch.save`` of the module.
 
     Returns:
         A `CheckpointedModule` with `.plan` (predicted peak, recompute FLOPs, solver, solve time).
@@ -303,15 +317,17 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
 
     args, kwargs = split_input(example_input)
     with _training(model):
-        planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing)
+        planned = plan_model(model, args, kwargs, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing,
+                             loss_fn=loss_fn)
         signature = _signature(model, args, kwargs)
-    return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing)
+    return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing,
+                              loss_fn=loss_fn)
 
 
 _TINY_FRACTION = 1e-4  # of the un-checkpointed peak: a budget no real model's plan reaches
 
 
-def min_feasible_budget(model: torch.nn.Module, example_input: Any, *, solver: str = "auto") -> int:
+def min_feasible_budget(model: torch.nn.Module, example_input: Any, *, solver: str = "auto", loss_fn=None) -> int:
     """The smallest activation budget, in bytes, under which `auto_checkpoint` finds a plan.
 
     It plans at a tiny budget (1e-4 of the un-checkpointed peak); the `InfeasibleBudgetError`
@@ -327,6 +343,6 @@ def min_feasible_budget(model: torch.nn.Module, example_input: Any, *, solver: s
         True
     """
     try:
-        return auto_checkpoint(model, example_input, budget=_TINY_FRACTION, solver=solver).plan.budget_bytes
+        return auto_checkpoint(model, example_input, budget=_TINY_FRACTION, solver=solver, loss_fn=loss_fn).plan.budget_bytes
     except InfeasibleBudgetError as e:
         return e.min_feasible_bytes

@@ -77,6 +77,17 @@ class _OpRecorder(TorchDispatchMode):
         return out
 
 
+# NOTE [ The loss in the plan ]
+# The step is `loss_fn(output).backward()`. What the loss allocates (a cross-entropy: a log-softmax
+# of the logits' size, held for its backward) and what its backward allocates (the gradient of the
+# logits) live between forward's end and the first graph node's backward, and the gradient of the
+# output is that node's input. So the loss's forward and backward are traced as the start of the
+# first node's backward: its transient covers their peak, the log-softmax dies there, the
+# output's gradient is consumed there, and what survives (the loss itself) is a gradient-like
+# buffer born there that lives to the end. The runtime's dry run sees the same step.
+LOSS = "<loss>"
+
+
 class _BackwardTrace(TorchDispatchMode):
     """Follows backward on fake tensors: which fx node's backward runs, the storages backward
     allocates (gradients, temporaries), and in which node's backward each of them dies.
@@ -100,17 +111,36 @@ class _BackwardTrace(TorchDispatchMode):
         self.start: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
-        self.loss_bytes = 0  # the loss and its seed gradient, live through backward
         self.flops: dict[str, int] = {}  # FlopCounterMode's count of each node's backward
         self._last_step: str | None = None
+
+    def begin_loss(self, new: dict, peak: int) -> None:
+        """Backward starts with the loss: what computing it allocated (`new`, at most `peak` at
+        once) and what its backward allocates count as part of the first node's backward, the
+        node whose output the loss read (NOTE [ The loss in the plan ])."""
+        self.current = LOSS
+        self.start[LOSS] = self.level + self.held_bytes
+        for k, (ref, nbytes) in new.items():
+            if not ref.expired():
+                self.live[k] = (ref, nbytes, LOSS)
+                self.level += nbytes
+        self.peak[LOSS] = max(self.start[LOSS] + peak, self.level + self.held_bytes)
 
     def enter(self, name: str) -> None:
         if name != self.current:
             self._sweep(ending=self.current)
+            if self.current == LOSS:
+                self._merge_loss_into(name)
             self.current = name
             if name not in self.start:
                 self.order.append(name)
                 self.start[name] = self.peak[name] = self.level + self.held_bytes
+
+    def _merge_loss_into(self, name: str) -> None:
+        self.order.append(name)
+        self.start[name], self.peak[name] = self.start.pop(LOSS), self.peak.pop(LOSS)
+        self.flops[name] = self.flops.pop(LOSS, 0)
+        self.live = {k: (ref, nbytes, name if born == LOSS else born) for k, (ref, nbytes, born) in self.live.items()}
 
     def hold(self, storages) -> None:
         for k, (ref, nbytes) in storages.items():
@@ -134,9 +164,6 @@ class _BackwardTrace(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self.current is None:  # the engine seeding backward (the loss's gradient)
-            self.loss_bytes += sum(t.untyped_storage().nbytes() for t in tensor_leaves(out) if not self.known(storage_key(t)))
-            return out
         self._sweep(ending=self.current)
         for t in tensor_leaves(out):
             k = storage_key(t)
@@ -263,9 +290,10 @@ class _Annotator(torch.fx.Interpreter):
 
 
 
-def annotate(captured: Captured) -> torch.fx.GraphModule:
+def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
     """A copy of `captured.gm` with `node.meta["fxckpt"] = NodeCost(...)` on every computing node,
-    measured on one training step on fake tensors. `captured` is left as it was.
+    measured on one training step on fake tensors: ``loss_fn(output).backward()`` (default
+    `step_loss`). `captured` is left as it was.
 
     Example:
         >>> import torch, fxckpt.passes as P
@@ -280,9 +308,9 @@ def annotate(captured: Captured) -> torch.fx.GraphModule:
     with FakeStep(gm, captured.args, captured.kwargs) as step:
         runner = _Annotator(gm, step.external)
         out = runner.run(*step.flat)
-        trace = _trace_backward(runner, out, step.leaves())
+        trace = _trace_backward(runner, out, step.leaves(), step.loss(loss_fn or step_loss))
     _in_place_reads(gm, runner)
-    gm.meta[META] = {"loss_bytes": trace.loss_bytes}
+    gm.meta[META] = {}  # marks the graph annotated (`to_problem` checks)
     rank = {name: i for i, name in enumerate(trace.order)}
     born: dict[str, list] = {}
     for nbytes, b, d in trace.grads:
@@ -297,7 +325,7 @@ def annotate(captured: Captured) -> torch.fx.GraphModule:
     return gm
 
 
-def _trace_backward(runner: _Annotator, out, leaves) -> _BackwardTrace:
+def _trace_backward(runner: _Annotator, out, leaves, loss_fn) -> _BackwardTrace:
     """Backward of the step on fake tensors, gradients of leaves preallocated as in a real step."""
     output = out  # Interpreter.run already rebuilt the output structure
     grads = {storage_key(t.grad) for t in leaves}  # accumulating into .grad allocates nothing
@@ -305,11 +333,10 @@ def _trace_backward(runner: _Annotator, out, leaves) -> _BackwardTrace:
     trace = _BackwardTrace(known)
     handles = [fn.register_prehook(lambda grads, name=name: trace.enter(name)) for fn, name in runner.grad_fns.items()]
     try:
-        with _OpRecorder(trace.known) as rec:  # what computing the loss allocates, held through backward
-            loss = step_loss(output)
-        trace.loss_bytes = sum(n for ref, n in rec.new.values() if not ref.expired())
-        trace.known = lambda k: k in rec.new or known(k)
+        with _OpRecorder(trace.known) as rec:  # what computing the loss allocates
+            loss = loss_fn(output)
         trace.hold(runner.storages)
+        trace.begin_loss(rec.new, rec.peak)
         with trace:
             loss.backward()
         trace.finish()

@@ -7,9 +7,10 @@ from itertools import chain
 
 import torch
 import torch.fx
-from torch._subclasses import FakeTensorMode
+from torch._subclasses import FakeTensor, FakeTensorMode
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .capture import flat_inputs
 from .ops import storage_key
@@ -46,6 +47,14 @@ class FakeStep:
             self.external[storage_key(self.fakes[id(t)])] = name
         return self.fakes[id(t)]
 
+    def loss(self, loss_fn):
+        """`loss_fn` made callable on the fake output. A user's loss closes over real tensors
+        (the targets): each is faked as it is used, as a tensor that exists before the step."""
+        def run(output):
+            with _FakeRealArgs(self):
+                return loss_fn(output)
+        return run
+
     def leaves(self) -> list[torch.Tensor]:
         """Fakes whose gradient a step accumulates: allocate their .grad first, as a real step has."""
         leaves = [t for t in self.fakes.values() if t.requires_grad and t.is_leaf]
@@ -62,3 +71,17 @@ class FakeStep:
 
     def __exit__(self, *exc):
         return self._stack.__exit__(*exc)
+
+
+class _FakeRealArgs(TorchDispatchMode):
+    """Replaces the real tensors an op receives with the step's fakes of them (made on first use,
+    counted as external: the loss's targets exist before the step)."""
+
+    def __init__(self, step: FakeStep):
+        super().__init__()
+        self.step = step
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        fake = lambda t: t if isinstance(t, FakeTensor) else self.step.fake(t, "loss input")  # noqa: E731
+        args, kwargs = pytree.tree_map_only(torch.Tensor, fake, (args, kwargs or {}))
+        return func(*args, **kwargs)

@@ -54,8 +54,7 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph", *, rates: DeviceRa
         ))
     grads = tuple(Grad(nbytes, index[n], index[by_name[d]] if d is not None else -1)
                   for n in nodes for d, nbytes in n.meta[META].grads)
-    return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads,
-                        loss_bytes=gm.meta.get(META, {}).get("loss_bytes", 0), name=name)
+    return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads, name=name)
 
 
 def _seconds(name: str, c: NodeCost, rates: DeviceRates | None, measured: dict[str, float] | None) -> float | None:

@@ -226,7 +226,7 @@ def test_public_api():
         "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
         "SOLVERS", "ShardingError", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size", "measure_step",
         "min_feasible_budget",
-        "peak_formula", "register_solver", "simulate", "solve"])
+        "peak_formula", "register_solver", "simulate", "solve", "step_loss"])
     for name in fxckpt.__all__:
         assert getattr(fxckpt, name).__doc__, name
 
