@@ -8,7 +8,7 @@ so `import fxckpt.core` works where torch is not installed.
 from importlib import import_module
 
 from .core import (SOLVERS, CaptureError, FxckptError, InfeasibleBudgetError, Plan, RematProblem, ShardingError, SolverError,
-                   register_solver, simulate, solve)
+                   UncompiledRuntimeWarning, register_solver, simulate, solve)
 from .core.solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
 
 # name -> module that defines it (imported on first access: these need torch)
@@ -26,8 +26,9 @@ _SUBMODULES = ("profiling", "recipes", "training")
 __all__ = [
     "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
-    "SOLVERS", "ShardingError", "SolverError", "auto_checkpoint", "backend", "compiled_plans", "max_batch_size",
-    "measure_step", "min_feasible_budget", "peak_formula", "register_solver", "simulate", "solve", "step_loss",
+    "SOLVERS", "ShardingError", "SolverError", "UncompiledRuntimeWarning", "auto_checkpoint", "backend",
+    "compiled_plans", "max_batch_size", "measure_step", "min_feasible_budget", "peak_formula", "register_solver",
+    "simulate", "solve", "step_loss",
 ]
 
 

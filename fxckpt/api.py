@@ -6,14 +6,17 @@ import collections
 import contextlib
 import functools
 import logging
+import sys
+import warnings
 from itertools import chain
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
-from .core.errors import MIB, InfeasibleBudgetError
+from .core.errors import MIB, InfeasibleBudgetError, UncompiledRuntimeWarning
 from .core.plan import Plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
@@ -182,6 +185,28 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=No
 PLAN_CACHE_SIZE = 16
 
 
+_UNCOMPILED = ("fxckpt: a CheckpointedModule's training step runs its eager runtime (saved-tensor hooks), "
+               "uncompiled, under torch.compile. To compile training under fxckpt's plan, compile the model "
+               "itself: torch.compile(model, backend=\"fxckpt\", options={\"budget_mb\": ...}) (see fxckpt.compile).")
+_warned_uncompiled = False
+
+
+def _warn_uncompiled() -> None:
+    global _warned_uncompiled
+    if not _warned_uncompiled:
+        _warned_uncompiled = True
+        warnings.warn(_UNCOMPILED, UncompiledRuntimeWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of the first caller outside torch and fxckpt (Dynamo's frames sit between)."""
+    internal = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+    frame, level = sys._getframe(2), 2  # _train_uncompiled is stacklevel 2 in warn()
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class CheckpointedModule(ModelWrapper):
     """A model that trains like the original while recomputing what its plan says.
 
@@ -194,7 +219,9 @@ class CheckpointedModule(ModelWrapper):
     `PLAN_CACHE_SIZE` most recently used signatures (see NOTE [ Plan cache ]).
     The graph runs inside the model's own `__call__`, so hooks on the model itself (FSDP2's
     all-gather, see `fxckpt.distributed`) run around it; hooks on its submodules do not (the
-    graph inlines them).
+    graph inlines them). Under `torch.compile` its training calls run uncompiled, with one
+    `UncompiledRuntimeWarning` (NOTE [ Under torch.compile ]); compile the model with
+    `backend="fxckpt"` instead.
     """
 
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing,
@@ -233,7 +260,24 @@ class CheckpointedModule(ModelWrapper):
 
     def forward(self, *args, **kwargs):
         if not (self.training and torch.is_grad_enabled()):
-            return self._model(*args, **kwargs)
+            return self._model(*args, **kwargs)  # what torch.compile compiles, in eval / no_grad
+        if torch.compiler.is_compiling():
+            return self._train_uncompiled(*args, **kwargs)
+        return self._train(*args, **kwargs)
+
+    # NOTE [ Under torch.compile ]
+    # The eager runtime cannot be traced: saved-tensor hooks pushed and popped by the graph, recipes
+    # keyed by node name, storage weak references. Traced (the zoo transformer at budget 0.5), Dynamo
+    # broke the graph 81 times, hit its recompile limit (one recompile per node name through `begin`),
+    # printed tracebacks, and with aot_eager gave gradients off by up to 9.5. So a training call under torch.compile (`torch.compile(c)`, `c.compile()`) skips
+    # Dynamo: the plan runs eagerly, exactly as without compile, and one UncompiledRuntimeWarning
+    # (once per process) points to the compile backend, which plans inside the compiled graph.
+    @torch.compiler.disable(reason=_UNCOMPILED)
+    def _train_uncompiled(self, *args, **kwargs):
+        _warn_uncompiled()
+        return self._train(*args, **kwargs)
+
+    def _train(self, *args, **kwargs):
         from .distributed import call_with_forward, check_no_sharded_submodules
         from .passes.capture import training_kwargs
 

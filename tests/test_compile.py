@@ -8,12 +8,14 @@ Compiling is the slow part (seconds per graph): each test compiles few graphs, m
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 
 import fxckpt
+import fxckpt.api as fxckpt_api
 from fxckpt.benchmark import profiled_peak_bytes
 from fxckpt.core.errors import InfeasibleBudgetError
 
@@ -185,3 +187,50 @@ def test_inductor_matches_default_compile_with_dropout():
     (plan,) = fxckpt.compiled_plans(be)
     assert plan.recompute
     assert measured_peak(compiled, x) <= plan.budget_bytes
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "eager"])
+def test_compiling_the_wrapper_runs_its_plan_uncompiled(backend, capfd, monkeypatch):
+    """`torch.compile(auto_checkpoint(...))` (issue 10 item 13): Dynamo used to trace the
+    saved-tensor-hook runtime (81 graph breaks, recompile-limit warnings, tracebacks on stderr).
+    The training step now runs uncompiled, bitwise like the eager wrapper and at its measured
+    peak, with one UncompiledRuntimeWarning pointing to backend="fxckpt" and nothing on stderr."""
+    monkeypatch.setattr(fxckpt_api, "_warned_uncompiled", False)
+    model, x = make_transformer()
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=0.5)
+    eager = fxckpt.auto_checkpoint(copy.deepcopy(model), x, budget=0.5)
+    compiled = torch.compile(ckpt, backend=backend)
+    capfd.readouterr()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    with pytest.warns(fxckpt.UncompiledRuntimeWarning, match='backend="fxckpt"') as caught:
+        for seed in (1, 2):
+            assert all(torch.equal(a, b) for a, b in zip(step(compiled, x, seed)[0], step(eager, x, seed)[0]))
+    assert len(caught) == 1
+    assert capfd.readouterr().err == ""
+    assert sum(counters["graph_break"].values()) == 1 and not counters["stats"]["unique_graphs"]
+    assert ckpt.graph_module.fxckpt_runtime.replays == eager.graph_module.fxckpt_runtime.replays != {}
+    assert measured_peak(compiled, x) == measured_peak(eager, x)
+    with warnings.catch_warnings():  # FlopCounterMode's global module hooks and an OptimizedModule
+        warnings.filterwarnings("ignore", "Using `torch.compile", UserWarning)
+        assert fxckpt.measure_step(compiled, x).peak_bytes == ckpt.plan.dry_run_peak_bytes <= ckpt.plan.budget_bytes
+
+    ckpt.eval()  # eval: the original model compiles as usual
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_submodules_and_module_compile(monkeypatch):
+    """`ckpt.compile()` runs the plan like `torch.compile(ckpt)`; a compiled block put back into
+    the model is traced through by the next plan (its graph inlines blocks), gradients bitwise."""
+    model, x = make_transformer()
+    ref = copy.deepcopy(model)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=0.5)
+    ckpt.compile(backend="aot_eager")
+    monkeypatch.setattr(fxckpt_api, "_warned_uncompiled", False)
+    with pytest.warns(fxckpt.UncompiledRuntimeWarning):
+        assert all(torch.equal(a, b) for a, b in zip(step(ckpt, x)[0], step(ref, x)[0]))
+    ckpt.blocks[0] = torch.compile(ckpt.blocks[0], backend="aot_eager")
+    assert all(torch.equal(a, b) for a, b in zip(step(ckpt, x)[0], step(ref, x)[0]))
+    assert len(ckpt.plans) == 2  # the model changed: planned again

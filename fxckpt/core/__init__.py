@@ -11,7 +11,7 @@ Example:
 """
 
 from .costs import NodeCost
-from .errors import CaptureError, FxckptError, InfeasibleBudgetError, ShardingError, SolverError
+from .errors import CaptureError, FxckptError, InfeasibleBudgetError, ShardingError, SolverError, UncompiledRuntimeWarning
 from .plan import Plan
 from .problem import Buffer, Grad, Node, RematProblem
 from .simulate import Simulation, simulate
@@ -20,5 +20,5 @@ from .synthetic import random_problem
 
 __all__ = [
     "Buffer", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost", "Plan",
-    "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "random_problem", "register_solver", "simulate", "solve",
+    "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "UncompiledRuntimeWarning", "random_problem", "register_solver", "simulate", "solve",
 ]

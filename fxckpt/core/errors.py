@@ -21,6 +21,11 @@ class SolverError(FxckptError):
     """A solver returned a plan over the budget although a plan under it exists."""
 
 
+class UncompiledRuntimeWarning(UserWarning):
+    """A `CheckpointedModule` was called under `torch.compile`: its eager runtime (saved-tensor
+    hooks) runs uncompiled there; `torch.compile(model, backend="fxckpt")` compiles with a plan."""
+
+
 class InfeasibleBudgetError(FxckptError, ValueError):
     """No plan keeps the activation peak under the budget.
 
