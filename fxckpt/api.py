@@ -17,12 +17,13 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .core.errors import MIB, InfeasibleBudgetError, UncompiledRuntimeWarning
-from .core.plan import Plan
+from .core.plan import Plan, make_plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
-from .core.solvers import check_budget, solve
+from .core.solvers import check_budget, infeasible, min_peak_plan, solve
 from .core.solvers.registry import is_amount
 from .wrap import ModelWrapper
+from . import passes
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,24 @@ def _budget_bytes(baseline: int, budget_mb, budget) -> int:
         if not is_amount(budget, positive=True) or budget > 1:
             raise ValueError(f"budget is a fraction of the model's activation peak in (0, 1], got {budget!r}; "
                              "for a budget in MiB pass budget_mb")
-        return max(1, int(budget * baseline))
+        return max(1, _fraction_of(budget, baseline))
     if budget_mb is None:
         budget_mb = DEFAULT_BUDGET_MB
     if not is_amount(budget_mb, positive=True):
         raise ValueError(f"budget_mb must be a positive number of MiB, got {budget_mb!r}")
     return check_budget(budget_mb * MIB)
+
+
+def _fraction_of(fraction: float, baseline: int) -> int:
+    """The largest byte count `n` with `n / baseline <= fraction`, as Python divides: a budget
+    computed as `floor / baseline` gives back `floor` bytes, which `int(fraction * baseline)`
+    could round one byte below."""
+    n = int(fraction * baseline)
+    while (n + 1) / baseline <= fraction:
+        n += 1
+    while n > 0 and n / baseline > fraction:
+        n -= 1
+    return n
 
 
 _RETRIES = 3  # re-solves under a tighter budget when the dry run finds the plan over budget
@@ -134,30 +147,63 @@ def _as_leaf(t: torch.Tensor) -> torch.Tensor:
 
 
 def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn) -> _Planned:
-    from . import passes
-
     # Under the caller's autocast, as the step will run: torch.export records the dtypes it
     # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
     captured = passes.capture(model, args, kwargs)
     gm = passes.annotate(captured, loss_fn)
     problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
-    budget_bytes = _budget_bytes(simulate(problem).peak_bytes, budget_mb, budget)
+    baseline = simulate(problem).peak_bytes
+    budget_bytes = _budget_bytes(baseline, budget_mb, budget)
+    fitted = _fit(problem, gm, captured, budget_bytes, solver, verify, loss_fn)
+    if fitted is None:  # nothing the solver found fits: the floor plan, if the budget allows it
+        fitted = _at_floor(problem, gm, captured, solver, verify, loss_fn)
+        floor = _peak(fitted[0])
+        if floor > budget_bytes:
+            raise infeasible(problem, budget_bytes, floor, baseline if budget is not None else None)
+        fitted = (replace(fitted[0], budget_bytes=budget_bytes), fitted[1])
+    plan, new_gm = fitted
+    log.info("%s", plan.summary())
+    return _Planned(new_gm, plan, problem, captured.frontend)
+
+
+def _fit(problem, gm, captured, budget_bytes: int, solver: str, verify: bool, loss_fn):
+    """(plan, rewritten graph) fitting `budget_bytes`, predicted and (`verify`) in the dry run,
+    or None where the solver finds none. A plan the dry run finds over budget is solved again
+    under a budget tightened by the excess."""
     target = budget_bytes
-    for attempt in range(_RETRIES + 1):
-        plan = replace(solve(problem, target, method=solver), budget_bytes=budget_bytes)
+    for _ in range(_RETRIES + 1):
+        try:
+            plan = replace(solve(problem, target, method=solver), budget_bytes=budget_bytes)
+        except InfeasibleBudgetError:
+            return None
         new_gm = passes.rewrite(gm, plan)
         if not verify:
-            break
+            return plan, new_gm
         plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs, loss_fn))
         if plan.dry_run_peak_bytes <= budget_bytes:
-            break
+            return plan, new_gm
         log.warning("dry run of the plan peaks at %.2f MiB, over the %.2f MiB budget: solving again",
                     plan.dry_run_peak_bytes / MIB, budget_bytes / MIB)
         target -= plan.dry_run_peak_bytes - budget_bytes
-        if attempt == _RETRIES or target <= 0:
-            raise InfeasibleBudgetError(budget_bytes, plan.dry_run_peak_bytes)
-    log.info("%s", plan.summary())
-    return _Planned(new_gm, plan, problem, captured.frontend)
+        if target <= 0:
+            return None
+    return None
+
+
+def _at_floor(problem, gm, captured, solver: str, verify: bool, loss_fn):
+    """(plan, rewritten graph) of `min_peak_plan`: the plan whose peak an InfeasibleBudgetError
+    names, checked by the dry run like any other (see NOTE [ The floor is one plan ] in
+    fxckpt/core/solvers/auto.py)."""
+    plan = make_plan(problem, min_peak_plan(problem), solver=solver, budget_bytes=None, solve_seconds=0.0)
+    new_gm = passes.rewrite(gm, plan)
+    if verify:
+        plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs, loss_fn))
+    return plan, new_gm
+
+
+def _peak(plan: Plan) -> int:
+    """What a plan needs: its predicted peak, or its dry run's where that is higher."""
+    return max(plan.predicted_peak_bytes, plan.dry_run_peak_bytes or 0)
 
 
 def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=None) -> int:
@@ -345,7 +391,8 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
         A `CheckpointedModule` with `.plan` (predicted peak, recompute FLOPs, solver, solve time).
 
     Raises:
-        InfeasibleBudgetError: the budget is below the smallest feasible peak (named in MiB).
+        InfeasibleBudgetError: the budget is below the smallest feasible peak; the error names it
+            (`min_feasible_bytes`; `budget_mb=min_feasible_bytes / 2**20` plans).
         ValueError: the budget is zero, negative or NaN, a fraction above 1, or both `budget` and
             `budget_mb` are given.
         TypeError: `example_input` is not a tensor, tuple, list or dict.

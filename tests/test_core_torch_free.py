@@ -148,7 +148,7 @@ def test_infeasible_names_smallest_feasible_budget():
     with pytest.raises(InfeasibleBudgetError) as e:
         solve(p, MiB)
     floor = e.value.min_feasible_bytes
-    assert floor > MiB and f"{floor / MiB:.2f} MiB" in str(e.value)
+    assert floor > MiB and f"peak {floor:,} bytes; use budget_mb >= {floor / MiB}" in str(e.value)
     plan = solve(p, floor)  # the named budget is feasible
     assert plan.predicted_peak_bytes <= floor
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 MIB = 2**20
 
 
@@ -31,25 +33,38 @@ class InfeasibleBudgetError(FxckptError, ValueError):
 
     Attributes:
         budget_bytes: the budget asked for.
-        min_feasible_bytes: the smallest activation peak any plan found reaches.
+        min_feasible_bytes: the smallest feasible budget: passed as `budget_mb=min_feasible_bytes /
+            2**20`, it plans (see NOTE [ The floor is one plan ] in solvers/auto.py).
         pinned: names of the nodes whose memory cannot be recomputed away at that peak.
         peak_at: the step where the lowest plan peaks, e.g. "backward lstm".
         largest: (node, bytes) of the largest tensors live there, largest first: what the floor is made of.
+        baseline_bytes: the un-checkpointed peak, when the budget was a fraction of it (None otherwise).
     """
 
     def __init__(self, budget_bytes: int, min_feasible_bytes: int, pinned: tuple[str, ...] = (), *,
-                 peak_at: str = "", largest: tuple[tuple[str, int], ...] = ()):
+                 peak_at: str = "", largest: tuple[tuple[str, int], ...] = (), baseline_bytes: int | None = None):
         self.budget_bytes = int(budget_bytes)
         self.min_feasible_bytes = int(min_feasible_bytes)
         self.pinned = tuple(pinned)
         self.peak_at, self.largest = peak_at, tuple(largest)
+        self.baseline_bytes = baseline_bytes
         shown = ", ".join(self.pinned[:8]) + (" ..." if len(self.pinned) > 8 else "")
         live = ", ".join(f"{name} ({nbytes / MIB:.2f} MiB)" for name, nbytes in self.largest[:4])
+        fraction = (f" (budget >= {round_up(self.min_feasible_bytes / baseline_bytes, 4)} of the "
+                    f"{baseline_bytes / MIB:.2f} MiB un-checkpointed peak)" if baseline_bytes else "")
         super().__init__(
-            f"budget {self.budget_bytes / MIB:.2f} MiB is below the smallest feasible activation "
-            f"peak {self.min_feasible_bytes / MIB:.2f} MiB; use budget_mb >= "
-            f"{self.min_feasible_bytes / MIB:.2f}"
+            f"budget {self.budget_bytes / MIB:.2f} MiB ({self.budget_bytes:,} bytes) is below the smallest feasible "
+            f"activation peak {self.min_feasible_bytes:,} bytes; use budget_mb >= "
+            f"{round_up(self.min_feasible_bytes / MIB, 2)}{fraction}"
             + (f" (held at the peak and not recomputable: {shown})" if shown else "")
             + (f"; that peak is at {peak_at}" if peak_at else "")
             + (f", where the largest live tensors come from {live}" if live else "")
         )
+
+
+def round_up(x: float, digits: int) -> float:
+    """`x` rounded up to `digits` decimals: the budget a message names must not round below the
+    floor (0.5843 MiB shown as 0.58 was infeasible when passed back)."""
+    q = 10**digits
+    up = math.ceil(x * q) / q
+    return up if up >= x else (math.ceil(x * q) + 1) / q

@@ -12,13 +12,10 @@ from ..plan import Plan, make_plan
 from ..problem import RematProblem
 from ..simulate import recompute_cost, simulate
 from . import auto, baselines, block_dp, chain, exhaustive, greedy, ilp, mincut  # noqa: F401  (the built-in solvers register)
-from .auto import EXACT_UP_TO
-from .exhaustive import solve_exhaustive
-from .greedy import descend
-from .mincut import solve_mincut
+from .auto import min_peak_plan
 from .registry import SOLVERS, Solved, Solver, check_budget, recompute_of, register_solver
 
-__all__ = ["SOLVERS", "Solved", "Solver", "check_budget", "min_peak_plan", "recompute_of", "register_solver", "solve"]
+__all__ = ["SOLVERS", "Solved", "Solver", "check_budget", "infeasible", "min_peak_plan", "recompute_of", "register_solver", "solve"]
 
 
 def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Plan:
@@ -59,6 +56,15 @@ def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Excep
         return SolverError(
             f"solver {method!r} planned a peak of {got / 2**20:.2f} MiB, over the {budget / 2**20:.2f} MiB "
             f"budget, although a plan at {other_peak / 2**20:.2f} MiB exists; use method='auto'")
+    return infeasible(problem, budget)
+
+
+def infeasible(problem: RematProblem, budget_bytes: int, floor_bytes: int | None = None,
+               baseline_bytes: int | None = None) -> InfeasibleBudgetError:
+    """The error for a budget below the floor: the peak of `min_peak_plan` (or `floor_bytes`,
+    that plan's peak as measured by a dry run), where that plan peaks and what is live there
+    (see NOTE [ The floor is one plan ] in auto.py). `baseline_bytes`: the un-checkpointed
+    peak, for a budget given as a fraction of it."""
     sim = simulate(problem, min_peak_plan(problem), live_at_peak=True)
     nodes, buffers = problem.nodes, problem.buffers
     pinned = sorted({nodes[buffers[b].producer].name for b in sim.live_at_peak if nodes[buffers[b].producer].ban is not None})
@@ -67,13 +73,5 @@ def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Excep
         name = nodes[buffers[b].producer].name
         by_node[name] = by_node.get(name, 0) + buffers[b].nbytes
     largest = sorted(by_node.items(), key=lambda kv: (-kv[1], kv[0]))
-    return InfeasibleBudgetError(budget, min(sim.peak_bytes, other_peak, got), tuple(pinned),
-                                 peak_at=sim.peak_at, largest=tuple(largest))
-
-
-def min_peak_plan(problem: RematProblem) -> frozenset[int]:
-    """The lowest-peak plan known: exact for small problems, else the lower of the greedy
-    descent's and the min-cut solver's (both return their lowest peak when nothing fits)."""
-    if len(problem.candidates()) <= EXACT_UP_TO:
-        return solve_exhaustive(problem, 0)
-    return min((descend(problem, 0), solve_mincut(problem, 0)), key=lambda R: simulate(problem, R).peak_bytes)
+    return InfeasibleBudgetError(budget_bytes, sim.peak_bytes if floor_bytes is None else floor_bytes, tuple(pinned),
+                                 peak_at=sim.peak_at, largest=tuple(largest), baseline_bytes=baseline_bytes)

@@ -1,18 +1,22 @@
 """`auto`: an exact answer where one is affordable (every subset of a few candidates, the DP
 on node chains, the ILP from the best heuristic plan on small graphs); elsewhere the min-cut
 solver, improved on chains of repeated blocks by composing per-block options (`block_dp`), with
-the greedy descent as fallback."""
+the greedy descent as fallback; and where none of these fits, the lowest-peak plan known
+(`min_peak_plan`), so that every budget at or above its peak has a plan."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 
+from ..problem import RematProblem
 from ..simulate import simulate
-from .registry import register_solver
+from .registry import recompute_of, register_solver
 from .block_dp import compose_plan, repeated
 from .chain_exact import solve_node_chain
 from .exhaustive import LIMIT, solve_exhaustive
-from .greedy import solve_greedy
+from .greedy import descend, solve_greedy
 from .mincut import solve_mincut
 
 EXACT_UP_TO = 12  # candidates: 4096 simulations of a small graph take well under a second
@@ -27,6 +31,55 @@ def has_scipy() -> bool:
 
 @register_solver("auto")
 def solve_auto(problem, budget_bytes):
+    answer = _solve_auto(problem, budget_bytes)
+    if simulate(problem, recompute_of(answer)).peak_bytes > budget_bytes:
+        lowest = min_peak_plan(problem)
+        if simulate(problem, lowest).peak_bytes <= budget_bytes:
+            return lowest
+    return answer
+
+
+# NOTE [ The floor is one plan ]
+# An InfeasibleBudgetError names the peak of `min_peak_plan` as the smallest feasible budget, and
+# `auto` falls back to that plan wherever its own search finds nothing that fits: the searches
+# are heuristics, not monotone in the budget (mincut's plan at a budget can peak higher than
+# the plan it found at a smaller one), so without the fallback a budget at the named floor
+# could fail. `fxckpt.auto_checkpoint` checks that plan by its dry run too, and names the higher
+# of its predicted and dry-run peaks. Beyond the exact search, the lowest peak a heuristic
+# reaches depends on how nodes are priced (a tiny transformer: 507,920 B priced in estimated
+# seconds, 541,712 B in FLOPs), so both pricings are searched. Prices in FLOPs are fixed by the
+# graph; prices in seconds by the device's cached rates (timing="estimate"), but not under
+# timing="profile", whose per-node times are measured afresh each call: there, a floor named
+# by one call holds in another only when it came from the FLOPs search.
+def min_peak_plan(problem: RematProblem) -> frozenset[int]:
+    """The lowest-peak plan known: exact for small problems, else the lowest of the greedy
+    descent's and the min-cut solver's (both return their lowest peak when nothing fits), each
+    run with the problem's prices and with FLOPs.
+
+    Example:
+        >>> from fxckpt.core.synthetic import random_problem
+        >>> p = random_problem(8)
+        >>> simulate(p, min_peak_plan(p)).peak_bytes <= simulate(p).peak_bytes
+        True
+    """
+    return _lowest(problem, tuple(dict.fromkeys((_in_flops(problem), problem))))
+
+
+@functools.lru_cache(maxsize=8)  # asked again by the error path and the fallback of one planning call
+def _lowest(problem: RematProblem, pricings: tuple[RematProblem, ...]) -> frozenset[int]:
+    if len(problem.candidates()) <= EXACT_UP_TO:  # exact; ties broken by FLOPs, which do not vary
+        return solve_exhaustive(pricings[0], 0)
+    plans = [plan for q in pricings for plan in (descend(q, 0), solve_mincut(q, 0))]
+    return min(plans, key=lambda R: (simulate(problem, R).peak_bytes, sorted(R)))
+
+
+def _in_flops(problem: RematProblem) -> RematProblem:
+    if not problem.timed:
+        return problem
+    return dataclasses.replace(problem, nodes=tuple(dataclasses.replace(n, seconds=None) for n in problem.nodes))
+
+
+def _solve_auto(problem, budget_bytes):
     if len(problem.candidates()) <= min(EXACT_UP_TO, LIMIT):
         return solve_exhaustive(problem, budget_bytes)
     if len(problem.nodes) <= CHAIN_UP_TO:
