@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .core.errors import MIB, InfeasibleBudgetError, UncompiledRuntimeWarning
+from .core.errors import MIB, BudgetWarning, InfeasibleBudgetError, UncompiledRuntimeWarning
 from .core.plan import Plan, make_plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
@@ -125,9 +125,14 @@ def node_seconds(model, captured, gm, timing: str) -> dict:
 
 
 def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=None, budget=None,
-               solver: str = "auto", verify: bool = True, timing: str = "estimate", loss_fn=None) -> _Planned:
+               solver: str = "auto", verify: bool = True, timing: str = "estimate", loss_fn=None,
+               granted: int | None = None) -> _Planned:
     """Run the pipeline on one call signature: capture, annotate, solve, rewrite, and (verify)
-    a dry run of the rewritten step on fake tensors that must fit the budget too."""
+    a dry run of the rewritten step on fake tensors that must fit the budget too.
+
+    `granted`: for a call planned again, the bytes the budget granted the example input; where
+    this call's budget is below its floor but the floor is within `granted`, it is planned at
+    the floor with a `BudgetWarning` (NOTE [ Budgets of calls planned again ])."""
     from .distributed import check_no_sharded_submodules, gathered
 
     if timing not in TIMINGS:
@@ -139,14 +144,14 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
     # leaves with the same requires_grad; planning runs its own backward on fake copies.
     args, kwargs = pytree.tree_map_only(torch.Tensor, _as_leaf, (args, kwargs))
     with gathered(model):
-        return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn)
+        return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted)
 
 
 def _as_leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_(t.requires_grad)
 
 
-def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn) -> _Planned:
+def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted) -> _Planned:
     # Under the caller's autocast, as the step will run: torch.export records the dtypes it
     # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
     captured = passes.capture(model, args, kwargs)
@@ -158,9 +163,14 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_f
     if fitted is None:  # nothing the solver found fits: the floor plan, if the budget allows it
         fitted = _at_floor(problem, gm, captured, solver, verify, loss_fn)
         floor = _peak(fitted[0])
-        if floor > budget_bytes:
+        if floor > budget_bytes and (granted is None or floor > granted):
             raise infeasible(problem, budget_bytes, floor, baseline if budget is not None else None)
-        fitted = (replace(fitted[0], budget_bytes=budget_bytes), fitted[1])
+        if floor > budget_bytes:
+            warnings.warn(BudgetWarning(
+                f"budget={budget} of this call's activation peak ({baseline:,} bytes) is {budget_bytes:,} bytes, "
+                f"below its smallest feasible peak {floor:,} bytes: planned at {floor:,} bytes, within the "
+                f"{granted:,} bytes the budget granted the example input"), stacklevel=2)
+        fitted = (replace(fitted[0], budget_bytes=max(budget_bytes, floor)), fitted[1])
     plan, new_gm = fitted
     log.info("%s", plan.summary())
     return _Planned(new_gm, plan, problem, captured.frontend)
@@ -224,6 +234,18 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=No
     return live.peak_bytes
 
 
+# NOTE [ Budgets of calls planned again ]
+# A call with a new signature is planned again with the same budget: `budget_mb` is absolute,
+# `budget` a fraction of that call's own activation peak. A fraction can be infeasible where the
+# example's was not: a tiny batch mid-training has a larger share of fixed costs (gradients of
+# the weights, the loss), so its floor is a larger fraction of its peak. What the user promised
+# is memory: the bytes the budget granted the example input (`CheckpointedModule._granted`).
+# So a call planned again whose floor is within those bytes is planned at its floor, with a
+# `BudgetWarning` naming both numbers (once: the plan is cached); a floor above them raises
+# InfeasibleBudgetError, as does any budget_mb below the floor (there the granted bytes are
+# the budget itself), and so does the first plan (auto_checkpoint), which has no grant yet.
+# The floor plans at exactly its bytes (NOTE [ The floor is one plan ] in solvers/auto.py).
+
 # NOTE [ Plan cache ]
 # One plan per call signature. A loop over many distinct shapes (variable sequence lengths) would
 # otherwise keep a rewritten graph per shape forever: the least recently used plan is dropped beyond
@@ -262,7 +284,9 @@ class CheckpointedModule(ModelWrapper):
     machinery; its train/eval mode is the model's. A call with another signature (input shapes,
     dtypes, devices, autocast, submodule modes, parameter dtypes and devices; see `_signature`)
     is planned again (same budget and solver) and the plan cached per signature, for the
-    `PLAN_CACHE_SIZE` most recently used signatures (see NOTE [ Plan cache ]).
+    `PLAN_CACHE_SIZE` most recently used signatures (see NOTE [ Plan cache ]); a fraction
+    budget no plan of that call reaches is planned at the call's floor when the floor is within
+    the bytes the example input was granted (NOTE [ Budgets of calls planned again ]).
     The graph runs inside the model's own `__call__`, so hooks on the model itself (FSDP2's
     all-gather, see `fxckpt.distributed`) run around it; hooks on its submodules do not (the
     graph inlines them). Under `torch.compile` its training calls run uncompiled, with one
@@ -271,10 +295,11 @@ class CheckpointedModule(ModelWrapper):
     """
 
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing,
-                 loss_fn=None):
+                 loss_fn=None, granted: int):
         super().__init__(model)
         object.__setattr__(self, "_spec", dict(budget_mb=budget_mb, budget=budget, solver=solver, timing=timing,
                                                loss_fn=loss_fn))
+        object.__setattr__(self, "_granted", granted)  # bytes the example input's plan was given
         plans = collections.OrderedDict({signature: planned} if planned.gm is not None else {})
         object.__setattr__(self, "plans", plans)
         object.__setattr__(self, "_current", planned)
@@ -287,7 +312,7 @@ class CheckpointedModule(ModelWrapper):
     # To save training state, save `state_dict()` (the model's own keys).
     def __reduce__(self):
         current = self._current
-        return _restore, (self._model, self._spec, current.plan, current.problem, current.frontend)
+        return _restore, (self._model, self._spec, current.plan, current.problem, current.frontend, self._granted)
 
     @property
     def plan(self) -> Plan:
@@ -332,7 +357,7 @@ class CheckpointedModule(ModelWrapper):
         planned = self.plans.get(sig)
         if planned is None:
             log.info("new input signature: planning again for it")
-            planned = plan_model(self._model, args, kwargs, **self._spec)
+            planned = plan_model(self._model, args, kwargs, **self._spec, granted=self._granted)
             self.plans[sig] = planned
             if len(self.plans) > PLAN_CACHE_SIZE:
                 self.plans.popitem(last=False)
@@ -348,9 +373,9 @@ class CheckpointedModule(ModelWrapper):
             return getattr(object.__getattribute__(self, "_model"), name)
 
 
-def _restore(model, spec: dict, plan: Plan, problem: RematProblem, frontend: str) -> CheckpointedModule:
+def _restore(model, spec: dict, plan: Plan, problem: RematProblem, frontend: str, granted: int) -> CheckpointedModule:
     """A copy's wrapper: the plan's data now, its graph at the first training step."""
-    return CheckpointedModule(model, _Planned(None, plan, problem, frontend), None, **spec)
+    return CheckpointedModule(model, _Planned(None, plan, problem, frontend), None, **spec, granted=granted)
 
 
 def _run(gm: torch.fx.GraphModule, *args, **kwargs):
@@ -371,6 +396,11 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
             is given.
         budget: instead, a fraction in (0, 1] of the model's activation peak (e.g. 0.5): the
             captured graph's, with the model's own checkpoint regions as the model runs them.
+            A call with new input shapes is planned again at the same fraction of its own peak;
+            where that is below the call's smallest feasible peak (a tiny batch), it is planned
+            at that floor, with a `BudgetWarning`, if the floor is within the bytes the budget
+            granted `example_input`, and raises InfeasibleBudgetError otherwise. `budget_mb` is
+            absolute: a call whose floor is above it raises.
         solver: a registered solver name (see `fxckpt.core.solvers.SOLVERS`).
         timing: what the solver minimizes: "estimate" (default), recompute seconds estimated
             from FLOPs and bytes at the device's measured rates (`fxckpt.calibrate`, measured once
@@ -412,7 +442,7 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
                              loss_fn=loss_fn)
         signature = _signature(model, args, kwargs)
     return CheckpointedModule(model, planned, signature, budget_mb=budget_mb, budget=budget, solver=solver, timing=timing,
-                              loss_fn=loss_fn)
+                              loss_fn=loss_fn, granted=planned.plan.budget_bytes)
 
 
 _TINY_FRACTION = 1e-4  # of the un-checkpointed peak: a budget no real model's plan reaches

@@ -222,7 +222,7 @@ def test_autocast_forward_recomputes_under_the_same_autocast():
 
 def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
-        "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+        "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
         "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
         "SOLVERS", "ShardingError", "SolverError", "UncompiledRuntimeWarning", "auto_checkpoint", "backend", "compiled_plans",
         "max_batch_size", "measure_step",

@@ -5,10 +5,13 @@ measured peaks are all within it. Cheap models in CI; every model of the zoo und
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
+import warnings
 
 import pytest
 import torch
+import torch.nn as nn
 
 import fxckpt
 from fxckpt.core.errors import MIB, InfeasibleBudgetError
@@ -77,3 +80,64 @@ def test_the_named_floor_plans_under_autocast():
     assert "gpt2" in ZOO
     _check_floor("gpt2", autocast=True)
 
+
+# ---------------------------------------------------------------- calls planned again (issue 10 item 14)
+
+
+def test_a_tiny_batch_mid_training_is_planned_at_its_floor_within_the_grant():
+    """budget=0.85 of the mlp's peak at batch 256 grants 240,298 bytes; a batch of 8 cannot reach
+    0.85 of its own peak (its floor is all of it: 23,312 bytes), which is within that grant: it
+    plans at its floor, warns once, and trains like the model."""
+    model, x = ZOO["mlp"]()
+    ref = copy.deepcopy(model)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=0.85)
+    granted = ckpt.plan.budget_bytes
+    tiny = x[:8]
+    with pytest.warns(fxckpt.BudgetWarning) as caught:
+        ckpt(tiny).sum().backward()
+    plan = ckpt.plan
+    floor = plan.budget_bytes
+    assert len(caught) == 1 and f"{floor:,} bytes" in str(caught[0].message) and f"{granted:,} bytes" in str(caught[0].message)
+    assert int(0.85 * plan.baseline_peak_bytes) < floor <= granted
+    assert plan.dry_run_peak_bytes <= floor and measure_step(ckpt, tiny, warmup=False).peak_bytes <= floor
+    ref(tiny).sum().backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxckpt.BudgetWarning)
+        ckpt(tiny).sum().backward()  # planned once: no second warning
+
+
+class _FixedCostFirst(nn.Module):
+    """A batch-independent activation (a function of the weight) and a batch-sized output: the
+    floor is a larger fraction of the peak at larger batches."""
+
+    def __init__(self, d: int = 128):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d, d))
+
+    def forward(self, x):
+        return x @ torch.sigmoid(torch.tanh(self.w))
+
+
+def test_a_call_whose_floor_is_above_the_grant_raises():
+    torch.manual_seed(0)
+    model = _FixedCostFirst()
+    ckpt = fxckpt.auto_checkpoint(model, torch.randn(4, 128), budget=0.76)
+    granted = ckpt.plan.budget_bytes
+    with pytest.raises(InfeasibleBudgetError) as e:
+        ckpt(torch.randn(64, 128))
+    assert e.value.min_feasible_bytes > max(granted, e.value.budget_bytes)
+
+
+def test_budget_mb_is_absolute_for_calls_planned_again():
+    model, x = ZOO["mlp"]()
+    floor = fxckpt.min_feasible_budget(model, x[:64])
+    ckpt = fxckpt.auto_checkpoint(model, x[:64], budget_mb=floor / MIB)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxckpt.BudgetWarning)
+        with pytest.raises(InfeasibleBudgetError) as e:
+            ckpt(x)  # batch 256: its floor is above the budget
+        assert e.value.budget_bytes == floor < e.value.min_feasible_bytes
+        ckpt(x[:8]).sum().backward()  # within the budget: planned as usual
+    assert ckpt.plan.budget_bytes == floor

@@ -11,7 +11,8 @@ Example:
 """
 
 from .costs import NodeCost
-from .errors import CaptureError, FxckptError, InfeasibleBudgetError, ShardingError, SolverError, UncompiledRuntimeWarning
+from .errors import (BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, ShardingError, SolverError,
+                     UncompiledRuntimeWarning)
 from .plan import Plan
 from .problem import Buffer, Grad, Node, RematProblem
 from .simulate import Simulation, simulate
@@ -19,6 +20,7 @@ from .solvers import SOLVERS, register_solver, solve
 from .synthetic import random_problem
 
 __all__ = [
-    "Buffer", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost", "Plan",
-    "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "UncompiledRuntimeWarning", "random_problem", "register_solver", "simulate", "solve",
+    "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost", "Plan",
+    "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "UncompiledRuntimeWarning", "random_problem",
+    "register_solver", "simulate", "solve",
 ]

@@ -28,6 +28,11 @@ class UncompiledRuntimeWarning(UserWarning):
     hooks) runs uncompiled there; `torch.compile(model, backend="fxckpt")` compiles with a plan."""
 
 
+class BudgetWarning(UserWarning):
+    """A call planned again (a new input shape) was planned above its share of the budget: at its
+    smallest feasible peak, which is within the bytes the budget granted the example input."""
+
+
 class InfeasibleBudgetError(FxckptError, ValueError):
     """No plan keeps the activation peak under the budget.
 
