@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .core.errors import MIB, BudgetWarning, InfeasibleBudgetError, UncompiledRuntimeWarning
+from .core.errors import MIB, BudgetWarning, InfeasibleBudgetError, UncompiledRuntimeWarning, in_stage
 from .core.plan import Plan, make_plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
@@ -147,6 +147,7 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
         return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted)
 
 
+
 def _as_leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_(t.requires_grad)
 
@@ -154,9 +155,13 @@ def _as_leaf(t: torch.Tensor) -> torch.Tensor:
 def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted) -> _Planned:
     # Under the caller's autocast, as the step will run: torch.export records the dtypes it
     # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
-    captured = passes.capture(model, args, kwargs)
-    gm = passes.annotate(captured, loss_fn)
-    problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
+    # Each stage's failures surface as a StageError naming it (NOTE [ Typed stage errors ]).
+    with in_stage("capture"):
+        captured = passes.capture(model, args, kwargs)
+    with in_stage("annotate"):
+        gm = passes.annotate(captured, loss_fn)
+    with in_stage("to_problem"):
+        problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
     baseline = simulate(problem).peak_bytes
     budget_bytes = _budget_bytes(baseline, budget_mb, budget)
     fitted = _fit(problem, gm, captured, budget_bytes, solver, verify, loss_fn)
@@ -183,10 +188,12 @@ def _fit(problem, gm, captured, budget_bytes: int, solver: str, verify: bool, lo
     target = budget_bytes
     for _ in range(_RETRIES + 1):
         try:
-            plan = replace(solve(problem, target, method=solver), budget_bytes=budget_bytes)
+            with in_stage("solve"):
+                plan = replace(solve(problem, target, method=solver), budget_bytes=budget_bytes)
         except InfeasibleBudgetError:
             return None
-        new_gm = passes.rewrite(gm, plan)
+        with in_stage("rewrite"):
+            new_gm = passes.rewrite(gm, plan)
         if not verify:
             return plan, new_gm
         plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs, loss_fn))
@@ -204,8 +211,10 @@ def _at_floor(problem, gm, captured, solver: str, verify: bool, loss_fn):
     """(plan, rewritten graph) of `min_peak_plan`: the plan whose peak an InfeasibleBudgetError
     names, checked by the dry run like any other (see NOTE [ The floor is one plan ] in
     fxckpt/core/solvers/auto.py)."""
-    plan = make_plan(problem, min_peak_plan(problem), solver=solver, budget_bytes=None, solve_seconds=0.0)
-    new_gm = passes.rewrite(gm, plan)
+    with in_stage("solve"):
+        plan = make_plan(problem, min_peak_plan(problem), solver=solver, budget_bytes=None, solve_seconds=0.0)
+    with in_stage("rewrite"):
+        new_gm = passes.rewrite(gm, plan)
     if verify:
         plan = replace(plan, dry_run_peak_bytes=dry_run_peak(new_gm, captured.args, captured.kwargs, loss_fn))
     return plan, new_gm
@@ -222,8 +231,9 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=No
     from .measure import LiveBytesMode
     from .passes.fake_step import FakeStep
     from .passes.capture import step_loss
+    from .passes.runtime import failed_at
 
-    with FakeStep(gm, args, kwargs) as step:
+    with in_stage("dry run", lambda e: failed_at(gm, e)), FakeStep(gm, args, kwargs) as step:
         step.leaves()
         loss = step.loss(loss_fn or step_loss)
         with LiveBytesMode() as live:
@@ -427,6 +437,8 @@ def auto_checkpoint(model: torch.nn.Module, example_input: Any, budget_mb: float
             `budget_mb` are given.
         TypeError: `example_input` is not a tensor, tuple, list or dict.
         CaptureError: no front-end could capture the model.
+        StageError: a later stage of planning failed (annotation on fake tensors, to_problem,
+            solve, rewrite or the dry run): `.stage`, `.node` and the cause chained.
 
     Example:
         >>> import torch, fxckpt

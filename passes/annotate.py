@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from fxckpt.core.costs import NodeCost
-from fxckpt.core.errors import FxckptError
+from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, step_loss
 from .fake_step import FakeStep
@@ -187,6 +187,7 @@ class _Annotator(torch.fx.Interpreter):
         self.costs: dict[str, NodeCost] = {}
         self.grad_fns: dict = {}  # autograd node -> fx node name
         self.storages: dict[int, tuple[StorageWeakRef, int]] = {}  # every storage forward created
+        self.current: str | None = None  # the node running
 
     def _known(self, k: int) -> bool:
         entry = self.owner.get(k)
@@ -206,12 +207,9 @@ class _Annotator(torch.fx.Interpreter):
             return t
 
         rec = _OpRecorder(self._known)
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
-                out = super().run_node(n)
-        except Exception as e:
-            raise FxckptError(f"annotating on fake tensors failed at node={n.format_node()}: {type(e).__name__}: {e}. "
-                              "Fallback: checkpoint by hand with fxckpt.checkpoint / torch.utils.checkpoint.") from e
+        self.current = n.name
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
+            out = super().run_node(n)
         self.costs[n.name] = self._cost(n, out, saved, rec, fc.get_total_flops())
         self.storages.update(rec.new)
         self._claim_grad_fns(n.name, out)
@@ -295,6 +293,9 @@ def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
     measured on one training step on fake tensors: ``loss_fn(output).backward()`` (default
     `step_loss`). `captured` is left as it was.
 
+    Raises:
+        StageError: stage "annotate", naming the node whose forward (or "backward of" it) failed.
+
     Example:
         >>> import torch, fxckpt.passes as P
         >>> cap = P.capture(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), torch.randn(2, 4))
@@ -307,7 +308,8 @@ def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
     gm = derive(captured.gm, copy_graph(captured.gm.graph)[0])
     with FakeStep(gm, captured.args, captured.kwargs) as step:
         runner = _Annotator(gm, step.external)
-        out = runner.run(*step.flat)
+        with in_stage("annotate", lambda e: runner.current):
+            out = runner.run(*step.flat)
         trace = _trace_backward(runner, out, step.leaves(), step.loss(loss_fn or step_loss))
     _in_place_reads(gm, runner)
     gm.meta[META] = {}  # marks the graph annotated (`to_problem` checks)
@@ -337,7 +339,7 @@ def _trace_backward(runner: _Annotator, out, leaves, loss_fn) -> _BackwardTrace:
             loss = loss_fn(output)
         trace.hold(runner.storages)
         trace.begin_loss(rec.new, rec.peak)
-        with trace:
+        with in_stage("annotate", lambda e: trace.current and f"backward of {trace.current}"), trace:
             loss.backward()
         trace.finish()
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from fxckpt.core.errors import in_stage
 from fxckpt.core.simulate import needed_recipes
 
 from .annotate import META
@@ -77,6 +78,9 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
 
     The result is a plain forward when called directly; the returned module's
     `fxckpt_runtime.active()` context turns the plan on (`CheckpointedModule` does this).
+
+    Raises:
+        StageError: stage "rewrite", naming the node whose recipe could not be built.
     """
     problem = to_problem(gm)
     R = problem.indices(plan.recompute)  # a KeyError names a node the graph does not have
@@ -94,30 +98,37 @@ def rewrite(gm: torch.fx.GraphModule, plan) -> torch.fx.GraphModule:
             rt_node = graph.get_attr("fxckpt_runtime")
         _insert_hook_switches(graph, rt_node, [env[n] for n in gm.graph.nodes if n.op != "output"],
                               need_names | _savers_of(problem, R))
-    for old in gm.graph.nodes:
-        if old.name not in need_names:
-            continue
-        new = env[old]
-        cost = old.meta[META]
-        inputs = tuple(a.name for a in old.all_input_nodes)
-        reads = dict(cost.reads)
-        remat = frozenset(a for a in inputs if a in remat_names)
-        # NOTE [ Replaying in-place writes ]
-        # A recomputed buffer is rebuilt once, and views and in-place writers replay on that
-        # storage. A replay reads its input itself (its shape, strides and offset: the writer's
-        # output may be another view of the storage) after the writes that input had seen in
-        # forward: the writer's recipe runs first. Writes that came later cannot have run yet
-        # where it matters: annotate bans recomputing whatever would see them.
-        after = tuple(dict.fromkeys(reads[a] for a in inputs if a in remat and a in reads))
-        missing = (remat | set(after)) - need_names
-        assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
-        specs[old.name] = RecipeSpec(
-            old.name, node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, after,
-            writer=bool(cost.value and (cost.creates or cost.writes)),
-            random=cost.is_random, internals=cost.extra_saved_bytes > 0,
-            module=gm.get_submodule(old.target) if old.op == "call_module" else None, in_place=bool(cost.writes))
-        with graph.inserting_before(new):
-            graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
-        with graph.inserting_after(new):
-            graph.call_method("record", (rt_node, old.name, new))
-    return derive(gm, graph, fxckpt_runtime=RematRuntime(specs))
+    old = None
+    with in_stage("rewrite", lambda e: old and old.name):
+        for old in gm.graph.nodes:
+            if old.name in need_names:
+                specs[old.name] = _recipe(gm, graph, env[old], old, rt_node, need_names, remat_names)
+        old = None
+        return derive(gm, graph, fxckpt_runtime=RematRuntime(specs))
+
+
+def _recipe(gm, graph, new, old, rt_node, need_names: set[str], remat_names: set[str]) -> RecipeSpec:
+    """The recipe of node `old` (`new` in the rewritten graph), and the runtime calls around it."""
+    cost = old.meta[META]
+    inputs = tuple(a.name for a in old.all_input_nodes)
+    reads = dict(cost.reads)
+    remat = frozenset(a for a in inputs if a in remat_names)
+    # NOTE [ Replaying in-place writes ]
+    # A recomputed buffer is rebuilt once, and views and in-place writers replay on that
+    # storage. A replay reads its input itself (its shape, strides and offset: the writer's
+    # output may be another view of the storage) after the writes that input had seen in
+    # forward: the writer's recipe runs first. Writes that came later cannot have run yet
+    # where it matters: annotate bans recomputing whatever would see them.
+    after = tuple(dict.fromkeys(reads[a] for a in inputs if a in remat and a in reads))
+    missing = (remat | set(after)) - need_names
+    assert not missing, f"recipe inputs {sorted(missing)} of {old.name} are not recorded"
+    spec = RecipeSpec(
+        old.name, node_fn(old, gm, recompute=True), (old.args, old.kwargs), inputs, remat, after,
+        writer=bool(cost.value and (cost.creates or cost.writes)),
+        random=cost.is_random, internals=cost.extra_saved_bytes > 0,
+        module=gm.get_submodule(old.target) if old.op == "call_module" else None, in_place=bool(cost.writes))
+    with graph.inserting_before(new):
+        graph.call_method("begin", (rt_node, old.name, list(new.all_input_nodes)))
+    with graph.inserting_after(new):
+        graph.call_method("record", (rt_node, old.name, new))
+    return spec

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -345,3 +346,19 @@ class RematRuntime:
 
 def _unpack(x):
     return x.unpack() if isinstance(x, _Packed) else x
+
+
+def failed_at(gm: torch.fx.GraphModule, error: BaseException) -> str | None:
+    """Where a step of the rewritten `gm` was when `error` was raised: the innermost recipe
+    being recomputed ("recompute gelu"), else the node whose line of `gm`'s generated code
+    raised (a recipe's begin/record call names its node); None if neither is on the traceback."""
+    code, lines = type(gm).forward.__code__, getattr(gm, "_lineno_map", None) or {}
+    nodes = list(gm.graph.nodes)
+    where = None
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        if frame.f_code is Recipe.materialize.__code__:
+            where = f"recompute {frame.f_locals['self'].spec.name}"
+        elif frame.f_code is code and (i := lines.get(lineno - code.co_firstlineno)) is not None:
+            node = nodes[i]
+            where = node.args[1] if node.op == "call_method" and node.target in ("begin", "record") else node.name
+    return where

@@ -7,7 +7,7 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from fxckpt.core.costs import NodeCost
-from fxckpt.core.errors import FxckptError
+from fxckpt.core.errors import StageError, in_stage
 from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
 from fxckpt.core.timing import DeviceRates, estimate_seconds
 
@@ -35,32 +35,40 @@ def to_problem(gm: torch.fx.GraphModule, name: str = "graph", *, rates: DeviceRa
             buffers.append(Buffer(bname, nbytes, i))
     outputs = {a for a in pytree.tree_leaves(next(iter(reversed(gm.graph.nodes))).args) if isinstance(a, torch.fx.Node)}
     out_nodes = []
-    for i, n in enumerate(nodes):
-        c: NodeCost = n.meta[META]
-        policy = n.meta.get("recompute")
-        prefer = None
-        if policy is not None:
-            prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
-        ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
-        reads = dict(c.reads)
-        inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
-        out_nodes.append(Node(
-            name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
-            creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
-            writes=tuple(buf_index[b] for b in c.writes),
-            saves=tuple(buf_index[b] for b in c.saves), flops=c.flops, seconds=_seconds(n.name, c, rates, seconds),
-            requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
-            bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
-        ))
+    n = None
+    with in_stage("to_problem", lambda e: n and n.name):
+        for n in nodes:
+            out_nodes.append(_node(n, index, by_name, buf_index, outputs, rates, seconds))
     grads = tuple(Grad(nbytes, index[n], index[by_name[d]] if d is not None else -1)
                   for n in nodes for d, nbytes in n.meta[META].grads)
     return RematProblem(tuple(out_nodes), tuple(buffers), grads=grads, name=name)
 
 
+def _node(n: torch.fx.Node, index, by_name, buf_index, outputs, rates, seconds) -> Node:
+    """The problem's node for the annotated fx node `n`."""
+    c: NodeCost = n.meta[META]
+    policy = n.meta.get("recompute")
+    prefer = None
+    if policy is not None:
+        prefer = "save" if "SAVE" in getattr(policy, "name", str(policy)) else "recompute"
+    ban = c.ban if c.ban is not None else ("graph output" if n in outputs else None)
+    reads = dict(c.reads)
+    inputs = (by_name[reads.get(a.name, a.name)] for a in n.all_input_nodes if a in index)
+    return Node(
+        name=n.name, scope=_scope(n), op=_op_name(n), inputs=tuple(dict.fromkeys(index[a] for a in inputs)),
+        creates=tuple(buf_index[b] for b, _ in c.creates), value=tuple(buf_index[b] for b in c.value),
+        writes=tuple(buf_index[b] for b in c.writes),
+        saves=tuple(buf_index[b] for b in c.saves), flops=c.flops, seconds=_seconds(n.name, c, rates, seconds),
+        requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
+        bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
+    )
+
+
 def _seconds(name: str, c: NodeCost, rates: DeviceRates | None, measured: dict[str, float] | None) -> float | None:
     if measured is not None:
         if name not in measured:
-            raise FxckptError(f"node {name!r} has no measured time; profile the same annotated graph")
+            raise StageError(f"node {name!r} has no measured time; profile the same annotated graph",
+                             stage="to_problem", node=name)
         return measured[name]
     if rates is None:
         return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable
 
 MIB = 2**20
 
@@ -11,8 +13,66 @@ class FxckptError(Exception):
     """Base class of every error fxckpt raises on purpose."""
 
 
-class CaptureError(FxckptError):
+FALLBACK = ("Fallback: checkpoint by hand with fxckpt.checkpoint / torch.utils.checkpoint, and file an issue "
+            "with fxckpt quoting this message and the model")
+
+
+# NOTE [ Typed stage errors ]
+# Planning runs torch internals (symbolic tracing, torch.export, fake tensors, autograd) that fail
+# in their own ways. A failure inside a stage surfaces as a StageError naming the stage, the node
+# that was running (annotation's interpreter and backward trace, the node loops of to_problem and
+# rewrite, the dry run's traceback through the generated code and the recipes), the original
+# exception chained as __cause__, and what to do. fxckpt's own errors (InfeasibleBudgetError,
+# SolverError, ...) pass through unchanged; bad arguments are refused before any stage runs.
+class StageError(FxckptError):
+    """A step of planning failed inside fxckpt: "capture", "annotate" (the training step on fake
+    tensors), "to_problem", "solve", "rewrite" or "dry run" (the rewritten step on fake tensors).
+    The exception it failed on is chained (`__cause__`).
+
+    Attributes:
+        stage: the step that failed.
+        node: where in the graph, e.g. "addmm_3", "backward of linear", "recompute gelu"; None
+            where no node was running.
+    """
+
+    stage = ""
+
+    def __init__(self, message: str, *, stage: str | None = None, node: str | None = None):
+        if stage is not None:
+            self.stage = stage
+        self.node = node
+        super().__init__(message)
+
+
+class CaptureError(StageError):
     """No front-end could turn the model into a torch.fx graph."""
+
+    stage = "capture"
+
+
+@contextlib.contextmanager
+def in_stage(stage: str, node: Callable[[BaseException], str | None] = lambda e: None):
+    """Turn any exception but fxckpt's own raised inside into a `StageError` (a `CaptureError`
+    for "capture") naming `stage`, the node `node(exception)` names, the cause and the fallback.
+
+    Example:
+        >>> try:
+        ...     with in_stage("rewrite", lambda e: "addmm"):
+        ...         raise KeyError("x")
+        ... except StageError as e:
+        ...     print(e.stage, e.node)
+        rewrite addmm
+    """
+    try:
+        yield
+    except FxckptError:
+        raise
+    except Exception as e:
+        where = node(e)
+        lines = str(e).strip().splitlines()
+        cls = CaptureError if stage == "capture" else StageError
+        raise cls(f"fxckpt's {stage} step failed{f' at node {where}' if where else ''}: {type(e).__name__}: "
+                  f"{lines[0][:300] if lines else ''}\n{FALLBACK}", stage=stage, node=where) from e
 
 
 class ShardingError(FxckptError):
