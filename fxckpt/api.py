@@ -143,9 +143,32 @@ def plan_model(model: torch.nn.Module, args: tuple, kwargs: dict, *, budget_mb=N
     # Inputs with autograd history (a block re-planned inside its model's forward): plan on
     # leaves with the same requires_grad; planning runs its own backward on fake copies.
     args, kwargs = pytree.tree_map_only(torch.Tensor, _as_leaf, (args, kwargs))
-    with gathered(model):
+    with gathered(model), _quiet_torch_logs():
         return _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted)
 
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Torch's own log records off while planning.
+
+    NOTE [ Torch's logs while planning ]
+    Planning runs torch on fake tensors and through torch.export, where a failing op logs its
+    whole traceback at ERROR ("E... fake_tensor.py] failed while attempting to run meta for
+    aten.mm", twenty lines for one wrong input shape) before raising. The exception reaches the
+    caller anyway, as a typed error with the original chained (NOTE [ Typed stage errors ]),
+    so torch's loggers ("torch" and those below it with a level of their own) are raised to
+    CRITICAL for the duration and put back afterwards; fxckpt's own loggers are untouched.
+    """
+    loggers = [logging.getLogger("torch"), *(x for name, x in logging.root.manager.loggerDict.items()
+                                             if name.startswith("torch.") and isinstance(x, logging.Logger) and x.level)]
+    levels = [x.level for x in loggers]
+    for x in loggers:
+        x.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for x, level in zip(loggers, levels):
+            x.setLevel(level)
 
 
 def _as_leaf(t: torch.Tensor) -> torch.Tensor:
