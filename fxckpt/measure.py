@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
 
-__all__ = ["Allocation", "LiveBytesMode", "StepMeasurement", "measure_step", "step_loss"]
+__all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "measure_step", "step_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +298,60 @@ def _step_times(step, reset, cuda, *, warmup: bool, repeats: int) -> list[float]
 
 
 @dataclass(frozen=True)
+class AllocatorEvent:
+    """One allocation (``nbytes > 0``) or free (``nbytes < 0``) that ``torch.profiler`` saw."""
+
+    nbytes: int
+    ptr: int
+    op: str | None  # the outermost aten op running, as the profiler names it ("aten::mm"); None between ops
+    region: str | None  # the outermost region that is neither an aten op nor the autograd engine's
+    # wrapper: a compiled graph ("Torch-Compiled Region: 0/0"), a backward node ("CompiledFunctionBackward")
+    backward: bool  # run by the autograd engine
+    total_allocated: int  # the allocator's total on that device after the event
+
+
+_ENGINE = "autograd::engine::evaluate_function"
+
+
+@contextlib.contextmanager
+def allocator_events(device: str | torch.device = "cpu"):
+    """Record every allocation and free on ``device`` during the ``with`` block, in time order:
+    the allocator's view (eager ops, compiled code and op-internal scratch alike), read from
+    ``torch.profiler``'s memory events. Yields a list filled when the block ends.
+
+    Example:
+        >>> with allocator_events() as events:
+        ...     y = torch.ones(256, 256) * 2
+        >>> max(e.nbytes for e in events)
+        262144
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    kind = torch.device(device).type
+    events: list[AllocatorEvent] = []
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        yield events
+    found = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        stack.extend(e.children)
+        fields = e.extra_fields
+        if type(fields).__name__ != "_ExtraFields_Allocation" or torch.device(fields.device).type != kind:
+            continue
+        chain, parent = [], e.parent
+        while parent is not None:
+            chain.append(parent.name)
+            parent = parent.parent
+        chain.reverse()  # outermost first
+        found.append((e.start_time_ns, fields.id, AllocatorEvent(
+            fields.alloc_size, fields.ptr, next((n for n in chain if n.startswith("aten::")), None),
+            next((n for n in chain if not n.startswith(("aten::", _ENGINE))), None),
+            any(n.startswith(_ENGINE) for n in chain), fields.total_allocated)))
+    events.extend(event for *_, event in sorted(found, key=lambda f: f[:2]))
+
+
+@dataclass(frozen=True)
 class ProfiledMemory:
     """What `profiled_memory` saw."""
 
@@ -308,31 +362,17 @@ class ProfiledMemory:
 
 
 def profiled_memory(fn: Callable[[], Any]) -> ProfiledMemory:
-    """Run ``fn()`` under ``torch.profiler`` memory profiling and read the memory events (every
-    allocation and free of the CPU allocator: eager ops, inductor buffers and op-internal scratch
-    alike) in time order."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+    """Run ``fn()`` and read the CPU allocator's events (`allocator_events`) in time order: every
+    allocation and free, of eager ops, inductor buffers and op-internal scratch alike."""
+    with allocator_events("cpu") as events:
         result = fn()
-    events = prof.profiler.kineto_results.events()
-    memory = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())  # stable sort
     current = peak = 0
-    peak_ns = None
-    for e in memory:
-        current += e.nbytes()
+    peak_op = None
+    for e in events:
+        current += e.nbytes
         if current > peak:
-            peak, peak_ns = current, e.start_ns()
-    return ProfiledMemory(result, peak, current, _op_at(events, peak_ns))
-
-
-def _op_at(events, ns: int | None) -> str | None:
-    """The outermost aten op whose interval contains the time ``ns`` (the op a model called; the
-    allocation itself may be in an op it calls, e.g. ``aten::empty``)."""
-    if ns is None:
-        return None
-    running = [e for e in events if e.name().startswith("aten::") and e.start_ns() <= ns <= e.start_ns() + e.duration_ns()]
-    return min(running, key=lambda e: e.start_ns()).name() if running else None
+            peak, peak_op = current, e.op
+    return ProfiledMemory(result, peak, current, peak_op)
 
 
 def profiled_peak_bytes(fn: Callable[[], Any]) -> int:

@@ -5,6 +5,13 @@ The bytes are `fxckpt.measure.LiveBytesMode`'s (live tensor storages created dur
 exact on any device); on CUDA the allocator's own counters are recorded beside them. The module
 running each op comes from torch's ``ModuleTracker`` (forward hooks, and gradient hooks for
 backward). Matplotlib is imported on first plot (``pip install fxckpt[plot]``).
+
+NOTE [ Profiling compiled models ]
+Dynamo runs a frame eagerly while a dispatch mode is active, so `LiveBytesMode` would profile the
+uncompiled model in place of the compiled one (a dropout MLP whose plan runs in 2.00 MiB read as
+its eager 3.25 MiB). A `torch.compile` result is therefore profiled from the allocator's events
+(`fxckpt.measure.allocator_events`): one record per allocation or free, scoped by the compiled
+region or backward node it ran in, counting what was allocated inside the profile.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 from torch.utils.module_tracker import ModuleTracker
 
 from .core.errors import MIB
-from .measure import LiveBytesMode
+from .measure import Allocation, LiveBytesMode, allocator_events
 
 __all__ = ["LayerMemory", "MemoryProfile", "MemoryProfiler", "MemoryVisualizer", "OpRecord"]
 
@@ -29,8 +36,8 @@ ROOT, OUTSIDE = "(model)", "(outside)"
 class OpRecord:
     """One op of the profiled step, and the memory right after it ran."""
 
-    op: str  # the aten overload, e.g. "aten.mm.default"
-    scope: str  # innermost module running it, relative to the profiled model
+    op: str  # the aten overload, e.g. "aten.mm.default" (compiled models: the profiler's "aten::mm")
+    scope: str  # innermost module running it, relative to the profiled model (compiled: the region)
     phase: str  # "forward" or "backward"
     live_bytes: int  # live storages created during the step
     allocated_bytes: int | None = None  # CUDA: memory_allocated() minus its value at the start
@@ -164,6 +171,10 @@ class MemoryProfiler:
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``): on CUDA the allocator's counters are
             recorded too. Live bytes are counted on every device.
 
+    A ``torch.compile`` result (``model``) is profiled from the allocator's events, one record per
+    allocation or free: scopes are its compiled regions and backward nodes, not modules
+    (NOTE [ Profiling compiled models ]).
+
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU())
         >>> x = torch.randn(512, 512)
@@ -212,14 +223,22 @@ class MemoryProfiler:
             return _innermost(tracker.parents, root), tracker.is_bw, allocated
 
         self._result = None
-        with tracker, LiveBytesMode(label=label) as live:
-            yield self
+        if _is_compiled(model):
+            with allocator_events(self.device) as events:
+                yield self
+            timeline, allocations = _from_allocator(events, before if cuda else None)
+        else:
+            with tracker, LiveBytesMode(label=label) as live:
+                yield self
+            live.current_bytes  # noqa: B018  a last sweep closes the storages that died at the end
+            timeline = tuple(OpRecord(op, scope, "backward" if bw else "forward", nbytes, allocated)
+                             for (nbytes, op), (scope, bw, allocated) in zip(live.timeline, live.labels))
+            allocations = live.allocations
         allocator_peak = None
         if cuda:
             torch.cuda.synchronize(self.device)
             allocator_peak = torch.cuda.max_memory_allocated(self.device) - before
-        live.current_bytes  # noqa: B018  a last sweep closes the storages that died at the end
-        self._result = _result(live, str(self.device), name or (root or "step"), allocator_peak)
+        self._result = _result(timeline, allocations, str(self.device), name or (root or "step"), allocator_peak)
 
     def result(self) -> MemoryProfile:
         """The last profiled step.
@@ -232,13 +251,37 @@ class MemoryProfiler:
         return self._result
 
 
-def _result(live: LiveBytesMode, device: str, name: str, allocator_peak: int | None) -> MemoryProfile:
-    timeline = tuple(OpRecord(op, scope, "backward" if bw else "forward", nbytes, allocated)
-                     for (nbytes, op), (scope, bw, allocated) in zip(live.timeline, live.labels))
+def _is_compiled(model) -> bool:
+    """A `torch.compile` result, or a module compiled in place (``module.compile()``)."""
+    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule) or \
+        getattr(model, "_compiled_call_impl", None) is not None
+
+
+def _from_allocator(events, cuda_before: int | None) -> tuple[tuple[OpRecord, ...], list[Allocation]]:
+    """One record per allocation or free, counting what was allocated during the profile (a free
+    of older memory is not subtracted, as `LiveBytesMode` never counts older storages)."""
+    timeline, allocations, open_ = [], [], {}
+    live = 0
+    for i, e in enumerate(events):
+        if e.nbytes > 0:
+            open_[e.ptr] = Allocation(e.nbytes, i)
+            allocations.append(open_[e.ptr])
+            live += e.nbytes
+        elif e.ptr in open_:
+            open_.pop(e.ptr).died = i
+            live += e.nbytes
+        allocated = None if cuda_before is None else e.total_allocated - cuda_before
+        timeline.append(OpRecord(e.op or "(between ops)", e.region or OUTSIDE,
+                                 "backward" if e.backward else "forward", live, allocated))
+    return tuple(timeline), allocations
+
+
+def _result(timeline: tuple[OpRecord, ...], allocations, device: str, name: str,
+            allocator_peak: int | None) -> MemoryProfile:
     n = len(timeline)
     bstart = next((i for i, r in enumerate(timeline) if r.phase == "backward"), n)
     lives = []
-    for a in live.allocations:
+    for a in allocations:
         died = n if a.died is None else a.died  # None: still alive when the profile ended
         if a.born < bstart:
             kind = "activation" if died > bstart else "temporary"

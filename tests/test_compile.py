@@ -18,6 +18,7 @@ import fxckpt
 import fxckpt.api as fxckpt_api
 from fxckpt.benchmark import profiled_peak_bytes
 from fxckpt.core.errors import InfeasibleBudgetError
+from fxckpt.profiling import MemoryProfiler
 
 from tests.models import call_model, make_cnn, make_gpt2, make_transformer
 
@@ -94,11 +95,20 @@ def test_budget_sweep_on_dropout_mlp():
         torch._dynamo.reset()
         compiled, be, grads, _ = compiled_step(model, x, compiler="aot_eager", **spec)
         assert_same(grads, ref_grads)
-        (plan,) = fxckpt.compiled_plans(be)
+        (plan,) = fxckpt.compiled_plans(compiled)  # the torch.compile result leads to the backend object
+        assert fxckpt.compiled_plans(be) == [plan]
         peak = measured_peak(compiled, x)
         assert peak <= plan.budget_bytes, (spec, peak, plan.budget_bytes)
         assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (spec, peak, plan.summary())
         rows.append((peak, plan.recompute_flops))
+    # MemoryProfiler reads a compiled step from the allocator (a dispatch mode would run it eagerly)
+    profiler = MemoryProfiler("cpu")
+    with profiler.profile(compiled):
+        torch.manual_seed(1)
+        compiled(x).sum().backward()
+    profile = profiler.result()
+    assert profile.peak_bytes == peak and profile.peak_op.phase == "backward", profile.summary()
+    assert {r.scope for r in profile.timeline} >= {"Torch-Compiled Region: 0/0", "CompiledFunctionBackward"}
     peaks, flops = zip(*rows)
     assert list(peaks) == sorted(peaks, reverse=True) and peaks[-1] < peaks[0]
     assert list(flops) == sorted(flops) and flops[-1] > 0

@@ -278,7 +278,10 @@ def _backend_of(model) -> FxckptBackend | None:
     fn = getattr(model, "dynamo_ctx", None)
     fn = getattr(fn, "callback", None)
     while fn is not None and not isinstance(fn, FxckptBackend):
-        options = getattr(fn, "kwargs", {}).get("options") if getattr(fn, "compiler_fn", None) is fxckpt_backend else None
+        compiler = getattr(fn, "compiler_fn", None)  # torch.compile's wrapper of the backend it was given
+        if isinstance(compiler, FxckptBackend):
+            return compiler
+        options = getattr(fn, "kwargs", {}).get("options") if compiler is fxckpt_backend else None
         if options is not None:
             hit = _NAMED.get(id(options))
             return hit[1] if hit is not None and hit[0] is options else None
