@@ -56,9 +56,10 @@ def test_compare_strategies_quick(one_thread):
 
 
 def test_tutorial_call_form(one_thread, capsys):
-    """The tutorial's call: a transformer of the given shape (GPT-2, tiny here), its columns printed."""
+    """The tutorial's call: a transformer of the given shape (GPT-2, tiny here), its progress shown
+    (without asking) and its columns printed."""
     rows = compare_strategies(num_layers=2, hidden_size=64, batch_size=2, sequence_length=32, iterations=1,
-                              strategies=["none", "hf per-layer"], progress=True)
+                              strategies=["none", "hf per-layer"])
     name = "transformer 2x64, batch 2 x seq 32"
     assert [(r.model, r.strategy, r.status) for r in rows] == [
         (name, "none", "ok"), (name, "hf per-layer", "ok")]

@@ -261,7 +261,7 @@ def compare_strategies(model_or_name: nn.Module | str | None = None, example_inp
                        budgets: Sequence[float] = DEFAULT_BUDGETS, seed: int = 0,
                        live_check: Sequence[str] = ("none", "fxckpt"), model_name: str | None = None,
                        num_layers: int | None = None, hidden_size: int | None = None, batch_size: int | None = None,
-                       sequence_length: int | None = None, progress: bool = False) -> list[StrategyResult]:
+                       sequence_length: int | None = None, progress: bool | None = None) -> list[StrategyResult]:
     """Measure one training step of a model under each checkpointing strategy.
 
     Three ways to name the model: a module and its example input; a `ZOO` name; or, as in the
@@ -284,7 +284,8 @@ def compare_strategies(model_or_name: nn.Module | str | None = None, example_inp
         model_name: the ``model`` column (default: the zoo name, the class name, or the shape).
         num_layers, hidden_size, batch_size, sequence_length: the tutorial's transformer shape
             (defaults 12, 768, 4, 512 where one of them is given).
-        progress: also print a line per strategy to stderr (the same lines are logged at INFO).
+        progress: also print a line per strategy to stderr (the same lines are logged at INFO);
+            default: on for the tutorial's shape form, whose full-size transformer runs for minutes.
 
     Returns:
         One `StrategyResult` per strategy, in run order (``status`` ``"ok"`` where measured).
@@ -300,6 +301,7 @@ def compare_strategies(model_or_name: nn.Module | str | None = None, example_inp
         if model_or_name is not None:
             raise TypeError(f"pass either a model (or zoo name) or a transformer shape ({', '.join(shape)}), not both")
         model_or_name, example_input, model_name = _tutorial_transformer(shape, model_name)
+    progress = bool(shape) if progress is None else progress
     if isinstance(model_or_name, str):
         entry = ZOO.get(model_or_name)
         if entry is None:

@@ -175,9 +175,15 @@ class SegmentedCheckpointing:
 
     @staticmethod
     def compute_optimal_segments(num_layers: int, memory_budget_ratio: float) -> int:
-        """The number of segments with the fewest recomputations whose peak (segment inputs plus
-        the largest segment, in units of one layer) is within `memory_budget_ratio` of
-        `num_layers`; √n when the budget allows it, the minimum-memory count otherwise."""
+        """The fewest segments whose peak (segment inputs plus the largest segment, in units of
+        one layer) is within `memory_budget_ratio` of `num_layers` (every layer is recomputed
+        once whatever the count, so fewer segments only keep fewer inputs); when no count fits,
+        the count with the smallest peak (near √n).
+
+        Example:
+            >>> SegmentedCheckpointing.compute_optimal_segments(16, 0.6), SegmentedCheckpointing.compute_optimal_segments(16, 0.1)
+            (2, 4)
+        """
         if not 0 < memory_budget_ratio:
             raise ValueError(f"memory_budget_ratio must be positive, got {memory_budget_ratio}")
         if memory_budget_ratio >= 1:
