@@ -12,7 +12,7 @@ import importlib.util
 
 from ..problem import RematProblem
 from ..simulate import simulate
-from .registry import recompute_of, register_solver
+from .registry import Solved, recompute_of, register_solver
 from .block_dp import compose_plan, repeated
 from .chain_exact import solve_node_chain
 from .exhaustive import LIMIT, solve_exhaustive
@@ -81,11 +81,11 @@ def _in_flops(problem: RematProblem) -> RematProblem:
 
 def _solve_auto(problem, budget_bytes):
     if len(problem.candidates()) <= min(EXACT_UP_TO, LIMIT):
-        return solve_exhaustive(problem, budget_bytes)
+        return _proven(problem, solve_exhaustive(problem, budget_bytes), budget_bytes)
     if len(problem.nodes) <= CHAIN_UP_TO:
         exact = solve_node_chain(problem, budget_bytes)  # None unless a node chain
         if exact is not None:
-            return exact
+            return _proven(problem, exact, budget_bytes)
     R = solve_mincut(problem, budget_bytes)
     if repeated(problem):  # per-block options mixed across blocks: never worse than R, which competes
         R = compose_plan(problem, budget_bytes, R) or R
@@ -101,6 +101,12 @@ def _solve_auto(problem, budget_bytes):
         return solve_ilp(problem, budget_bytes, seconds=ILP_SECONDS,
                          incumbent=R if sim.peak_bytes <= budget_bytes else None)
     return R
+
+
+def _proven(problem, R, budget_bytes):
+    """An exact solver's plan, with its own cost as the proven bound when it fits (its gap is 0)."""
+    sim = simulate(problem, R)
+    return Solved(R, float(sim.recompute_cost)) if sim.peak_bytes <= budget_bytes else R
 
 
 def _rank(sim, budget_bytes):
