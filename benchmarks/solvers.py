@@ -3,9 +3,9 @@
     python benchmarks/solvers.py                    # both parts
     python benchmarks/solvers.py --gaps-only --seeds 3
     python benchmarks/solvers.py --times-only --sizes 100 1000 10000 --gpt2 --blocks48
-    python benchmarks/solvers.py --gap              # real models at 70/50/30%: cost, lower bound, gap
+    python benchmarks/solvers.py --gap              # zoo models at 70/50/30%: cost, proven lower bound, gap
 
-Cost is recompute FLOPs (the simulator's). Budgets are fractions of each graph's
+Cost is recompute FLOPs (the simulator's; --gap: estimated seconds). Budgets are fractions of each graph's
 un-checkpointed peak. The ILP is run with a 60 s limit; a gap is counted against its answer
 only where it proved optimality.
 """
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from fxckpt.core.errors import InfeasibleBudgetError, SolverError
 from fxckpt.core.simulate import simulate
@@ -113,40 +115,65 @@ def times(sizes, gpt2: bool, blocks48: bool, frac: float = 0.6) -> None:
                   flush=True)
 
 
-def real_gaps(fracs=(0.7, 0.5, 0.3), ilp_seconds: float = 20) -> None:
-    """Each solver's cost and solve time on captured models; the ILP's proven lower bound where
-    the graph is small enough for it (within `ilp_seconds`), and each plan's gap to it."""
+def real_gaps(fracs=(0.7, 0.5, 0.3), seconds: float = 60) -> None:
+    """Each solver's recompute cost and solve time on the zoo's captured models, priced in
+    estimated seconds at the tests' pinned device rates (tests/conftest.py, so the table is the
+    same on every machine), against the best proven lower bound (the `proven` solver's, HiGHS
+    limited to `seconds`); gap = (cost - bound) / cost."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fxckpt import passes
-    from fxckpt.benchmark.zoo import gpt2, llama
-    models = [("GPT-2 2-layer", lambda: gpt2(2, 128, 4, 2, 64, 1000)),
-              ("GPT-2 small", lambda: gpt2(12, 768, 12, 2, 256, 50257)),
-              ("Llama 2-layer", lambda: llama(2, 128, 344, 4, 2, 64, 1000)),
-              ("Llama 8-layer", lambda: llama(8, 512, 1376, 8, 2, 256, 32000))]
-    print(f"{'model':>14} {'nodes':>5} {'budget':>6} {'solver':>9} {'cost':>11} {'lower bound':>11} {'gap':>7} {'seconds':>8}")
+    from fxckpt.benchmark.zoo import ZOO, llama
+    from fxckpt.core.solvers.ilp import solve_proven
+    from tests.conftest import PINNED_RATES
+
+    models = [("GPT-2 small", ZOO["gpt2-small"].build),
+              ("Llama 8x512, vocab 2000", lambda: llama(8, 512, 1376, 8, 2, 256, 2000)),
+              ("ResNet-50", ZOO["resnet50"].build),
+              ("U-Net", ZOO["unet"].build)]
+    print(f"recompute cost in estimated ms (pinned rates); lower bound: `proven` with HiGHS limited to {seconds:.0f} s\n")
+    print("| model | nodes | budget | solver | cost (ms) | lower bound (ms) | gap | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, make in models:
-        model, example = make()
-        p = passes.to_problem(passes.annotate(passes.capture(model, {**example, "use_cache": False})))
+        try:
+            model, example = make()
+        except ImportError as e:
+            print(f"| {name} | | | | not run: {e} | | | |")
+            continue
+        p = passes.to_problem(passes.annotate(passes.capture(model, example)), rates=PINNED_RATES)
         base = simulate(p).peak_bytes
         for frac in fracs:
             b = int(frac * base)
-            bound = None
-            if len(p.nodes) <= ILP_LIMIT:
+            t0 = time.perf_counter()
+            proven = solve_proven(p, b, seconds=seconds)
+            proven_s = time.perf_counter() - t0
+            bound = proven.lower_bound
+            rows = []
+            for m in [*HEURISTICS, "proven"]:
                 t0 = time.perf_counter()
-                got = solve_ilp(p, b, seconds=ilp_seconds)
-                bound = got.lower_bound
-                c = simulate(p, got.recompute).recompute_cost if got.lower_bound is not None else None
-                print(f"{name:>14} {len(p.nodes):>5} {frac:>6.0%} {'ilp':>9} {c if c is not None else 'none':>11} "
-                      f"{bound if bound is not None else '-':>11} {'':>7} {time.perf_counter() - t0:8.2f}", flush=True)
-            for m in HEURISTICS:
-                t0 = time.perf_counter()
-                try:
-                    c = solve(p, b, m).recompute_flops  # no device rates: the cost is FLOPs
-                except (InfeasibleBudgetError, SolverError):
-                    c = None
-                s = time.perf_counter() - t0
-                gap = "" if c is None or bound is None else f"{100 * (c - bound) / max(1, c):.1f}%"
-                print(f"{name:>14} {len(p.nodes):>5} {frac:>6.0%} {m:>9} {'no plan' if c is None else c:>11} "
-                      f"{'' if bound is None else round(bound):>11} {gap:>7} {s:8.2f}", flush=True)
+                if m == "proven":
+                    R, s = proven.recompute, proven_s
+                else:
+                    try:
+                        R = solve(p, b, m)
+                        R = p.indices(R.recompute)
+                    except InfeasibleBudgetError as e:
+                        R = e
+                    except SolverError:
+                        R = None
+                    s = time.perf_counter() - t0
+                sim = simulate(p, R) if isinstance(R, frozenset) else None
+                if isinstance(R, InfeasibleBudgetError):
+                    cost = f"infeasible (floor {100 * R.min_feasible_bytes / base:.0f}%)"
+                elif sim is None or sim.peak_bytes > b:
+                    cost = "no plan"
+                else:
+                    cost = sim.recompute_cost
+                gap = f"{100 * (cost - bound) / cost:.1f}%" if isinstance(cost, int) and cost and bound is not None \
+                    else ("0.0%" if cost == 0 else "")
+                rows.append((m, cost if not isinstance(cost, int) else f"{cost / 1e6:.2f}",
+                             "" if bound is None or not isinstance(cost, int) else f"{bound / 1e6:.2f}", gap, f"{s:.2f}"))
+            for m, cost, lb, gap, s in rows:
+                print(f"| {name} | {len(p.nodes)} | {frac:.0%} | {m} | {cost} | {lb} | {gap} | {s} |", flush=True)
 
 
 def main() -> None:
@@ -158,10 +185,11 @@ def main() -> None:
     ap.add_argument("--blocks48", action="store_true", help="a 48-block GPT's captured graph (needs transformers)")
     ap.add_argument("--gaps-only", action="store_true")
     ap.add_argument("--times-only", action="store_true")
-    ap.add_argument("--gap", action="store_true", help="only the real models' table (needs transformers)")
+    ap.add_argument("--gap", action="store_true", help="only the zoo models' table (needs transformers, diffusers for U-Net)")
+    ap.add_argument("--seconds", type=float, default=60, help="HiGHS time limit of the lower bound (--gap)")
     args = ap.parse_args()
     if args.gap:
-        return real_gaps()
+        return real_gaps(seconds=args.seconds)
     if not args.times_only:
         gaps(args.gap_sizes, args.seeds)
     if not args.gaps_only:
