@@ -26,8 +26,6 @@ from .ops import is_batchnorm, storage_key, tensor_leaves
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
-# Ops whose fake (meta) kernels report less memory than the real CPU kernels allocate.
-_FAKE_UNDERSIZED = {getattr(torch.ops.aten, "mkldnn_rnn_layer").default} if hasattr(torch.ops.aten, "mkldnn_rnn_layer") else set()
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -41,7 +39,7 @@ class _OpRecorder(TorchDispatchMode):
     def __init__(self, known):
         super().__init__()
         self.known = known  # storages that existed before the node ran
-        self.random = self.warned = False
+        self.random = False
         self.written: list[torch.Tensor] = []
         self.new: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
@@ -51,10 +49,6 @@ class _OpRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if torch.Tag.nondeterministic_seeded in func.tags:
             self.random = True
-        if func in _FAKE_UNDERSIZED and not self.warned:
-            self.warned = True
-            log.warning("%s allocates a workspace that fake tensors report as empty: predicted peaks will be "
-                        "too low (disable with torch.backends.mkldnn.flags(enabled=False) around training)", func)
         schema = func._schema
         if schema.is_mutable:
             for i, arg in enumerate(schema.arguments):

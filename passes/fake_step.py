@@ -8,13 +8,56 @@ from itertools import chain
 import torch
 import torch.fx
 from torch._subclasses import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .capture import flat_inputs
-from .ops import storage_key
+from .ops import real_like, storage_key
 from .runtime import uncached_casts
+
+aten = torch.ops.aten
+
+# NOTE [ Outputs fake kernels undersize ]
+# The CPU LSTM (oneDNN: aten.mkldnn_rnn_layer) returns a workspace that its backward saves, of a
+# size oneDNN decides (389,120 bytes for 24 steps of batch 8, 32 -> 32 features); its fake kernel
+# returns an empty one. A fake step missed it: the zoo's rnn measured 0.552 MiB at a floor planned
+# at 0.375 MiB. Inside a fake step such an op runs once per signature on real tensors of its
+# arguments' shapes, in the grad mode in force (the kernel returns its workspace only with grad
+# enabled; the tensors require no grad), and the fake output gets the real kernel's shape: annotation
+# charges the node what autograd really saves, the dry run holds it as the real step does.
+# Values are not involved: the real step runs the real kernel.
+_REAL_SHAPES = {aten.mkldnn_rnn_layer.default: (3,)} if hasattr(aten, "mkldnn_rnn_layer") else {}
+_SHAPES: dict[str, list] = {}  # signature -> the real kernel's output shapes
+
+
+class _RealShapes(TorchDispatchMode):
+    """Gives outputs in `_REAL_SHAPES` the shape the real kernel gives them (NOTE above)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        positions = _REAL_SHAPES.get(func)
+        if positions is None:
+            return out
+        shapes = real_shapes(func, args, kwargs)
+        return tuple(o.new_empty(shapes[i]) if i in positions and shapes[i] not in (None, o.shape) else o
+                     for i, o in enumerate(out))
+
+
+def real_shapes(func, args: tuple, kwargs: dict) -> list:
+    """Output shapes of `func` run once on real tensors shaped like (fake) `args`, per signature
+    and grad mode (kernels read it: the LSTM returns no workspace under no_grad); None where the
+    real kernel returns no tensor."""
+    grad = torch.is_grad_enabled()
+    key = repr((func, grad, pytree.tree_map_only(torch.Tensor, lambda t: (t.shape, t.stride(), t.dtype, t.device),
+                                                 (args, kwargs))))
+    if key not in _SHAPES:
+        with unset_fake_temporarily(), torch.set_grad_enabled(grad):
+            a, kw = pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))  # not requiring grad
+            _SHAPES[key] = [None if o is None else tuple(o.shape) for o in func(*a, **kw)]
+    return _SHAPES[key]
 
 
 class FakeStep:
@@ -65,6 +108,8 @@ class FakeStep:
 
     def __enter__(self):
         self._stack.enter_context(self.mode)
+        if _REAL_SHAPES:
+            self._stack.enter_context(_RealShapes())
         self._stack.enter_context(uncached_casts())  # as the runtime runs the step
         self._stack.enter_context(stateless._reparametrize_module(self.gm, self.state, tie_weights=True, strict=False))
         return self

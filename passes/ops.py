@@ -69,3 +69,10 @@ def storage_key(t: torch.Tensor) -> int:
 
 def tensor_leaves(tree) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+def real_like(t: torch.Tensor) -> torch.Tensor:
+    """A real tensor of `t`'s shape, strides, dtype and device with ordinary values (random
+    normal, or 0/1), to run a kernel once on the shapes of a fake `t`."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.normal_() if out.is_floating_point() else out.random_(0, 2)

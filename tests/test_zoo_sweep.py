@@ -2,9 +2,6 @@
 added, at a mid budget and at the floor, trains bitwise like the unmodified model within its budget,
 or raises an InfeasibleBudgetError above the budget. The original zoo is held to the same (and more
 budgets) by test_end_to_end.py.
-
-Cases that fail because of a finding of issue 10 still being fixed are strict xfails: they flip to
-failures, to be removed, when the fix lands.
 """
 
 import copy
@@ -25,18 +22,8 @@ CASES = [(name, budget, "estimate") for name, budget in CASES]
 # item 3, the regression case); plans priced in seconds (the default) do not.
 CASES.append(("t5", 0.5, "flops"))
 
-KNOWN = {
-    ("rnn", FLOOR): "the CPU LSTM's mkldnn workspace is invisible to fake tensors: measured over the plan",
-}
 
-
-def _known(n, b, t):
-    return KNOWN.get((n, b, t)) or KNOWN.get((n, b))
-
-
-@pytest.mark.parametrize("name,budget,timing", [
-    pytest.param(n, b, t, marks=pytest.mark.xfail(strict=True, reason=_known(n, b, t))) if _known(n, b, t) else (n, b, t)
-    for n, b, t in CASES])
+@pytest.mark.parametrize("name,budget,timing", CASES)
 def test_sweep_case(name, budget, timing):
     outcome = run_case(name, budget, check_floor=False, timing=timing)  # the floor case checks the named floor
     assert outcome.ok, outcome

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import CheckpointPolicy
 from torch.utils.flop_counter import flop_registry
 
 from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
+from fxckpt.passes.ops import real_like
 
 # Seeded random ops: a replay would draw fresh numbers. Inductor's dropout draws its seeds with
 # inductor_seeds (tagged) and its numbers with inductor_random from a seed: recomputing that from
@@ -51,11 +52,6 @@ PROBED = {torch.ops.aten.convolution.default, torch.ops.aten.convolution_backwar
 _SCRATCH: dict[str, int] = {}
 
 
-def _real(t: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-    return out.normal_() if out.is_floating_point() else out.random_(0, 2)
-
-
 def op_scratch(node: fx.Node) -> int:
     """Bytes a probed op allocates beyond its outputs while it runs (NOTE [ Op scratch ... ])."""
     if node.target not in PROBED:
@@ -71,7 +67,7 @@ def op_scratch(node: fx.Node) -> int:
         from fxckpt.measure import profiled_peak_bytes  # the allocator's view, as the benchmarks measure
 
         with unset_fake_temporarily(), torch.no_grad():
-            a, kw = pytree.tree_map_only(torch.Tensor, _real, args)
+            a, kw = pytree.tree_map_only(torch.Tensor, real_like, args)
             peak = profiled_peak_bytes(lambda: node.target(*a, **kw))
         _SCRATCH[key] = max(0, peak - sum(_nbytes(t) for t in _tensors(node.meta.get("val"))))
     return _SCRATCH[key]
