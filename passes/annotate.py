@@ -106,7 +106,6 @@ class _BackwardTrace(TorchDispatchMode):
         self.peak: dict[str, int] = {}
         self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
         self.flops: dict[str, int] = {}  # FlopCounterMode's count of each node's backward
-        self._last_step: str | None = None
 
     def begin_loss(self, new: dict, peak: int) -> None:
         """Backward starts with the loss: what computing it allocated (`new`, at most `peak` at
@@ -120,6 +119,13 @@ class _BackwardTrace(TorchDispatchMode):
                 self.level += nbytes
         self.peak[LOSS] = max(self.start[LOSS] + peak, self.level + self.held_bytes)
 
+    # NOTE [ Sweeping forward-born storages lazily ]
+    # Checking every held storage (forward-born, alive at backward's start) after every op was a
+    # third of annotation's time on GPT-2 small (740,865 liveness checks). `held_bytes` only
+    # over-counts (storages die, none is added), so it is swept only where the peak could rise:
+    # when a node starts (its level must be exact) and when level + held_bytes passes the node's
+    # peak so far. Peaks and levels are the same as with a sweep after every op. Storages born
+    # in backward (`live`) are still swept after every op: which node they die in is recorded.
     def enter(self, name: str) -> None:
         if name != self.current:
             self._sweep(ending=self.current)
@@ -127,6 +133,7 @@ class _BackwardTrace(TorchDispatchMode):
                 self._merge_loss_into(name)
             self.current = name
             if name not in self.start:
+                self._sweep_held()
                 self.order.append(name)
                 self.start[name] = self.peak[name] = self.level + self.held_bytes
 
@@ -142,9 +149,12 @@ class _BackwardTrace(TorchDispatchMode):
                 self.held[k] = (ref, nbytes)
                 self.held_bytes += nbytes
 
-    def _sweep(self, ending) -> None:
-        for k in [k for k, (ref, _) in self.held.items() if ref.expired()]:
+    def _sweep_held(self) -> None:
+        expired = torch.UntypedStorage._expired  # what StorageWeakRef.expired calls, minus two Python frames
+        for k in [k for k, (ref, _) in self.held.items() if expired(ref.cdata)]:
             self.held_bytes -= self.held.pop(k)[1]
+
+    def _sweep(self, ending) -> None:
         for k in [k for k, (ref, _, _) in self.live.items() if ref.expired()]:
             ref, nbytes, born = self.live.pop(k)
             self.level -= nbytes
@@ -161,11 +171,15 @@ class _BackwardTrace(TorchDispatchMode):
         self._sweep(ending=self.current)
         for t in tensor_leaves(out):
             k = storage_key(t)
+            if k in self.held and self.held[k][0].expired():  # its address reused: a new storage
+                self.held_bytes -= self.held.pop(k)[1]
             if k not in self.live and k not in self.held and not self.known(k):
                 nbytes = t.untyped_storage().nbytes()
                 self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
                 self.level += nbytes
-        self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes)
+        if self.level + self.held_bytes > self.peak[self.current]:
+            self._sweep_held()
+            self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes)
         count = flop_registry.get(func._overloadpacket)
         if count is not None:
             self.flops[self.current] = self.flops.get(self.current, 0) + count(*args, **(kwargs or {}), out_val=out)
@@ -182,6 +196,13 @@ class _Annotator(torch.fx.Interpreter):
         self.grad_fns: dict = {}  # autograd node -> fx node name
         self.storages: dict[int, tuple[StorageWeakRef, int]] = {}  # every storage forward created
         self.current: str | None = None  # the node running
+        # One counter around the whole forward (`run`), read before and after each node: entering
+        # one per node registered module hooks 700 times on GPT-2 small (~10% of annotation).
+        self.flops = FlopCounterMode(display=False)
+
+    def run(self, *args):
+        with self.flops:
+            return super().run(*args)
 
     def _known(self, k: int) -> bool:
         entry = self.owner.get(k)
@@ -202,9 +223,10 @@ class _Annotator(torch.fx.Interpreter):
 
         rec = _OpRecorder(self._known)
         self.current = n.name
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as fc, rec:
+        flops = self.flops.get_total_flops()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), rec:
             out = super().run_node(n)
-        self.costs[n.name] = self._cost(n, out, saved, rec, fc.get_total_flops())
+        self.costs[n.name] = self._cost(n, out, saved, rec, self.flops.get_total_flops() - flops)
         self.storages.update(rec.new)
         self._claim_grad_fns(n.name, out)
         return out
