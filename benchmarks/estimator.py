@@ -1,13 +1,15 @@
 """The time estimate (`fxckpt.core.timing`) against measured per-node times, per op kind.
 
-    python benchmarks/estimator.py [--model gpt2|encoder|both] [--repeats 5]
+    python benchmarks/estimator.py [--models gpt2 cnn encoder] [--layers 12] [--repeats 5] [--refresh]
 
 For each model: the device rates (`fxckpt.calibrate.device_rates`, measured or cached), then
-every annotated node's estimated seconds beside its measured seconds (`profile_nodes`: median of
+every annotated node's estimated seconds beside its measured seconds (`profile_nodes`: the fastest of
 `--repeats` forward runs under no_grad, as the runtime replays it). Printed per op kind: nodes,
 measured and estimated totals, their ratio, and the median per-node ratio; then the same for the
 nodes a plan at `--budget` recomputes. Models: GPT-2 small from its config (random weights,
-batch 2 x 256) and a 4-layer nn.TransformerEncoder (d=128, batch 8 x 128).
+batch 2 x 256; `--layers` of its 12), a ResNet-18-shaped CNN from transformers' ResNetConfig
+(basic blocks 2-2-2-2, batch 8 x 3 x 128 x 128) and a 4-layer nn.TransformerEncoder (d=128,
+batch 8 x 128). `--refresh` measures the device rates again instead of reading the cache.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def report(name: str, model, example, budget: float, repeats: int) -> None:
         print(f"{kind[:34]:34}{len(rs):>6}{1e3 * meas:>13.3f}{1e3 * est:>14.3f}{est / meas:>10.2f}{med:>13.2f}")
 
 
+def cnn():
+    """ResNet-18's shape (basic blocks, depths 2-2-2-2) from a config: random weights, batch 8 x 128 x 128."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
+                                                      hidden_sizes=[64, 128, 256, 512])).train()
+    return model, {"pixel_values": torch.randn(8, 3, 128, 128), "labels": torch.randint(0, 1000, (8,))}
+
+
 def _device_dtype(model):
     p = next(model.parameters())
     return p.device, p.dtype
@@ -64,17 +76,24 @@ def _device_dtype(model):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", choices=("gpt2", "encoder", "both"), default="both")
+    ap.add_argument("--models", nargs="+", choices=("gpt2", "cnn", "encoder"), default=["gpt2", "cnn"])
+    ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--refresh", action="store_true")
     args = ap.parse_args(argv)
-    if args.model in ("encoder", "both"):
-        model, x = encoder()
-        report("TransformerEncoder 4 x d128, batch 8 x 128", model, x, args.budget, args.repeats)
-    if args.model in ("gpt2", "both"):
-        model, example = gpt2(12, 768, 12, 2, 256, 50257)
-        report("GPT-2 small, batch 2 x 256", model, example, args.budget, args.repeats)
-
+    if args.refresh:
+        calibrate.device_rates("cpu", refresh=True)
+    for name in args.models:
+        if name == "gpt2":
+            model, example = gpt2(args.layers, 768, 12, 2, 256, 50257)
+            report(f"GPT-2 small ({args.layers} layers), batch 2 x 256", model, example, args.budget, args.repeats)
+        elif name == "cnn":
+            model, example = cnn()
+            report("ResNet-18-shaped CNN, batch 8 x 3 x 128 x 128", model, example, args.budget, args.repeats)
+        else:
+            model, x = encoder()
+            report("TransformerEncoder 4 x d128, batch 8 x 128", model, x, args.budget, args.repeats)
 
 if __name__ == "__main__":
     main()

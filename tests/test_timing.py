@@ -2,6 +2,7 @@
 the per-node profile. Asserts arithmetic and decisions, never measured time."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from conftest import PINNED_RATES
 
 import fxckpt
 from fxckpt import calibrate, passes
-from fxckpt.core.timing import DeviceRates, estimate_seconds
+from fxckpt.core.timing import DeviceRates, estimate_seconds, fastest, implausible, stale
 
 
 def _annotated(model, *args):
@@ -68,6 +69,7 @@ def test_rates_are_measured_once_and_cached(tmp_path, monkeypatch):
     calls = []
     fake = DeviceRates("cpu test", 1e10, 1e9, 1e-6, 1e-5)
     monkeypatch.setattr(calibrate, "measure_rates", lambda d, t: calls.append(d) or fake)
+    monkeypatch.setattr(calibrate, "probe_flops", lambda d, t: 1e10)  # as fast as cached: not stale
     assert calibrate.device_rates("cpu", torch.float64) == fake
     assert calibrate.device_rates("cpu", torch.float64) == fake and len(calls) == 1  # in memory
     monkeypatch.setattr(calibrate, "_RATES", {})
@@ -100,3 +102,67 @@ def test_profile_times_every_node_and_leaves_state_alone():
     assert torch.equal(model[1].running_mean, stats) and torch.equal(torch.get_rng_state(), rng)
     problem = passes.to_problem(gm, seconds=times)
     assert all(problem.nodes[problem.index[n]].seconds == t for n, t in times.items())
+
+
+def test_rate_checks_are_arithmetic():
+    quiet = DeviceRates("cpu", 1e11, 5e9, 2e-6, 3e-5, 1e8)
+    assert implausible(quiet) is None
+    for field, value in [("flops_per_second", 2e7), ("bytes_per_second", 1e15), ("op_overhead_seconds", 0.01),
+                         ("node_overhead_seconds", 0.0)]:
+        assert implausible(replace(quiet, **{field: value})).startswith(field)
+    busy = DeviceRates("cpu", 3e10, 8e9, 6e-6, 1e-5, 0.0)
+    assert fastest(quiet, busy) == DeviceRates("cpu", 1e11, 8e9, 2e-6, 1e-5, 1e8)
+    assert fastest(busy, quiet) == fastest(quiet, busy)
+    assert stale(busy, 1.5 * 3e10 * 1.01) and not stale(busy, 1.5 * 3e10) and not stale(quiet, 3e10)
+
+
+class _Bench:
+    """Stands in for the micro-benchmark: hands out the given measurements in turn, records calls."""
+
+    def __init__(self, monkeypatch, tmp_path, measurements, probe):
+        monkeypatch.setenv("FXCKPT_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(calibrate, "_RATES", {})
+        self.measurements, self.calls = list(measurements), 0
+        monkeypatch.setattr(calibrate, "measure_rates", self.measure)
+        monkeypatch.setattr(calibrate, "probe_flops", lambda d, t: probe)
+
+    def measure(self, device, dtype):
+        self.calls += 1
+        return self.measurements.pop(0)
+
+    def cache(self, rates):
+        calibrate._write(calibrate._key(torch.device("cpu"), torch.float64), rates)
+
+
+def test_rates_cached_under_load_are_measured_again_and_kept_at_their_best(tmp_path, monkeypatch):
+    """The cached table (measured under load, 2e10 FLOP/s) loses to a probe at 1e11: measured again;
+    what is kept is the best of both measurements, field by field, and it is cached."""
+    loaded = DeviceRates("cpu", 2e10, 6e9, 4e-6, 2e-5, 5e7)
+    quiet = DeviceRates("cpu", 1.2e11, 5e9, 2e-6, 3e-5, 1e8)
+    bench = _Bench(monkeypatch, tmp_path, [quiet], probe=1e11)
+    bench.cache(loaded)
+    best = DeviceRates("cpu", 1.2e11, 6e9, 2e-6, 2e-5, 1e8)
+    assert calibrate.device_rates("cpu", torch.float64) == best and bench.calls == 1
+    monkeypatch.setattr(calibrate, "_RATES", {})
+    assert calibrate.device_rates("cpu", torch.float64) == best and bench.calls == 1  # the probe no longer wins
+
+
+def test_cached_rates_a_probe_does_not_beat_are_used(tmp_path, monkeypatch):
+    cached = DeviceRates("cpu", 1e11, 5e9, 2e-6, 3e-5, 1e8)
+    bench = _Bench(monkeypatch, tmp_path, [], probe=1.4e11)  # faster, but within STALE
+    bench.cache(cached)
+    assert calibrate.device_rates("cpu", torch.float64) == cached and bench.calls == 0
+
+
+def test_implausible_rates_are_measured_again(tmp_path, monkeypatch, caplog):
+    """An implausible cache is not used nor merged; an implausible measurement is repeated up to
+    three times, and used with a warning if it stays implausible."""
+    broken = DeviceRates("cpu", 5e7, 5e9, 2e-6, 3e-5)  # 50 MFLOP/s: no device
+    fine = DeviceRates("cpu", 1e11, 5e9, 2e-6, 3e-5)
+    bench = _Bench(monkeypatch, tmp_path, [broken, fine], probe=1e6)
+    bench.cache(DeviceRates("cpu", 1e18, 1e20, 1e-9, 1e-9))
+    assert calibrate.device_rates("cpu", torch.float64) == fine and bench.calls == 2
+    bench = _Bench(monkeypatch, tmp_path / "fresh", [broken] * 3, probe=1e6)
+    with caplog.at_level("WARNING", logger="fxckpt.calibrate"):
+        assert calibrate.device_rates("cpu", torch.float64) == broken and bench.calls == 3
+    assert "look wrong after 3 measurements (flops_per_second" in caplog.text
