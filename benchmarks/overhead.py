@@ -1,10 +1,10 @@
 """Wall overhead of the eager runtime, as paired step-time ratios against the original module.
 
-    python benchmarks/overhead.py [--model gpt2|encoder|both] [--pairs 7] [--budget 0.5]
+    python benchmarks/overhead.py [--model gpt2|encoder|both] [--pairs 7] [--budgets 1.0 0.5]
 
-Per model: (1) the captured graph with nothing recomputed (`budget=1.0`), which measures what the
-machinery costs by itself; (2) a plan at `--budget`, beside its estimated recompute seconds over
-the estimated forward (`Plan.recompute_seconds`). Each pair runs one original step and one
+Per model and budget: budget 1.0 is the captured graph with nothing recomputed, which measures
+what the machinery costs by itself; a lower budget gives a plan, printed beside its estimated
+recompute seconds over the estimated forward (`Plan.recompute_seconds`). Each pair runs one original step and one
 checkpointed step back to back (order alternating) and records their ratios of wall time and of
 the process's CPU time (with one torch thread, the step's own work: steadier than wall on a shared
 machine); printed: median and [smallest, largest] of the ratios minus one.
@@ -58,10 +58,10 @@ def _fmt(ratios) -> str:
     return f"{statistics.median(pct):+.1f}% [{pct[0]:+.1f}, {pct[-1]:+.1f}]"
 
 
-def report(name, model, example, budget: float, pairs: int) -> None:
+def report(name, model, example, budgets, pairs: int) -> None:
     args, kwargs = ((), example) if isinstance(example, dict) else ((example,), {})
     print(f"\n== {name}")
-    for b in (1.0, budget):
+    for b in budgets:
         ckpt = fxckpt.auto_checkpoint(model, example, budget=b)
         plan = ckpt.plan
         wall, cpu = paired(model, ckpt, args, kwargs, pairs)
@@ -78,17 +78,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", choices=("gpt2", "encoder", "both"), default="both")
     ap.add_argument("--pairs", type=int, default=7)
-    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.5])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU time is one thread's work)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.model in ("encoder", "both"):
         model, x = encoder()
-        report("TransformerEncoder 4 x d128, batch 8 x 128", model, x, args.budget, args.pairs)
+        report("TransformerEncoder 4 x d128, batch 8 x 128", model, x, args.budgets, args.pairs)
     if args.model in ("gpt2", "both"):
         model, example = gpt2(12, 768, 12, 2, 256, 50257)
-        report("GPT-2 small, batch 2 x 256", model, example, args.budget, args.pairs)
+        report("GPT-2 small, batch 2 x 256", model, example, args.budgets, args.pairs)
 
 
 if __name__ == "__main__":
