@@ -23,6 +23,7 @@ from fxckpt.profiling import MemoryProfiler
 from tests.models import call_model, make_cnn, make_gpt2, make_transformer
 
 MIB = 2**20
+BROKEN_BUDGET_MB = 9.5
 
 
 @pytest.fixture(autouse=True)
@@ -54,9 +55,11 @@ def step(model, example, seed=1):
 
 
 def measured_peak(model, example, seed=1) -> int:
+    """The step's peak, the output referenced until backward finishes (`fxckpt.measure_step`'s step)."""
     def run():
         torch.manual_seed(seed)
-        loss_of(call_model(model, example)).backward()
+        out = call_model(model, example)
+        loss_of(out).backward()
     return profiled_peak_bytes(run)
 
 
@@ -145,7 +148,39 @@ def test_gpt2_with_labels_by_name_graphs_share_budget_mb():
     first = fxckpt.compile._backend_of(compiled).graphs[0]
     assert plans[0].budget_bytes == int(2.4 * MIB)
     assert plans[1].budget_bytes == int(2.4 * MIB) - first.boundary_bytes
-    assert measured_peak(compiled, example) <= 2.4 * MIB
+    peak, predicted = measured_peak(compiled, example), fxckpt.compile._backend_of(compiled).predicted_peak_bytes()
+    assert peak <= 2.4 * MIB
+    assert abs(peak - predicted) <= 0.05 * predicted, (peak, predicted)
+
+
+class BrokenMLP(nn.Module):
+    """Dropout MLP with a forced graph break in the middle: two graphs, a 1 MiB activation crossing."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(*[nn.Sequential(nn.Linear(512, 512), nn.GELU(), nn.Dropout(0.1)) for _ in range(3)])
+        self.b = nn.Sequential(nn.Linear(512, 512), nn.GELU(), nn.Dropout(0.1), nn.Linear(512, 1))
+
+    def forward(self, x):
+        h = self.a(x)
+        torch._dynamo.graph_break()
+        return self.b(h)
+
+
+def test_forced_graph_break_shares_the_budget_and_predicts_the_step():
+    """Two graphs planned under one budget_mb: the step's predicted peak (each graph's over what
+    the earlier one holds) within 5% of the measured one and under the budget; gradients bitwise."""
+    torch.manual_seed(0)
+    model, x = BrokenMLP().train(), torch.randn(512, 512)
+    ref_grads, _ = step(copy.deepcopy(model), x)
+    compiled, be, grads, _ = compiled_step(model, x, budget_mb=BROKEN_BUDGET_MB, compiler="aot_eager")
+    assert_same(grads, ref_grads)
+    plans = fxckpt.compiled_plans(be)
+    assert len(plans) == 2 and all(p.recompute for p in plans), [p.summary() for p in plans]
+    assert plans[1].budget_bytes == int(BROKEN_BUDGET_MB * MIB) - be.graphs[0].boundary_bytes
+    peak, predicted = measured_peak(compiled, x), be.predicted_peak_bytes()
+    assert peak <= BROKEN_BUDGET_MB * MIB
+    assert abs(peak - predicted) <= 0.05 * predicted, (peak, predicted)
 
 
 def test_cache_key_names_budget_and_solver():

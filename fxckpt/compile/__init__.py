@@ -13,6 +13,13 @@ forwards in that order and their backwards in reverse, so a later graph runs whi
 ones hold what they saved. A graph is therefore planned for the budget minus what the graphs
 compiled before it (from other frames) hold across their forward/backward boundary; eager code
 between graphs is not counted. `budget=` (a fraction) applies to each graph's own peak.
+What a graph holds across its boundary includes its outputs: like `fxckpt.measure_step`, the
+prediction assumes the caller references the model's output until backward finishes, so an
+output is held to the end of the step even where a later graph consumes it (GPT-2's logits,
+returned by the model and read by the loss graph: 49.08 MiB of a 213.39 MiB step at 2x256, seq
+128, the whole gap to a measurement that dropped the output before backward). An intermediate
+crossing a forced break that nobody returns is over-counted by at most its own size, and only
+while the graph that produced it runs its backward (`predicted_peak_bytes`).
 """
 
 from __future__ import annotations
@@ -129,6 +136,16 @@ class FxckptBackend:
         """Bytes that graphs of other frames, compiled earlier, hold across their boundary."""
         latest = {g.frame: g for g in self.graphs if g.frame != frame}
         return sum(g.boundary_bytes for g in latest.values())
+
+    def predicted_peak_bytes(self) -> int:
+        """The step's predicted activation peak: each graph's (latest per frame) predicted peak over
+        what the graphs compiled before it hold (NOTE [ Graph breaks share the budget in first-run order ])."""
+        latest = {g.frame: g for g in self.graphs}
+        held = worst = 0
+        for g in latest.values():
+            worst = max(worst, held + g.plan.predicted_peak_bytes)
+            held += g.boundary_bytes
+        return worst
 
     def plan(self, problem: RematProblem, frame) -> Plan:
         """Solve one graph's problem under its share of the budget (NOTE [ Graph breaks share the budget ])."""
