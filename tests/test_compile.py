@@ -279,3 +279,55 @@ def test_compiled_submodules_and_module_compile(monkeypatch):
     ckpt.blocks[0] = torch.compile(ckpt.blocks[0], backend="aot_eager")
     assert all(torch.equal(a, b) for a, b in zip(step(ckpt, x)[0], step(ref, x)[0]))
     assert len(ckpt.plans) == 2  # the model changed: planned again
+
+
+class UnusedParameters(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.unused = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return h + 0 * self.b(h)  # b's gradient is zeros, unused's is None
+
+
+def test_unused_and_zero_gradients_match_eager():
+    """A parameter on no path keeps grad None, one on a path multiplied by zero gets zeros, as in eager."""
+    torch.manual_seed(0)
+    model, x = UnusedParameters().train(), torch.randn(32, 64)
+    eager = _grads_from_none(copy.deepcopy(model), x)
+    ours = _grads_from_none(torch.compile(copy.deepcopy(model), backend=fxckpt.backend(budget=0.5, compiler="aot_eager")), x)
+    assert [g is None for g in ours] == [g is None for g in eager] == [False] * 4 + [True] * 2
+    assert_same([g for g in ours if g is not None], [g for g in eager if g is not None])
+
+
+def _grads_from_none(model, x):
+    torch.manual_seed(1)
+    model(x).sum().backward()
+    return [p.grad for p in model.parameters()]
+
+
+def test_compiled_plans_of_a_ddp_model():
+    """`compiled_plans` finds the backend under DistributedDataParallel (a TypeError before)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model, x = make_transformer()
+        for be in (fxckpt.backend(budget=0.7, compiler="aot_eager"), None):
+            torch._dynamo.reset()
+            compiled = torch.compile(DDP(copy.deepcopy(model)), backend=be) if be is not None else \
+                torch.compile(DDP(copy.deepcopy(model)), backend="fxckpt", options={"budget": 0.7, "compiler": "aot_eager"})
+            compiled(x).sum().backward()
+            plans = fxckpt.compiled_plans(compiled)  # TypeError before
+            assert plans and plans[0].recompute
+            if be is not None:
+                assert plans == be.plans
+    finally:
+        dist.destroy_process_group()
