@@ -24,6 +24,9 @@ from tests.models import call_model, make_cnn, make_gpt2, make_transformer
 
 MIB = 2**20
 BROKEN_BUDGET_MB = 9.5
+# The loss `output.sum()` and its seed gradient: eager code outside the graph, which the backend
+# does not see (NOTE [ Graph breaks share the budget in first-run order ]).
+EAGER_LOSS_BYTES = 8
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +104,7 @@ def test_budget_sweep_on_dropout_mlp():
         (plan,) = fxckpt.compiled_plans(compiled)  # the torch.compile result leads to the backend object
         assert fxckpt.compiled_plans(be) == [plan]
         peak = measured_peak(compiled, x)
-        assert peak <= plan.budget_bytes, (spec, peak, plan.budget_bytes)
+        assert peak <= plan.budget_bytes + EAGER_LOSS_BYTES, (spec, peak, plan.budget_bytes)
         assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (spec, peak, plan.summary())
         rows.append((peak, plan.recompute_flops))
     # MemoryProfiler reads a compiled step from the allocator (a dispatch mode would run it eagerly)
@@ -231,7 +234,12 @@ def test_inductor_matches_default_compile_with_dropout():
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
     (plan,) = fxckpt.compiled_plans(be)
     assert plan.recompute
-    assert measured_peak(compiled, x) <= plan.budget_bytes
+    # inductor's random numbers are saved, never drawn again (whatever the import order)
+    assert not any("inductor_random" in r.op and r.decision == "recompute" for r in plan.rows), plan.summary()
+    # NOTE [ Fused buffers ]: what inductor really holds, never under it
+    peak = measured_peak(compiled, x)
+    assert peak <= plan.predicted_peak_bytes + EAGER_LOSS_BYTES <= plan.budget_bytes + EAGER_LOSS_BYTES
+    assert peak >= 0.95 * plan.predicted_peak_bytes, (peak, plan.summary())
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "eager"])

@@ -85,3 +85,27 @@ def test_auto_is_exact_on_small_graphs():
 def test_exhaustive_refuses_large_graphs():
     with pytest.raises(ValueError, match="greedy"):
         solve(random_problem(60, "chain", 0), 2**30, "exhaustive")
+
+
+def test_fused_buffers_exist_only_across_the_boundary():
+    """NOTE [ Fused buffers ]: a fused pointwise value costs nothing while only forward reads it,
+    its full size once backward holds it, and nothing when backward recomputes it (the replay
+    fuses into the backward kernel); an unfused one is counted in every case."""
+    from fxckpt.core.problem import Buffer, Node, RematProblem
+
+    mib = 2**20
+
+    def problem(fused: bool, saved: bool) -> RematProblem:
+        # x = mm(...) (kept, 1 MiB); y = pointwise(x) (4 MiB); z = mm(y) (1 MiB, output); backward of
+        # y's reader saves y when `saved`, else only x.
+        nodes = (Node("x", "mm", creates=(0,), value=(0,), requires_grad=True, saves=(0,), ban="input"),
+                 Node("y", "mul", inputs=(0,), creates=(1,), value=(1,), requires_grad=True),
+                 Node("z", "mm", inputs=(1,), creates=(2,), value=(2,), requires_grad=True,
+                      saves=(1,) if saved else (0,), is_output=True))
+        return RematProblem(nodes, (Buffer("x", mib, 0), Buffer("y", 4 * mib, 1, fused=fused), Buffer("z", mib, 2)))
+
+    assert simulate(problem(False, False)).forward_peak_bytes == 6 * mib  # y lives while z runs
+    assert simulate(problem(True, False)).forward_peak_bytes == 2 * mib  # y is never written
+    assert simulate(problem(True, True)).boundary_bytes == 6 * mib  # saved: written by forward
+    assert simulate(problem(False, True), {1}).peak_bytes == 6 * mib  # replayed y is materialized
+    assert simulate(problem(True, True), {1}).peak_bytes == 2 * mib  # replayed y fuses into backward

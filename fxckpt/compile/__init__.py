@@ -12,7 +12,8 @@ Dynamo partitions each graph on its own, when it first runs. The graphs of one s
 forwards in that order and their backwards in reverse, so a later graph runs while the earlier
 ones hold what they saved. A graph is therefore planned for the budget minus what the graphs
 compiled before it (from other frames) hold across their forward/backward boundary; eager code
-between graphs is not counted. `budget=` (a fraction) applies to each graph's own peak.
+between graphs is not counted (nor a loss computed eagerly from the outputs: `out.sum()` and its
+seed gradient, 8 bytes). `budget=` (a fraction) applies to each graph's own peak.
 What a graph holds across its boundary includes its outputs: like `fxckpt.measure_step`, the
 prediction assumes the caller references the model's output until backward finishes, so an
 output is held to the end of the step even where a later graph consumes it (GPT-2's logits,
@@ -36,10 +37,10 @@ import torch
 import torch.fx as fx
 
 from fxckpt.core.errors import InfeasibleBudgetError
-from fxckpt.core.plan import Plan
+from fxckpt.core.plan import Plan, make_plan
 from fxckpt.core.problem import RematProblem
 from fxckpt.core.simulate import simulate
-from fxckpt.core.solvers import SOLVERS, solve
+from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
 
 from .joint import build_problem, saved_values
 
@@ -147,6 +148,14 @@ class FxckptBackend:
             held += g.boundary_bytes
         return worst
 
+    def _lowest(self, problem: RematProblem, floor: int) -> Plan:
+        """The plan at the smallest feasible peak an error named, or the lowest-peak plan known where
+        the solver cannot reach that floor (seen on the U-Net under inductor; issue #10 item 7)."""
+        try:
+            return solve(problem, floor, self.solver)
+        except InfeasibleBudgetError:
+            return make_plan(problem, min_peak_plan(problem), solver="min peak", budget_bytes=None, solve_seconds=0.0)
+
     def plan(self, problem: RematProblem, frame) -> Plan:
         """Solve one graph's problem under its share of the budget (NOTE [ Graph breaks share the budget ])."""
         held = self.held_by_others(frame) if self.budget_mb is not None else 0
@@ -159,7 +168,7 @@ class FxckptBackend:
         except InfeasibleBudgetError as e:
             if self.budget is not None:  # a fraction asks for that saving where it is possible
                 log.warning("%s: %s; planned at its smallest feasible peak", problem.name, e)
-                plan = solve(problem, e.min_feasible_bytes, self.solver)
+                plan = self._lowest(problem, e.min_feasible_bytes)
             elif not held:
                 raise
             else:
@@ -195,7 +204,7 @@ class _Partitioner(_custom_partitioner_base()):
     def __call__(self, joint: fx.GraphModule, joint_inputs, *, num_fwd_outputs: int,
                  static_lifetime_input_indices=None, **kwargs):
         return partition(joint, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_lifetime_input_indices,
-                         choose=self._choose)
+                         choose=self._choose, fusion=self.owner.compiler == "inductor")
 
     def _choose(self, problem: RematProblem) -> Plan:
         if self.recompute_nothing:
@@ -205,8 +214,10 @@ class _Partitioner(_custom_partitioner_base()):
         return self.last
 
 
-def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_input_indices=None, choose):
-    """Split `joint` into forward and backward graphs saving what `choose(problem) -> Plan` keeps.
+def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_input_indices=None, choose,
+              fusion: bool = False):
+    """Split `joint` into forward and backward graphs saving what `choose(problem) -> Plan` keeps
+    (`fusion`: inductor compiles them; see `fxckpt.compile.joint.build_problem`).
 
     The steps of torch's `min_cut_rematerialization_partition` around its choice of saved values:
     dead code and CSE, force-saved collectives / effectful ops / backward mutation sources,
@@ -232,7 +243,7 @@ def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_in
     if not info.required_bw_nodes:
         return P.default_partition(joint, None, num_fwd_outputs=num_fwd_outputs,
                                    static_lifetime_input_indices=static)
-    jp = build_problem(joint, info, num_fwd_outputs)
+    jp = build_problem(joint, info, num_fwd_outputs, fusion=fusion)
     plan = choose(jp.problem)
     saved = saved_values(jp, plan.recompute)
     fw, bw = P._extract_fwd_bwd_modules(

@@ -38,7 +38,13 @@ from fxckpt.passes.ops import real_like
 # inductor_seeds (tagged) and its numbers with inductor_random from a seed: recomputing that from
 # the saved seed is exact in principle, but torch issue 198333 reports backward masks that differ
 # from forward's since 2.13, so it is never recomputed either (its mask is saved instead).
-_UNREPLAYABLE = {torch.ops.prims.inductor_random.default} if hasattr(torch.ops.prims, "inductor_random") else set()
+# Looked up when a graph is partitioned: inductor registers the op when it is first imported,
+# which may be after this module (a set built at import time was then empty, and dropout's
+# random numbers were recomputed).
+
+
+def _inductor_random(target) -> bool:
+    return hasattr(torch.ops.prims, "inductor_random") and target is torch.ops.prims.inductor_random.default
 
 
 # NOTE [ Op scratch the fake values do not show ]
@@ -130,7 +136,7 @@ def _flops(node: fx.Node) -> int:
 def _ban(node: fx.Node, outputs: set[fx.Node]) -> str | None:
     target = node.target
     tags = getattr(target, "tags", ())
-    if torch.Tag.nondeterministic_seeded in tags or target in _UNREPLAYABLE:
+    if torch.Tag.nondeterministic_seeded in tags or _inductor_random(target):
         return "random op: saved so that backward sees the numbers forward drew"
     if node in outputs:
         return "graph output"
@@ -154,16 +160,49 @@ def _prefer(node: fx.Node) -> str | None:
     return None
 
 
+def _fusible(node: fx.Node) -> bool:
+    """Whether inductor computes `node` inside a generated kernel (pointwise and reductions; random
+    numbers are drawn in the kernel that uses them), rather than as an extern kernel or fallback."""
+    tags = getattr(node.target, "tags", ())
+    return node.op == "call_function" and (torch.Tag.pointwise in tags or torch.Tag.reduction in tags
+                                           or _inductor_random(node.target))
+
+
+def _readers(node: fx.Node) -> list[fx.Node]:
+    """The nodes that read `node`'s storage: its users, and through views the users of those."""
+    out = []
+    for u in node.users:
+        if u.op == "call_function" and is_view(u):
+            out.extend(_readers(u))
+        else:
+            out.append(u)
+    return out
+
+
+def is_fused(node: fx.Node) -> bool:
+    """Whether inductor never writes `node`'s value to memory inside its graph: a pointwise value
+    read only by kernels it fuses into, and by few enough of them that inductor inlines it rather
+    than realizing it (`realize_reads_threshold`); see NOTE [ Fused buffers ] in the simulator."""
+    from torch._inductor import config as inductor_config
+
+    if torch.Tag.pointwise not in getattr(node.target, "tags", ()) and not _inductor_random(node.target):
+        return False  # extern kernels, fallbacks and reductions write their outputs
+    readers = _readers(node)
+    return 0 < len(readers) <= inductor_config.realize_reads_threshold and all(_fusible(r) and torch.Tag.reduction not in getattr(r.target, "tags", ()) for r in readers)
+
+
 def _is_tensor_node(node: fx.Node) -> bool:
     return bool(_tensors(node.meta.get("val")))
 
 
-def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str = "compiled graph") -> JointProblem:
+def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str = "compiled graph",
+                  fusion: bool = False) -> JointProblem:
     """The `RematProblem` of a joint graph classified by `torch._functorch.partitioners.classify_nodes`.
 
     Forward nodes are the forward-only and the unclaimed ones (computed from primals alone, so
     the partitioner may place them on either side); see NOTE [ The compiled step's memory, in
-    the eager runtime's model ].
+    the eager runtime's model ]. `fusion`: the halves are compiled by inductor, whose fused
+    pointwise values exist in memory only across the forward/backward boundary (`is_fused`).
     """
     graph_nodes = list(joint.graph.nodes)
     out_node = graph_nodes[-1]
@@ -201,7 +240,8 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
             for owner in elements:
                 buf_of[owner] = len(buffers)
                 creates.append(len(buffers))
-                buffers.append(Buffer(owner.name, _nbytes(owner.meta["val"]), i))
+                buffers.append(Buffer(owner.name, _nbytes(owner.meta["val"]), i,
+                                      fused=fusion and owner not in fwd_outputs and is_fused(owner)))
         src = source[n]
         value = (buf_of[src],) if src is not None and src in buf_of else ()
         nodes.append(Node(
@@ -234,21 +274,28 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
             last_reader[storage_root(a)] = k
     bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(out_node.args[0][num_fwd_outputs:]) if isinstance(a, fx.Node)}
     grads: list[Grad] = []
+    start = first + len(backward)  # the "bwd tangents" node, first in backward
     for k, n in enumerate(backward):
         reads = (fwd_alias.get(a, a) for a in n.all_input_nodes)
         saves = tuple(dict.fromkeys(b for a in reads if a in index for b in nodes[index[a]].value))
         val = n.meta.get("val")
-        own = 0 if is_view(n) else sum(_nbytes(t) for t in _tensors(val))
+        fused = fusion and storage_root(n) not in bwd_outputs and is_fused(n)  # never in memory
+        own = 0 if is_view(n) or fused else sum(_nbytes(t) for t in _tensors(val))
+        # Inductor schedules a reduction that only feeds the graph's outputs (a bias gradient)
+        # as soon as its input exists, often before the joint graph's order would: counted from
+        # the start of backward, so that no schedule outgrows the prediction.
+        early = fusion and own and n in bwd_outputs and torch.Tag.reduction in getattr(n.target, "tags", ())
         extra = op_scratch(n)
         nodes.append(Node(name=f"bwd {n.name}", op=str(getattr(n.target, "overloadpacket", n.target)),
-                          saves=saves, requires_grad=True, bwd_rank=k + 1, bwd_transient_bytes=own + extra))
+                          saves=saves, requires_grad=True, bwd_rank=k + 1,
+                          bwd_transient_bytes=(0 if early else own) + extra))
         elements = [n] if not isinstance(val, (tuple, list)) else [u for u in n.users if u.target is operator.getitem]
         if not own:
             elements = []
         for e in elements:
             nbytes = sum(_nbytes(t) for t in _tensors(e.meta.get("val")))
             dies = -1 if e in bwd_outputs else first + last_reader.get(e, k)
-            grads.append(Grad(nbytes, first + k, dies))
+            grads.append(Grad(nbytes, start if early else first + k, dies))
     nodes.append(Node(name="bwd tangents", op="tangents", requires_grad=True, bwd_rank=0))
     for t in tangents:
         if _is_tensor_node(t) and t in last_reader:

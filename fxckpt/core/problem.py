@@ -19,6 +19,7 @@ class Buffer:
     name: str
     nbytes: int
     producer: int  # index of the node that allocates it
+    fused: bool = False  # it exists only while held past forward (NOTE [ Fused buffers ] in simulate)
 
 
 @dataclass(frozen=True)

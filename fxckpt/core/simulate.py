@@ -11,6 +11,18 @@ the last holder of the recipe lets go; after materializing, a recipe drops its i
 buffer is freed when its last holder goes, exactly as CPython's reference counts free them.
 Gradients and backward temporaries do not depend on the plan: the problem carries them as
 traced on fake tensors (`Grad` lifetimes, per-node backward transients, the backward order).
+
+NOTE [ Fused buffers ]
+A compiler that fuses kernels (inductor) never writes most pointwise intermediates to memory:
+a value computed inside a fused kernel and read only by fusible kernels exists in memory only
+where it crosses from the forward graph into the backward graph (saved for backward, or held
+by a recipe as a kept input of a recomputed node). Such a buffer is marked `Buffer.fused`: in
+forward it is allocated only when something holds it past forward, and recomputing its producer
+in backward allocates nothing (the replay fuses into the backward kernel that reads it). This
+is the one difference between the eager runtime's memory model and the fused compiled step's,
+so both are this simulator, chosen per buffer by the problem's builder (`fxckpt.compile.joint`
+marks buffers for inductor, never for the eager runtime or `aot_eager`): every solver, the
+infeasibility error and the plan's prediction then judge one model of the step that runs.
 """
 
 from __future__ import annotations
@@ -162,6 +174,7 @@ class StepFacts:
         self.forward_last = last
         self.cache = [tuple(set(n.value) | set(n.creates)) for n in p.nodes]
         self.inputs = [tuple(dict.fromkeys(n.inputs)) for n in p.nodes]
+        self.fused = [b.fused for b in p.buffers]
         self.born = [0] * len(p.nodes)
         self.dying = [0] * len(p.nodes)
         for g in p.grads:
@@ -304,8 +317,9 @@ class _Run:
             if rc[b] == 0 and end >= 0:
                 frees[end].append(b)
         alive, nbytes = self.alive, st.nbytes
+        fused = st.fused
         for t, node in enumerate(p.nodes):
-            self._alloc(node.creates)
+            self._alloc(b for b in node.creates if not fused[b] or rc[b])  # NOTE [ Fused buffers ]
             if node.requires_grad:
                 self.live += node.extra_saved_bytes
             self._mark("forward", t, node.transient_bytes)
@@ -348,7 +362,7 @@ class _Run:
                 self._materialize(a)
         for b in self.st.cache[x]:
             self.rc[b] += 1
-        self._alloc(node.creates)
+        self._alloc(b for b in node.creates if not self.st.fused[b])  # NOTE [ Fused buffers ]
         self.cached[x] = True
         if node.creates or node.writes:
             self.flops += node.flops
