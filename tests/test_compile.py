@@ -111,7 +111,8 @@ def test_budget_sweep_on_dropout_mlp():
     profiler = MemoryProfiler("cpu")
     with profiler.profile(compiled):
         torch.manual_seed(1)
-        compiled(x).sum().backward()
+        out = compiled(x)  # held until backward ends, as measured_peak's step
+        out.sum().backward()
     profile = profiler.result()
     assert profile.peak_bytes == peak and profile.peak_op.phase == "backward", profile.summary()
     assert {r.scope for r in profile.timeline} >= {"Torch-Compiled Region: 0/0", "CompiledFunctionBackward"}
