@@ -15,7 +15,7 @@ import torch.fx
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import FlopCounterMode
 
 from fxckpt.core.costs import NodeCost
 from fxckpt.core.errors import in_stage
@@ -105,7 +105,6 @@ class _BackwardTrace(TorchDispatchMode):
         self.start: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
-        self.flops: dict[str, int] = {}  # FlopCounterMode's count of each node's backward
 
     def begin_loss(self, new: dict, peak: int) -> None:
         """Backward starts with the loss: what computing it allocated (`new`, at most `peak` at
@@ -140,7 +139,6 @@ class _BackwardTrace(TorchDispatchMode):
     def _merge_loss_into(self, name: str) -> None:
         self.order.append(name)
         self.start[name], self.peak[name] = self.start.pop(LOSS), self.peak.pop(LOSS)
-        self.flops[name] = self.flops.pop(LOSS, 0)
         self.live = {k: (ref, nbytes, name if born == LOSS else born) for k, (ref, nbytes, born) in self.live.items()}
 
     def hold(self, storages) -> None:
@@ -180,9 +178,6 @@ class _BackwardTrace(TorchDispatchMode):
         if self.level + self.held_bytes > self.peak[self.current]:
             self._sweep_held()
             self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes)
-        count = flop_registry.get(func._overloadpacket)
-        if count is not None:
-            self.flops[self.current] = self.flops.get(self.current, 0) + count(*args, **(kwargs or {}), out_val=out)
         return out
 
 
@@ -287,20 +282,14 @@ class _Annotator(torch.fx.Interpreter):
             creates.append((f"{n.name}:saved", extra))
             saves.append(f"{n.name}:saved")
         return NodeCost(
-            out_bytes=created_bytes,
-            saved_bytes=sum(self._bytes(s, creates) for s in saves) if requires_grad else 0,
             flops=int(flops),
             requires_grad=requires_grad,
             creates=tuple(creates), value=tuple(value), saves=tuple(saves) if requires_grad else (),
             extra_saved_bytes=extra if requires_grad else 0,
             transient_bytes=max(0, rec.peak - created_bytes - extra),
-            is_random=rec.random, is_view=bool(outs) and not creates, writes=tuple(writes), mutates=mutates, ban=ban,
+            is_random=rec.random, writes=tuple(writes), mutates=mutates, ban=ban,
             ops=rec.ops, bytes_read=rec.bytes_read, bytes_written=rec.bytes_written, random_elements=rec.random_elements,
         )
-
-    def _bytes(self, name: str, creates) -> int:
-        node = name.rsplit(":", 1)[0]
-        return dict(self.costs[node].creates if node in self.costs else creates)[name]
 
 
 
@@ -316,8 +305,8 @@ def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
         >>> import torch, fxckpt.passes as P
         >>> cap = P.capture(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), torch.randn(2, 4))
         >>> gm = P.annotate(cap)
-        >>> [n.meta["fxckpt"].out_bytes for n in gm.graph.nodes if "fxckpt" in n.meta]
-        [32, 32]
+        >>> [n.meta["fxckpt"].creates for n in gm.graph.nodes if "fxckpt" in n.meta]
+        [(('_0:0', 32),), (('_1:0', 32),)]
     """
     if not isinstance(captured, Captured):
         raise TypeError(f"annotate takes the Captured that capture() returns, got {type(captured).__name__}")
@@ -336,7 +325,7 @@ def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
     for node in gm.graph.nodes:
         if node.name in runner.costs:
             runner.costs[node.name] = replace(
-                runner.costs[node.name], bwd_rank=rank.get(node.name, -1), bwd_flops=int(trace.flops.get(node.name, 0)),
+                runner.costs[node.name], bwd_rank=rank.get(node.name, -1),
                 bwd_transient_bytes=trace.peak.get(node.name, 0) - trace.start.get(node.name, 0),
                 grads=tuple(born.get(node.name, ())))
             node.meta[META] = runner.costs[node.name]

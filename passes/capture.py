@@ -90,7 +90,7 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
             tracer = _Tracer(rec)
             graph = tracer.trace(model)
         gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
-        _check_runs_like(gm, model, args, kwargs)
+        _check_runs_like(gm, args, kwargs)
         return _finish(gm, model, rec, "symbolic_trace", args, kwargs)
     except Exception as e:  # symbolic_trace fails in many ways on real models
         errors.append(f"torch.fx.symbolic_trace: {type(e).__name__}: {_first_line(e)}")
@@ -168,7 +168,7 @@ def _first_line(e: Exception) -> str:
     return text[0][:300] if text else ""
 
 
-def _check_runs_like(gm: torch.fx.GraphModule, model: torch.nn.Module, args, kwargs) -> None:
+def _check_runs_like(gm: torch.fx.GraphModule, args, kwargs) -> None:
     """symbolic_trace ignores the example input; make sure the graph accepts that call."""
     sig = inspect.signature(gm.forward)
     sig.bind(*args, **kwargs)

@@ -300,7 +300,7 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     for t in tangents:
         if _is_tensor_node(t) and t in last_reader:
             grads.append(Grad(_nbytes(t.meta["val"]), len(nodes) - 1, first + last_reader[t]))
-    problem = RematProblem(tuple(nodes), tuple(buffers), grads=tuple(grads), name=name, meta={"runtime": "compiled"})
+    problem = RematProblem(tuple(nodes), tuple(buffers), grads=tuple(grads), name=name)
     return JointProblem(problem, forward, backward, primals, source)
 
 

@@ -13,10 +13,7 @@ class NodeCost:
     resolves names to indices.
     """
 
-    out_bytes: int  # new storage its output allocates (0 for views and in-place ops)
-    saved_bytes: int  # bytes its backward holds (activations and internals; parameters and inputs excluded)
     flops: int  # forward cost (FlopCounterMode; else one per output element; 0 for views)
-    bwd_flops: int = 0  # its backward's FLOPs, as FlopCounterMode counts them (matmuls, convolutions)
     requires_grad: bool = False
     creates: tuple[tuple[str, int], ...] = ()  # (buffer, bytes) it allocates; "<node>:saved" = saved internals
     value: tuple[str, ...] = ()  # activation buffers its output refers to
@@ -27,7 +24,6 @@ class NodeCost:
     bwd_transient_bytes: int = 0  # peak of what its backward allocates, over the level it starts at
     grads: tuple[tuple[str | None, int], ...] = ()  # (node in whose backward it dies, bytes) left by its backward
     is_random: bool = False
-    is_view: bool = False
     writes: tuple[str, ...] = ()  # activation buffers it modifies in place
     reads: tuple[tuple[str, str], ...] = ()  # (input, the node that wrote it in place since): replays read the writer
     mutates: str | None = None  # what it modifies in place, e.g. "buffer bn1.running_mean"

@@ -8,7 +8,7 @@ recipe instead, and backward rematerializes the node (once) when the recipe is f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 
@@ -66,7 +66,6 @@ class RematProblem:
     grads: tuple[Grad, ...] = ()
     loss_bytes: int = 0  # what computing the loss from the outputs allocates
     name: str = "graph"
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         for i, node in enumerate(self.nodes):
