@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.utils import _pytree as pytree
 
+from .core.blocks import even_segments
 from .wrap import ModelWrapper
 
 __all__ = ["CheckpointedSequential", "SelectiveCheckpoint", "block_stack", "checkpoint"]
@@ -188,18 +189,15 @@ class CheckpointedSequential(nn.Sequential):
         self.segments()  # validates
 
     def segments(self) -> list[tuple[int, int]]:
-        """The ``(start, stop)`` layer index ranges of the segments, in order."""
+        """The ``(start, stop)`` layer index ranges of the segments, in order: half-open, sizes
+        differing by at most one (`fxckpt.core.blocks.even_segments`)."""
         k, n = self.checkpoint_segments, len(self)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ValueError(
                 f"checkpoint_segments must be an int from 1 to the number of layers ({n}), got {k!r}"
                 if n else "CheckpointedSequential needs at least one layer"
             )
-        size, extra = divmod(n, k)
-        bounds = [0]
-        for i in range(k):
-            bounds.append(bounds[-1] + size + (i < extra))
-        return list(zip(bounds[:-1], bounds[1:]))
+        return even_segments(n, k)
 
     def forward(self, input):
         if not (self.training and torch.is_grad_enabled()) or self.checkpoint_segments == 1:

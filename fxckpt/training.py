@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .core.blocks import even_segments
 from .manual import CheckpointedSequential, SelectiveCheckpoint, block_stack
 from .measure import LiveBytesMode
 
@@ -55,7 +56,7 @@ def _checkpointed(model: nn.Module, segments: int, budget_mb, example) -> nn.Mod
     k = min(segments, n)
     # Every block of the first k-1 of k segments is checkpointed, as CheckpointedSequential does
     # with whole segments (per block: backward rebuilds one block at a time).
-    head = n - (n // k)
+    head = even_segments(n, k)[-1][0]  # where the last segment starts
     return SelectiveCheckpoint(model, list(range(head))) if head else model
 
 

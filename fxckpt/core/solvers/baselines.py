@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ..blocks import block_candidates
 from .registry import register_solver
 
 
@@ -26,23 +27,9 @@ def solve_sqrt(problem, budget_bytes):
     return frozenset(c for k, c in enumerate(cands) if (k + 1) % step)
 
 
-def block_of(scope: str) -> str | None:
-    """The repeated block a module path belongs to: the path up to its first numeric part,
-    e.g. "transformer.h.3" for "transformer.h.3.attn.c_attn"; None outside any block."""
-    parts = scope.split(".")
-    for k, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: k + 1])
-    return None
-
-
 @register_solver("blocks")
 def solve_blocks(problem, budget_bytes):
-    """Recompute every candidate inside a block except the block's last one, its output."""
-    last: dict[str, int] = {}
-    for i in problem.candidates():
-        block = block_of(problem.nodes[i].scope)
-        if block is not None:
-            last[block] = i
-    return frozenset(i for i in problem.candidates()
-                     if (b := block_of(problem.nodes[i].scope)) is not None and last[b] != i)
+    """Recompute every candidate inside a block (see NOTE [ Blocks and segments ]) except the
+    block's last one, its output."""
+    blocks, _ = block_candidates(problem)
+    return frozenset(i for members in blocks.values() for i in members[:-1])

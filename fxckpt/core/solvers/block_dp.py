@@ -30,8 +30,9 @@ simulations per distinct option (0.14-0.19 s on GPT-2 small, a min-cut solve the
 
 from __future__ import annotations
 
+from ..blocks import block_candidates, block_of
 from ..simulate import simulate
-from .baselines import block_of, solve_blocks
+from .baselines import solve_blocks
 from .greedy import solve_greedy
 from .mincut import solve_mincut
 from .registry import register_solver
@@ -42,11 +43,8 @@ STEP = 0.03
 
 def units(problem) -> list[list[int]]:
     """Candidates per repeated block, in execution order, then those outside every block."""
-    order: dict[str | None, list[int]] = {}
-    for i in problem.candidates():
-        order.setdefault(block_of(problem.nodes[i].scope), []).append(i)
-    rest = order.pop(None, [])
-    return [*order.values(), *([rest] if rest else [])]
+    blocks, rest = block_candidates(problem)
+    return [*blocks.values(), *([rest] if rest else [])]
 
 
 def signature(problem, members: list[int]) -> tuple:

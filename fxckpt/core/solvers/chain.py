@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from itertools import product
 
+from ..blocks import block_candidates, even_segments
 from .registry import register_solver
 
 
@@ -162,16 +163,9 @@ class SegmentedCheckpointing:
     @staticmethod
     def get_segment_boundaries(num_layers: int, num_segments: int) -> list[tuple[int, int]]:
         """`num_segments` contiguous [start, end] ranges covering the layers, sizes differing by
-        at most one."""
-        if not 1 <= num_segments <= max(1, num_layers):
-            raise ValueError(f"num_segments must be in [1, {num_layers}], got {num_segments}")
-        base, extra = divmod(num_layers, num_segments)
-        out, start = [], 0
-        for k in range(num_segments):
-            size = base + (k < extra)
-            out.append((start, start + size - 1))
-            start += size
-        return out
+        at most one: `fxckpt.core.blocks.even_segments` with inclusive ends, as `ChainPlan`'s
+        segments have them."""
+        return [(start, stop - 1) for start, stop in even_segments(num_layers, num_segments)]
 
     @staticmethod
     def compute_optimal_segments(num_layers: int, memory_budget_ratio: float) -> int:
@@ -202,14 +196,8 @@ def chain_of_blocks(problem):
     """The problem's repeated blocks in order (by module scope) as layer profiles: a block keeps
     the bytes of what its nodes allocate that backward holds, and costs its candidates' FLOPs.
     Returns (profiles, candidate node indices per block)."""
-    from .baselines import block_of
-
     held = {b for n in problem.nodes if n.requires_grad for b in n.saves}
-    order: dict[str, list[int]] = {}
-    for i in problem.candidates():
-        block = block_of(problem.nodes[i].scope)
-        if block is not None:
-            order.setdefault(block, []).append(i)
+    order, _ = block_candidates(problem)
     profiles, members = [], []
     for block, nodes in order.items():
         nbytes = sum(problem.buffers[b].nbytes for i in nodes for b in problem.nodes[i].creates if b in held)
