@@ -195,6 +195,23 @@ def _compile(budget: str, results) -> Strategy:
     return apply
 
 
+def _anchor_peak_mib(anchor_name: str, results) -> float:
+    """The measured peak of an earlier row, the budget of an equal-memory ("@") row."""
+    anchor = results.get(anchor_name)
+    if anchor is None or anchor.peak_mib is None:
+        raise SkipStrategy(f"anchor {anchor_name!r} not measured")
+    return anchor.peak_mib
+
+
+def _register_budget_families(prefix: str, make: Callable[..., Strategy]) -> None:
+    """The two families of a planner: ``"<prefix> N%"`` is ``make(budget=N / 100)`` (a fraction of
+    the un-checkpointed peak), ``"<prefix> @ X"`` is ``make(budget_mb=X's measured peak)``."""
+    register_family(f"{prefix} N%", rf"{prefix} ([0-9.]+)%")(
+        lambda percent, results: make(budget=float(percent) / 100))
+    register_family(f"{prefix} @ <strategy>", rf"{prefix} @ (.+)")(
+        lambda anchor_name, results: make(budget_mb=_anchor_peak_mib(anchor_name, results)))
+
+
 def _fxckpt(**spec) -> Strategy:
     def apply(model, example) -> Prepared:
         from ..api import auto_checkpoint
@@ -205,22 +222,7 @@ def _fxckpt(**spec) -> Strategy:
     return apply
 
 
-@register_family("fxckpt N%", r"fxckpt ([0-9.]+)%")
-def _fxckpt_fraction(percent: str, results) -> Strategy:
-    return _fxckpt(budget=float(percent) / 100)
-
-
-@register_family("fxckpt @ <strategy>", r"fxckpt @ (.+)")
-def _fxckpt_at(anchor_name: str, results) -> Strategy:
-    return _fxckpt(budget_mb=_anchor_peak_mib(anchor_name, results))
-
-
-def _anchor_peak_mib(anchor_name: str, results) -> float:
-    """The measured peak of an earlier row, the budget of an equal-memory ("@") row."""
-    anchor = results.get(anchor_name)
-    if anchor is None or anchor.peak_mib is None:
-        raise SkipStrategy(f"anchor {anchor_name!r} not measured")
-    return anchor.peak_mib
+_register_budget_families("fxckpt", _fxckpt)
 
 
 def _fxckpt_compile(**spec) -> Strategy:
@@ -238,14 +240,7 @@ def _fxckpt_compile(**spec) -> Strategy:
     return apply
 
 
-@register_family("fxckpt compile N%", r"fxckpt compile ([0-9.]+)%")
-def _fxckpt_compile_fraction(percent: str, results) -> Strategy:
-    return _fxckpt_compile(budget=float(percent) / 100)
-
-
-@register_family("fxckpt compile @ <strategy>", r"fxckpt compile @ (.+)")
-def _fxckpt_compile_at(anchor_name: str, results) -> Strategy:
-    return _fxckpt_compile(budget_mb=_anchor_peak_mib(anchor_name, results))
+_register_budget_families("fxckpt compile", _fxckpt_compile)
 
 
 @register_strategy("fxckpt min")
