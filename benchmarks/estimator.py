@@ -1,6 +1,6 @@
 """The time estimate (`fxckpt.core.timing`) against measured per-node times, per op kind.
 
-    python benchmarks/estimator.py [--models gpt2 cnn encoder] [--layers 12] [--repeats 5] [--refresh]
+    python benchmarks/estimator.py [--models gpt2 cnn encoder] [--layers 12] [--repeats 5] [--refresh] [--threads 1 [--cpu-clock]]
 
 For each model: the device rates (`fxckpt.calibrate.device_rates`, measured or cached), then
 every annotated node's estimated seconds beside its measured seconds (`profile_nodes`: the fastest of
@@ -15,6 +15,7 @@ batch 8 x 128). `--refresh` measures the device rates again instead of reading t
 from __future__ import annotations
 
 import argparse
+import time
 import statistics
 from collections import defaultdict
 
@@ -66,7 +67,8 @@ def cnn():
     torch.manual_seed(0)
     model = ResNetForImageClassification(ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
                                                       hidden_sizes=[64, 128, 256, 512])).train()
-    return model, {"pixel_values": torch.randn(8, 3, 128, 128), "labels": torch.randint(0, 1000, (8,))}
+    labels = torch.randint(0, model.config.num_labels, (8,))  # the config's classes (2 by default)
+    return model, {"pixel_values": torch.randn(8, 3, 128, 128), "labels": labels}
 
 
 def _device_dtype(model):
@@ -81,7 +83,17 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--refresh", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's); 1 on a shared machine, where threads wait on each other")
+    ap.add_argument("--cpu-clock", action="store_true",
+                    help="time this thread's CPU seconds, not wall (needs --threads 1): free of other processes' load")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.cpu_clock:
+        if torch.get_num_threads() != 1:
+            ap.error("--cpu-clock needs --threads 1 (other threads' CPU time is not this thread's)")
+        calibrate.clock = time.thread_time
     if args.refresh:
         calibrate.device_rates("cpu", refresh=True)
     for name in args.models:

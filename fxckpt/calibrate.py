@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 _RATES: dict[str, DeviceRates] = {}
 _TINY_NODES = 32  # nodes of the tiny graph that prices the runtime's replay
 _VERSION = 2  # of the calibration: bump when the runtime or the micro-benchmark changes (stale caches)
+# What the micro-benchmark and `profile_nodes` time with. `benchmarks/estimator.py --threads 1
+# --cpu-clock` sets `time.thread_time`: with one torch thread every CPU op runs in the calling
+# thread, so its CPU time leaves out the time other processes of a shared machine take.
+clock = time.perf_counter
 
 
 def cache_file() -> pathlib.Path:
@@ -141,11 +145,11 @@ def _best(fn: Callable[[], object], sync: Callable[[], None], reps: int = 5, inn
     sync()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(inner):
             fn()
         sync()
-        times.append((time.perf_counter() - t0) / inner)
+        times.append((clock() - t0) / inner)
     return min(times)
 
 
@@ -244,10 +248,10 @@ def profile_nodes(gm: torch.fx.GraphModule, args: tuple, kwargs: dict | None = N
             fork = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
             with fork:  # timing replays must not move the RNG the real step draws from
                 sync()
-                t0 = time.perf_counter()
+                t0 = clock()
                 out = super().run_node(n)
                 sync()
-            times.setdefault(n.name, []).append(time.perf_counter() - t0)
+            times.setdefault(n.name, []).append(clock() - t0)
             return out
 
     flat = flat_inputs(gm, args, kwargs or {})

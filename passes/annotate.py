@@ -22,7 +22,7 @@ from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, step_loss
 from .fake_step import FakeStep
-from .ops import is_batchnorm, storage_key, tensor_leaves
+from .ops import aten, is_batchnorm, storage_key, tensor_leaves
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
@@ -30,6 +30,21 @@ META = "fxckpt"
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+# NOTE [ Gathers read their rows, not their table ]
+# An op's bytes read are its tensor inputs' sizes, except for ops that gather rows of their
+# first input by index: an embedding of a 50257 x 768 table reads the rows it looks up, not
+# 154 MB (counted whole, GPT-2 small's embedding was priced 20x its measured time,
+# benchmarks/results/2026-11-30/seconds.md). Their table is read at most as much as they write.
+_GATHERS = frozenset({aten.embedding.default, aten.index_select.default, aten.index.Tensor, aten.gather.default})
+
+
+def _bytes_read(func, args, kwargs, written: int) -> int:
+    sizes = [_nbytes(t) for t in tensor_leaves((args, kwargs))]
+    if func in _GATHERS and sizes:
+        sizes[0] = min(sizes[0], written)
+    return sum(sizes)
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -59,8 +74,9 @@ class _OpRecorder(TorchDispatchMode):
         written = tensor_leaves(out)
         if written and not func.is_view:  # views move no data; metadata queries return no tensor
             self.ops += 1
-            self.bytes_read += sum(_nbytes(t) for t in tensor_leaves((args, kwargs)))
-            self.bytes_written += sum(_nbytes(t) for t in written)
+            out_bytes = sum(_nbytes(t) for t in written)
+            self.bytes_read += _bytes_read(func, args, kwargs, out_bytes)
+            self.bytes_written += out_bytes
             if torch.Tag.nondeterministic_seeded in func.tags:
                 self.random_elements += sum(t.numel() for t in written)
         for t in written:

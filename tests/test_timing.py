@@ -166,3 +166,12 @@ def test_implausible_rates_are_measured_again(tmp_path, monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="fxckpt.calibrate"):
         assert calibrate.device_rates("cpu", torch.float64) == broken and bench.calls == 3
     assert "look wrong after 3 measurements (flops_per_second" in caplog.text
+
+
+def test_a_gather_reads_the_rows_it_looks_up_not_its_table():
+    """embedding(1000 x 64 table, 2 x 8 indices) reads 16 rows of 64 floats and the int64 indices
+    (NOTE [ Gathers read their rows, not their table ]), so it is priced like a 16 x 64 copy."""
+    model = torch.nn.Embedding(1000, 64)
+    gm = _annotated(model, torch.randint(0, 1000, (2, 8)))
+    emb = next(n.meta["fxckpt"] for n in gm.graph.nodes if "fxckpt" in n.meta and n.op == "call_function")
+    assert (emb.ops, emb.bytes_read, emb.bytes_written) == (1, 4 * 16 * 64 + 8 * 16, 4 * 16 * 64)
