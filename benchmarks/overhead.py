@@ -1,6 +1,6 @@
 """Wall overhead of the eager runtime, as paired step-time ratios against the original module.
 
-    python benchmarks/overhead.py [--model gpt2|encoder|both] [--pairs 7] [--budgets 1.0 0.5]
+    python benchmarks/overhead.py [--model gpt2|encoder|both|<a zoo model, e.g. resnet50>] [--pairs 7] [--budgets 1.0 0.5]
 
 Per model and budget: budget 1.0 is the captured graph with nothing recomputed, which measures
 what the machinery costs by itself; a lower budget gives a plan, printed beside its estimated
@@ -19,6 +19,7 @@ import time
 import torch
 
 import fxckpt
+from fxckpt.benchmark.zoo import ZOO
 from fxckpt.measure import step_loss
 
 
@@ -76,7 +77,8 @@ def main(argv=None) -> None:
     from fxckpt.demo import gpt2
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", choices=("gpt2", "encoder", "both"), default="both")
+    ap.add_argument("--model", choices=("gpt2", "encoder", "both", *ZOO), default="both",
+                    help="gpt2 and encoder, or one model of fxckpt.benchmark.zoo")
     ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.5])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU time is one thread's work)")
@@ -86,6 +88,9 @@ def main(argv=None) -> None:
     if args.model in ("encoder", "both"):
         model, x = encoder()
         report("TransformerEncoder 4 x d128, batch 8 x 128", model, x, args.budgets, args.pairs)
+    if args.model in ZOO:
+        model, example = ZOO[args.model].build()
+        report(ZOO[args.model].description, model, example, args.budgets, args.pairs)
     if args.model in ("gpt2", "both"):
         model, example = gpt2(12, 768, 12, 2, 256, 50257)
         report("GPT-2 small, batch 2 x 256", model, example, args.budgets, args.pairs)
