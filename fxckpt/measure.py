@@ -43,10 +43,12 @@ def _tensors(tree):
 
 def _storages(tree):
     for t in _tensors(tree):
-        try:
-            yield t.untyped_storage()
-        except (RuntimeError, NotImplementedError, TypeError):
-            continue  # sparse tensors and some subclasses have no storage of their own
+        parts = (t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,)
+        for part in parts:
+            try:
+                yield part.untyped_storage()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue  # some subclasses and other sparse layouts have no storage of their own
 
 
 @dataclass

@@ -68,7 +68,13 @@ def storage_key(t: torch.Tensor) -> int:
 
 
 def tensor_leaves(tree) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+    """The tensors of a pytree; a sparse COO tensor (an embedding's ``sparse=True`` gradient)
+    counts as its indices and values, the tensors that own its memory (it has no storage)."""
+    out = []
+    for t in pytree.tree_leaves(tree):
+        if isinstance(t, torch.Tensor):
+            out.extend((t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,))
+    return out
 
 
 def real_like(t: torch.Tensor) -> torch.Tensor:

@@ -265,3 +265,22 @@ def test_block_replanned_on_an_input_with_autograd_history():
     assert len(model.blocks[1].plans) == 2  # the example's signature and the call's
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
         assert torch.equal(p.grad, q.grad), n
+
+
+def test_sparse_embedding_gradient_is_planned_and_exact():
+    """An embedding with ``sparse=True`` has a sparse COO gradient, which has no storage of its
+    own: its indices and values are what it holds (annotation failed on it before)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(1000, 64, sparse=True), torch.nn.Linear(64, 256),
+                                torch.nn.GELU(), torch.nn.Linear(256, 256), torch.nn.Tanh(), torch.nn.Linear(256, 4))
+    ref = copy.deepcopy(model)
+    x = torch.randint(0, 1000, (16, 64))
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=0.9)
+    assert ckpt.plan.recompute
+    _step(ref, x)
+    _step(ckpt, x)
+    assert model[0].weight.grad.is_sparse
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.grad.to_dense(), q.grad.to_dense())
+    assert_executes_plan(ckpt)
+    assert measure_step(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
