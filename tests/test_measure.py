@@ -90,11 +90,12 @@ def test_freed_and_reallocated_storages_stay_exact():
     assert m.current_bytes == 0
 
 
-def test_storageless_outputs_are_ignored():
+def test_a_sparse_tensor_counts_as_its_indices_and_values():
     with LiveBytesMode() as m:
-        s = mib_tensor().to_sparse()  # no storage: skipped (its indices and values are made inside the op)
+        s = mib_tensor().to_sparse()  # no storage of its own: int64 indices (4 MiB) and values (1 MiB)
         d = s.to_dense()  # noqa: F841
-    assert m.peak_bytes == MiB
+    assert s._indices().untyped_storage().nbytes() == 4 * MiB
+    assert m.peak_bytes == 6 * MiB  # the dense input, then the dense result, beside the 5 MiB
 
 
 def test_backward_ops_are_seen():
