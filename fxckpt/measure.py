@@ -69,8 +69,8 @@ class LiveBytesMode(TorchDispatchMode):
     existed before the mode was entered are never counted, even when an in-place op returns them
     (e.g. accumulation into a preallocated ``.grad``). Backward ops are seen too: on the CPU the
     autograd engine runs them on the calling thread, inside the mode. With fake tensors, enter
-    this mode inside the ``FakeTensorMode``. Not seen: memory an op uses only internally, and
-    outputs without a storage (sparse tensors).
+    this mode inside the ``FakeTensorMode``. A sparse COO tensor counts as its indices and values. Not
+    seen: memory an op uses only internally, and outputs without a storage (other sparse layouts).
 
     Attributes:
         peak_bytes: the largest live total, taken after each op's outputs are created.
