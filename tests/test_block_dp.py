@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fxckpt.core.errors import InfeasibleBudgetError, SolverError
 from fxckpt.core.simulate import simulate
 from fxckpt.core.solvers import solve
-from fxckpt.core.solvers.block_dp import between, compose, options_front, signature, units
+from fxckpt.core.solvers.block_dp import between, cheapest, compose, fronts, options_front, signature, units
 from fxckpt.core.synthetic import repeated_blocks
 
 SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,6 +37,8 @@ def test_compose_is_the_block_model_optimum(groups, budget):
     got = compose(groups, 100, budget)
     want = brute_compose(groups, 100, budget)
     assert (got and got[0]) == want if want is not None else got is None
+    capped = cheapest(fronts(groups, most=max(0, 100 - budget)), len(groups), 100, budget)  # d capped where it buys nothing
+    assert (capped and capped[0]) == (got and got[0])
     if got is not None:  # the chosen options are priced as claimed and fit the model's budget
         picked = [groups[g][1][k] for g, ks in enumerate(got[1]) for k in ks]
         assert [len(ks) for ks in got[1]] == [count for count, _ in groups]
@@ -54,6 +56,8 @@ def test_between_adds_every_option_between_two_nested_ones():
     assert between({a, b}) == {a, b, frozenset({0, 2}), frozenset({0, 5})}
     assert between({a, b}, limit=1) == {a, b}  # b - a has two positions
     assert between({frozenset({1}), frozenset({2})}) == {frozenset({1}), frozenset({2})}  # not nested
+    chain = {frozenset(range(k)) for k in range(4)}  # {} < {0} < {0, 1} < {0, 1, 2}: only adjacent pairs count
+    assert between(chain) == chain
 
 
 def test_block_dp_uses_parts_of_its_seeds_options():

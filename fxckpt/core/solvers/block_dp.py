@@ -23,8 +23,8 @@ than the min-cut solver at the same budget.
 Options come from plans of the whole graph (the min-cut solver's at the budget, per-layer
 checkpointing, nothing, everything; one min-cut solve is most of the time) cut into units: one good whole-graph plan gives every unit
 an option, and the DP mixes them across units where the whole-graph solver could not. Where one
-option of a group holds another (P < Q, differing in at most 6 positions), every option between
-them is added (`between`): on GPT-2 small at 50% the seeds give "base" and "base + 5 positions",
+option of a group holds another (P < Q, differing in at most 6 positions, no option between
+them), every option between them is added (`between`): on GPT-2 small at 50% the seeds give "base" and "base + 5 positions",
 and the best plan (proven within 0.3%) recomputes "base + 2" in some layers and "base + the other
 3" in others; with them, auto's plan there costs 350.76 ms of recompute instead of 429.72.
 `auto` runs the same composition on its min-cut plan whenever the graph has two or more repeated
@@ -33,6 +33,8 @@ simulations per distinct option (0.14-0.19 s on GPT-2 small, a min-cut solve the
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 from ..blocks import block_candidates, block_of
 from ..simulate import simulate
@@ -77,24 +79,28 @@ def compose(groups: list[tuple[int, list]], peak0: int, budget: int):
     return cheapest(fronts(groups), len(groups), peak0, budget)
 
 
-def fronts(groups: list[tuple[int, list]]) -> dict[int, list]:
+def fronts(groups: list[tuple[int, list]], most: int | None = None) -> dict[int, list]:
     """Per transient bound W (every option's t), the Pareto front of the choices whose options
-    all have t <= W, as (-sum d, sum c, choices), choices a tuple of (group, option index).
-    They do not depend on the budget: computed once, they price every model budget."""
+    all have t <= W, as (-sum d, sum c, choices), choices a linked list (earlier choices, group,
+    option index), so that extending a choice copies nothing. They do not depend on the budget:
+    computed once, they price every model budget down to peak0 - `most`: with `most`, sums of d
+    past most + W count as most + W (more bytes removed buy nothing there), which keeps the fronts
+    short."""
     out = {}
     for W in sorted({o[2] for _, opts in groups for o in opts}):
-        front = [(0, 0, ())]
+        cap = -float("inf") if most is None else -(most + W)
+        front = [(0, 0, None)]
         for g, (count, opts) in enumerate(groups):
             allowed = [(k, o) for k, o in enumerate(opts) if o[2] <= W]
             for _ in range(count):
-                front = _pareto([(negd - o[0], c + o[1], ch + ((g, k),)) for negd, c, ch in front for k, o in allowed])
+                front = _pareto([(max(cap, negd - o[0]), c + o[1], (ch, g, k)) for negd, c, ch in front for k, o in allowed])
         out[W] = front
     return out
 
 
 def _pareto(points: list) -> list:
     """The points no other beats on both -sum d and cost (the first of equals), by one sort."""
-    points.sort(key=lambda p: (p[0], p[1]))
+    points.sort(key=itemgetter(0, 1))
     keep, best = [], None
     for p in points:
         if best is None or p[1] < best:
@@ -114,19 +120,21 @@ def cheapest(by_w: dict[int, list], n_groups: int, peak0: int, budget: int):
     if best is None:
         return None
     chosen = [[] for _ in range(n_groups)]
-    for g, k in best[1]:
+    ch = best[1]
+    while ch is not None:
+        ch, g, k = ch
         chosen[g].append(k)
     return best[0], [sorted(x) for x in chosen]
 
 
 def between(positions: set[frozenset], limit: int = 6) -> set[frozenset]:
-    """The options and, for each two of them P < Q that differ in at most `limit` positions,
-    every option between them (P plus any part of Q - P)."""
+    """The options and, for each two of them P < Q with none between them that differ in at
+    most `limit` positions, every option between them (P plus any part of Q - P)."""
     out = set(positions)
     for P in positions:
         for Q in positions:
             extra = sorted(Q - P)
-            if P < Q and len(extra) <= limit:
+            if P < Q and len(extra) <= limit and not any(P < R < Q for R in positions):
                 for mask in range(1, 2 ** len(extra) - 1):
                     out.add(P | {x for j, x in enumerate(extra) if mask >> j & 1})
     return out
@@ -165,7 +173,7 @@ def compose_plan(problem, budget_bytes: int, plan: frozenset) -> frozenset | Non
         sim = simulate(problem, R)
         if sim.peak_bytes <= budget_bytes and (best is None or sim.recompute_cost < best[0]):
             best = (sim.recompute_cost, R)
-    by_w = fronts(groups)
+    by_w = fronts(groups, base.peak_bytes - int(budget_bytes * (1 - STEP * (MODEL_TRIES - 1))))
     for k in range(MODEL_TRIES):
         got = cheapest(by_w, len(groups), base.peak_bytes, int(budget_bytes * (1 - STEP * k)))
         if got is None:
