@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -36,16 +35,16 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
-from fxckpt.core.errors import InfeasibleBudgetError
+from fxckpt.core.errors import MIB, InfeasibleBudgetError
 from fxckpt.core.plan import Plan, make_plan
 from fxckpt.core.problem import RematProblem
 from fxckpt.core.simulate import simulate
 from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
+from fxckpt.core.solvers.registry import is_amount
 
 from .joint import build_problem, saved_values
 
 log = logging.getLogger(__name__)
-MIB = 2**20
 COMPILERS = ("inductor", "aot_eager")
 _OWN = {"budget_mb", "budget", "solver", "compiler", "verify"}
 
@@ -77,7 +76,7 @@ class FxckptBackend:
             raise ValueError("give exactly one of budget_mb= (MiB) or budget= (a fraction of the graph's "
                              "un-checkpointed activation peak)")
         limit = budget_mb if budget_mb is not None else budget
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0 or math.isnan(limit):
+        if not is_amount(limit, positive=True):
             raise ValueError(f"the budget must be a positive number, got {limit!r}")
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; registered: {sorted(SOLVERS)}")

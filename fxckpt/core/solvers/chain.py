@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from itertools import product
 
 from ..blocks import block_candidates, even_segments
+from ..simulate import simulate
+from .chain_exact import solve_node_chain
+from .greedy import solve_greedy
 from .registry import register_solver
 
 
@@ -213,10 +216,6 @@ def solve_chain_dp(problem, budget_bytes):
     gradients, so the DP is run for a range of chain budgets and the simulator picks the
     cheapest plan that fits. Node chains get the exact DP under the simulator itself
     (`chain_exact`); graphs without repeated blocks fall back to the greedy descent."""
-    from ..simulate import simulate
-    from .chain_exact import solve_node_chain
-    from .greedy import solve_greedy
-
     exact = solve_node_chain(problem, budget_bytes)
     if exact is not None:
         return exact

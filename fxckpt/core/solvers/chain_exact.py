@@ -37,6 +37,7 @@ distinct held-prefix byte sums) can grow with the byte values; they stay small i
 from __future__ import annotations
 
 from bisect import bisect_right
+from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 
 from ..problem import RematProblem
@@ -46,46 +47,61 @@ NEG = float("-inf")
 INF = float("inf")
 
 
+@dataclass(frozen=True)
 class _Chain:
-    """Per-node arrays of a node chain."""
+    """Per-node arrays of a node chain (`_chain` builds them): the terms of the docstring's
+    live-byte sums, so that a transition's M(k, k') is a few lookups per step."""
 
-    def __init__(self, p: RematProblem):
-        nodes, n = p.nodes, len(p.nodes)
-        st = step_facts(p)
-        self.n = n
-        buf = [nd.creates[0] for nd in nodes]
-        rg = [nd.requires_grad for nd in nodes]
-        out = [st.output_holds[buf[i]] > 0 for i in range(n)]
-        size = [p.buffers[buf[i]].nbytes for i in range(n)]
-        self.s = [0 if out[i] else size[i] for i in range(n)] + [0]  # bytes the plan decides on
-        saves = [set(nodes[i].saves) if rg[i] else set() for i in range(n)]
-        self.ss = [buf[i] in saves[i] for i in range(n)] + [False]  # saves its own buffer
-        self.sv = [self.ss[i] or (i + 1 < n and buf[i] in saves[i + 1]) for i in range(n)]  # buffer saved
-        self.saves_prev = [i >= 1 and buf[i - 1] in saves[i] for i in range(n)] + [False]
-        cf, ext, outs = [], 0, 0
-        for i, nd in enumerate(nodes):
-            if rg[i]:
-                ext += nd.extra_saved_bytes
-            if out[i]:
-                outs += size[i]
-            cf.append(ext + outs + nd.transient_bytes)
-        self.cf = cf
-        self.w = [NEG] + [cf[t] + self.s[t - 1] + self.s[t] for t in range(1, n)]
-        cb, v = [NEG] * (n + 1), [NEG] * (n + 1)
-        base = ext + outs + p.loss_bytes
-        for c in p.backward_order:
-            cb[c] = base
-            v[c] = base + nodes[c].bwd_transient_bytes
-            base += st.born[c] - st.dying[c] - nodes[c].extra_saved_bytes
-        self.cb, self.v = cb, v
-        self.tr = [nd.transient_bytes for nd in nodes]
-        fl = [0]
-        for c in p.cost:
-            fl.append(fl[-1] + c)
-        self.fl = fl
-        cands = set(p.candidates())
-        self.can_r = [i in cands and nodes[i].prefer != "save" for i in range(n)]
-        self.can_k = [not (self.can_r[i] and nodes[i].prefer == "recompute") for i in range(n)] + [True]
+    n: int
+    s: list  # bytes the plan decides on (0 for outputs' buffers, held whatever the plan)
+    ss: list  # the node's backward saves its own buffer
+    sv: list  # the node's buffer is saved (by its own backward or the next node's)
+    saves_prev: list  # the node's backward saves its input's buffer
+    cf: list  # plan-independent bytes at forward step t
+    w: list  # forward step t: cf plus the decided bytes of its input's buffer and its own
+    cb: list  # plan-independent bytes at the start of backward step c
+    v: list  # cb plus backward c's transient bytes
+    tr: list  # forward transient bytes
+    fl: list  # prefix sums of the recompute cost
+    can_r: list  # may be recomputed
+    can_k: list  # may be kept
+
+
+def _chain(p: RematProblem) -> _Chain:
+    """The per-node arrays of the node chain `p`."""
+    nodes, n = p.nodes, len(p.nodes)
+    st = step_facts(p)
+    buf = [nd.creates[0] for nd in nodes]
+    rg = [nd.requires_grad for nd in nodes]
+    out = [st.output_holds[buf[i]] > 0 for i in range(n)]
+    size = [p.buffers[buf[i]].nbytes for i in range(n)]
+    s = [0 if out[i] else size[i] for i in range(n)] + [0]
+    saves = [set(nodes[i].saves) if rg[i] else set() for i in range(n)]
+    ss = [buf[i] in saves[i] for i in range(n)] + [False]
+    sv = [ss[i] or (i + 1 < n and buf[i] in saves[i + 1]) for i in range(n)]
+    saves_prev = [i >= 1 and buf[i - 1] in saves[i] for i in range(n)] + [False]
+    cf, ext, outs = [], 0, 0
+    for i, nd in enumerate(nodes):
+        if rg[i]:
+            ext += nd.extra_saved_bytes
+        if out[i]:
+            outs += size[i]
+        cf.append(ext + outs + nd.transient_bytes)
+    w = [NEG] + [cf[t] + s[t - 1] + s[t] for t in range(1, n)]
+    cb, v = [NEG] * (n + 1), [NEG] * (n + 1)
+    base = ext + outs + p.loss_bytes
+    for c in p.backward_order:
+        cb[c] = base
+        v[c] = base + nodes[c].bwd_transient_bytes
+        base += st.born[c] - st.dying[c] - nodes[c].extra_saved_bytes
+    fl = [0]
+    for c in p.cost:
+        fl.append(fl[-1] + c)
+    cands = set(p.candidates())
+    can_r = [i in cands and nodes[i].prefer != "save" for i in range(n)]
+    can_k = [not (can_r[i] and nodes[i].prefer == "recompute") for i in range(n)] + [True]
+    return _Chain(n=n, s=s, ss=ss, sv=sv, saves_prev=saves_prev, cf=cf, w=w, cb=cb, v=v,
+                  tr=[nd.transient_bytes for nd in nodes], fl=fl, can_r=can_r, can_k=can_k)
 
 
 def is_node_chain(p: RematProblem) -> bool:
@@ -255,7 +271,7 @@ def solve_node_chain(problem: RematProblem, budget_bytes) -> frozenset[int] | No
         return None
     if not problem.nodes:
         return frozenset()
-    ch = _Chain(problem)
+    ch = _chain(problem)
     n = ch.n
     # a transition with M over the budget is useless (P >= 0), so the walks stop there
     kept = _dp(ch, [list(_transitions(ch, k, budget_bytes)) for k in range(-1, n)], budget_bytes)

@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..simulate import simulate, step_facts, step_marks
+from .auto import solve_auto
 from .registry import Solved, recompute_of, register_solver
 
 SECONDS = 30.0  # default limit for the whole cut loop
@@ -381,8 +382,6 @@ def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=No
         >>> got.lower_bound <= simulate(p, got.recompute).recompute_cost
         True
     """
-    from .auto import solve_auto
-
     plan = recompute_of(solve_auto(problem, budget_bytes)) if incumbent is None else frozenset(incumbent)
     sim = simulate(problem, plan)
     fits = sim.peak_bytes <= budget_bytes
