@@ -205,18 +205,26 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     pointwise values exist in memory only across the forward/backward boundary (`is_fused`).
     """
     graph_nodes = list(joint.graph.nodes)
-    out_node = graph_nodes[-1]
-    fwd_outputs = {a for a in pytree.tree_leaves(out_node.args[0][:num_fwd_outputs]) if isinstance(a, fx.Node)}
+    outputs = graph_nodes[-1].args[0]
+    fwd_outputs = {a for a in pytree.tree_leaves(outputs[:num_fwd_outputs]) if isinstance(a, fx.Node)}
     primals = [n for n in graph_nodes if n.op == "placeholder" and not str(n.target).startswith("tangents")]
     tangents = [n for n in graph_nodes if n.op == "placeholder" and str(n.target).startswith("tangents")]
     forward = [n for n in graph_nodes if n.op == "call_function" and n not in info.required_bw_nodes
                and _is_tensor_node(n)]
     backward = [n for n in graph_nodes if n.op == "call_function" and n in info.required_bw_nodes]
     index = {n: i for i, n in enumerate(forward)}
+    source = _storage_sources(graph_nodes, primals + tangents, index)
+    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fusion)
+    bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion)
+    problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name)
+    return JointProblem(problem, forward, backward, primals, source)
 
-    # Which storage each value uses: a forward node's own, its base's (views, getitems), or none
-    # (values of primals: parameters and inputs exist before the step).
-    source: dict[fx.Node, fx.Node | None] = {p: None for p in primals + tangents}
+
+def _storage_sources(graph_nodes: list[fx.Node], inputs: list[fx.Node],
+                     index: dict[fx.Node, int]) -> dict[fx.Node, fx.Node | None]:
+    """Which storage each value uses: a forward node's own, its base's (views, getitems), or none
+    (`inputs`, the values of primals and tangents: parameters and inputs exist before the step)."""
+    source: dict[fx.Node, fx.Node | None] = {p: None for p in inputs}
     for n in graph_nodes:
         if n.op != "call_function":
             continue
@@ -228,7 +236,12 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
                 # (the elements of a view's tuple, e.g. split's, stay views of its base)
         else:
             source[n] = n
+    return source
 
+
+def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fwd_outputs: set[fx.Node],
+                   fusion: bool) -> tuple[list[Node], list[Buffer]]:
+    """A problem node per forward fx node, and the buffers they create (one per element of a tuple)."""
     nodes: list[Node] = []
     buffers: list[Buffer] = []
     buf_of: dict[fx.Node, int] = {}  # fx node owning a storage -> buffer index
@@ -250,34 +263,27 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
             creates=tuple(creates), value=value, flops=_flops(n) if creates else 0, transient_bytes=op_scratch(n),
             is_output=n in fwd_outputs, ban=_ban(n, fwd_outputs), prefer=_prefer(n),
         ))
+    return nodes, buffers
 
-    # The backward graph: each op a node whose backward saves the forward values it reads.
-    bwd_pos = {n: k for k, n in enumerate(backward)}
-    first = len(nodes)
-    root: dict[fx.Node, fx.Node] = {}  # a backward value -> the backward node owning its storage
+
+def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_args, index: dict[fx.Node, int],
+                    fwd_nodes: list[Node], fusion: bool) -> tuple[list[Node], list[Grad]]:
+    """The backward graph: each op a problem node (after the forward's `fwd_nodes`, then a last
+    "bwd tangents" node) whose backward saves the forward values it reads, and the gradients
+    and temporaries it allocates, alive until their last reader."""
+    first = len(fwd_nodes)
+    root, fwd_alias, last_reader = _backward_storage(backward, tangents, index)
 
     def storage_root(a: fx.Node) -> fx.Node:
         return root.get(a, a)
 
-    fwd_alias: dict[fx.Node, fx.Node] = {}  # a backward view of a forward value -> that forward node
-    last_reader: dict[fx.Node, int] = {}
-    for k, n in enumerate(backward):
-        base = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
-        if n.target is operator.getitem and base in bwd_pos and not is_view(base):
-            pass  # one element of a backward op's tuple: a storage of its own
-        elif is_view(n) and base is not None:
-            if base in bwd_pos or base in tangents:
-                root[n] = storage_root(base)
-            elif base in index or base in fwd_alias:
-                fwd_alias[n] = fwd_alias.get(base, base)
-        for a in n.all_input_nodes:
-            last_reader[storage_root(a)] = k
-    bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(out_node.args[0][num_fwd_outputs:]) if isinstance(a, fx.Node)}
+    bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(bwd_out_args) if isinstance(a, fx.Node)}
+    nodes: list[Node] = []
     grads: list[Grad] = []
     start = first + len(backward)  # the "bwd tangents" node, first in backward
     for k, n in enumerate(backward):
         reads = (fwd_alias.get(a, a) for a in n.all_input_nodes)
-        saves = tuple(dict.fromkeys(b for a in reads if a in index for b in nodes[index[a]].value))
+        saves = tuple(dict.fromkeys(b for a in reads if a in index for b in fwd_nodes[index[a]].value))
         val = n.meta.get("val")
         fused = fusion and storage_root(n) not in bwd_outputs and is_fused(n)  # never in memory
         own = 0 if is_view(n) or fused else sum(_nbytes(t) for t in _tensors(val))
@@ -299,9 +305,30 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     nodes.append(Node(name="bwd tangents", op="tangents", requires_grad=True, bwd_rank=0))
     for t in tangents:
         if _is_tensor_node(t) and t in last_reader:
-            grads.append(Grad(_nbytes(t.meta["val"]), len(nodes) - 1, first + last_reader[t]))
-    problem = RematProblem(tuple(nodes), tuple(buffers), grads=tuple(grads), name=name)
-    return JointProblem(problem, forward, backward, primals, source)
+            grads.append(Grad(_nbytes(t.meta["val"]), start, first + last_reader[t]))
+    return nodes, grads
+
+
+def _backward_storage(backward: list[fx.Node], tangents: list[fx.Node], index: dict[fx.Node, int]):
+    """Where the backward graph's values live: `root`, a backward view -> the backward node (or
+    tangent) owning its storage; `fwd_alias`, a backward view of a forward value -> that forward
+    node; `last_reader`, a storage's owner -> the position of its last backward reader."""
+    bwd_pos = {n: k for k, n in enumerate(backward)}
+    root: dict[fx.Node, fx.Node] = {}
+    fwd_alias: dict[fx.Node, fx.Node] = {}
+    last_reader: dict[fx.Node, int] = {}
+    for k, n in enumerate(backward):
+        base = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        if n.target is operator.getitem and base in bwd_pos and not is_view(base):
+            pass  # one element of a backward op's tuple: a storage of its own
+        elif is_view(n) and base is not None:
+            if base in bwd_pos or base in tangents:
+                root[n] = root.get(base, base)
+            elif base in index or base in fwd_alias:
+                fwd_alias[n] = fwd_alias.get(base, base)
+        for a in n.all_input_nodes:
+            last_reader[root.get(a, a)] = k
+    return root, fwd_alias, last_reader
 
 
 def saved_values(jp: JointProblem, recompute: frozenset[str]) -> list[fx.Node]:
