@@ -135,6 +135,7 @@ def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: 
     )
 
 
+@dataclass(frozen=True)
 class StepFacts:
     """What a simulated run needs that does not depend on the plan, computed once per problem
     (`step_facts`). Solvers that reason about the simulator's model read these too.
@@ -148,40 +149,54 @@ class StepFacts:
         forward_last: per buffer, the last forward step that reads it (any alias), or creates it.
         cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
         inputs: per node, its input nodes without repeats, in order.
+        fused: per buffer, whether it is in memory only across the forward/backward boundary.
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
     """
 
-    def __init__(self, p: RematProblem):
-        self.nbytes = [b.nbytes for b in p.buffers]
-        self.producer = [b.producer for b in p.buffers]
-        self.saves = [tuple(n.saves) if n.requires_grad else () for n in p.nodes]
-        self.saved_by = [0] * len(p.buffers)  # savers holding each buffer (when its producer is kept)
-        for sv in self.saves:
-            for b in set(sv):
-                self.saved_by[b] += 1
-        self.output_holds = [0] * len(p.buffers)
-        for n in p.nodes:
-            if n.is_output:
-                for b in n.value:
-                    self.output_holds[b] += 1
-        last = [-1] * len(p.buffers)  # forward: read until the last reader of any alias
-        for v, node in enumerate(p.nodes):
-            end = max(p.users[v], default=v)
-            for b in node.value:
-                last[b] = max(last[b], end)
-            for b in node.creates:  # internals outside the value die with the step unless held
-                last[b] = max(last[b], v)
-        self.forward_last = last
-        self.cache = [tuple(set(n.value) | set(n.creates)) for n in p.nodes]
-        self.inputs = [tuple(dict.fromkeys(n.inputs)) for n in p.nodes]
-        self.fused = [b.fused for b in p.buffers]
-        self.born = [0] * len(p.nodes)
-        self.dying = [0] * len(p.nodes)
-        for g in p.grads:
-            if g.dies != g.born:
-                self.born[g.born] += g.nbytes
-                if g.dies >= 0:  # -1: lives to the end of the step
-                    self.dying[g.dies] += g.nbytes
+    nbytes: list[int]
+    producer: list[int]
+    saves: list[tuple[int, ...]]
+    saved_by: list[int]
+    output_holds: list[int]
+    forward_last: list[int]
+    cache: list[tuple[int, ...]]
+    inputs: list[tuple[int, ...]]
+    fused: list[bool]
+    born: list[int]
+    dying: list[int]
+
+
+def _step_facts(p: RematProblem) -> StepFacts:
+    saves = [tuple(n.saves) if n.requires_grad else () for n in p.nodes]
+    saved_by = [0] * len(p.buffers)  # savers holding each buffer (when its producer is kept)
+    for sv in saves:
+        for b in set(sv):
+            saved_by[b] += 1
+    output_holds = [0] * len(p.buffers)
+    for n in p.nodes:
+        if n.is_output:
+            for b in n.value:
+                output_holds[b] += 1
+    last = [-1] * len(p.buffers)  # forward: read until the last reader of any alias
+    for v, node in enumerate(p.nodes):
+        end = max(p.users[v], default=v)
+        for b in node.value:
+            last[b] = max(last[b], end)
+        for b in node.creates:  # internals outside the value die with the step unless held
+            last[b] = max(last[b], v)
+    born = [0] * len(p.nodes)
+    dying = [0] * len(p.nodes)
+    for g in p.grads:
+        if g.dies != g.born:
+            born[g.born] += g.nbytes
+            if g.dies >= 0:  # -1: lives to the end of the step
+                dying[g.dies] += g.nbytes
+    return StepFacts(
+        nbytes=[b.nbytes for b in p.buffers], producer=[b.producer for b in p.buffers], saves=saves,
+        saved_by=saved_by, output_holds=output_holds, forward_last=last,
+        cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
+        inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
+        born=born, dying=dying)
 
 
 # NOTE [ Step facts live on the problem ]
@@ -203,7 +218,7 @@ def step_facts(problem: RematProblem) -> StepFacts:
     """
     facts = problem.__dict__.get(_FACTS)
     if facts is None:  # written to the instance's __dict__, as functools.cached_property does
-        facts = problem.__dict__[_FACTS] = StepFacts(problem)
+        facts = problem.__dict__[_FACTS] = _step_facts(problem)
     return facts
 
 
