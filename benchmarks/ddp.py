@@ -69,11 +69,8 @@ def main() -> None:
         return fxckpt.auto_checkpoint(m, example, **budget), m
 
     peaks = {}
-    def fxckpt_at_hf():  # HF per-layer's memory without DDP, or fxckpt's floor if that is below it
-        try:
-            return fxckpt_at(budget_mb=peaks["HF per-layer"] / MiB)
-        except fxckpt.InfeasibleBudgetError as e:
-            return fxckpt_at(budget_mb=e.min_feasible_bytes / MiB)
+    def fxckpt_at_hf():  # HF per-layer's memory without DDP, or fxckpt's floor if that is above it
+        return fxckpt_at(budget_mb=max(peaks["HF per-layer"], fxckpt.min_feasible_budget(model, example)) / MiB)
 
     rows = [("none", lambda: (copy.deepcopy(model),) * 2), ("HF per-layer", hf_per_layer),
             ("fxckpt 50%", lambda: fxckpt_at(budget=0.5)), ("fxckpt at HF", fxckpt_at_hf)]
