@@ -10,10 +10,21 @@ the plan recomputes. Inductor (or AOTAutograd's eager runner) compiles both halv
 NOTE [ Graph breaks share the budget in first-run order ]
 Dynamo partitions each graph on its own, when it first runs. The graphs of one step run their
 forwards in that order and their backwards in reverse, so a later graph runs while the earlier
-ones hold what they saved. A graph is therefore planned for the budget minus what the graphs
-compiled before it (from other frames) hold across their forward/backward boundary; eager code
-between graphs is not counted (nor a loss computed eagerly from the outputs: `out.sum()` and its
-seed gradient, 8 bytes). `budget=` (a fraction) applies to each graph's own peak.
+ones hold what they saved: the step's peak is the largest, over graphs, of a graph's own peak
+plus what the graphs before it (first-run order) hold across their forward/backward boundary.
+A graph is planned for `budget_mb` minus what the graphs before it hold. When that leaves less
+than its smallest feasible peak F, the graph before it is planned again with F reserved at its
+boundary (`with_reserve`: the later graphs' bytes, counted once, on top of what it holds while
+they run); when that graph cannot leave F either, the one before it is re-planned for its own
+floor with that reserve, and so on. Only the first graph failing with every later graph's floor
+reserved makes a budget infeasible, and the error names the smallest budget this scheme meets,
+so planning in first-run order never makes a feasible budget infeasible (10 MiB on the broken
+MLP of tests/test_compile.py failed before, where 9.5 MiB planned). A re-planned graph is
+compiled again on its next call (`_Replannable`), because the step that compiled the later
+graph has already run its forward: that first step may exceed the budget by what the
+re-planned graph stopped holding; every later step fits the plans.
+Eager code between graphs is not counted (nor a loss computed eagerly from the outputs:
+`out.sum()` and its seed gradient, 8 bytes). `budget=` (a fraction) applies to each graph's own peak.
 What a graph holds across its boundary includes its outputs: like `fxckpt.measure_step`, the
 prediction assumes the caller references the model's output until backward finishes, so an
 output is held to the end of the step even where a later graph consumes it (GPT-2's logits,
@@ -25,6 +36,7 @@ while the graph that produced it runs its backward (`predicted_peak_bytes`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import warnings
@@ -37,7 +49,7 @@ import torch.fx as fx
 
 from fxckpt.core.errors import MIB, InfeasibleBudgetError
 from fxckpt.core.plan import Plan, make_plan
-from fxckpt.core.problem import RematProblem
+from fxckpt.core.problem import Node, RematProblem
 from fxckpt.core.simulate import simulate
 from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
 from fxckpt.core.solvers.registry import is_amount
@@ -51,13 +63,26 @@ _OWN = {"budget_mb", "budget", "solver", "compiler", "verify"}
 
 @dataclass(frozen=True)
 class CompiledGraph:
-    """One graph the backend partitioned: its plan, its problem and the budget it was given."""
+    """One graph the backend partitioned: its plan, its problem and what it holds."""
 
     name: str
     frame: int | None  # Dynamo's frame id (graph breaks: one frame per graph)
     plan: Plan
     problem: RematProblem
     boundary_bytes: int  # held across its forward/backward boundary
+    peak_bytes: int  # its own predicted peak (the plan's, without the reserve)
+    reserve_bytes: int = 0  # reserved at its boundary for the graphs after it
+
+
+def with_reserve(problem: RematProblem, nbytes: int) -> RematProblem:
+    """`problem` with `nbytes` more live at the end of its forward, where the graphs after it run
+    (NOTE [ Graph breaks share the budget in first-run order ]): a last forward node that
+    allocates nothing and holds `nbytes` while it runs, so every solver and the simulator count
+    them on top of what the graph holds across its boundary."""
+    if not nbytes:
+        return problem
+    later = Node("graphs after this one", "reserve", transient_bytes=nbytes)
+    return dataclasses.replace(problem, nodes=problem.nodes + (later,))
 
 
 def _fxckpt_version() -> str:
@@ -86,7 +111,8 @@ class FxckptBackend:
             raise ValueError(f"options {sorted(inductor_options)} are inductor's, but compiler={compiler!r}")
         self.budget_mb, self.budget, self.solver, self.compiler = budget_mb, budget, solver, compiler
         self.verify, self.inductor_options = bool(verify), dict(inductor_options)
-        self.graphs: list[CompiledGraph] = []
+        self._graphs: dict[int | None, CompiledGraph] = {}  # per frame, latest; in first-run order
+        self._compiled: dict[int | None, _Replannable] = {}
         self.inner_compile = None  # inductor's per-graph compiler, replaceable (the benchmarks count FLOPs there)
 
     def __repr__(self) -> str:
@@ -101,6 +127,11 @@ class FxckptBackend:
         return h.hexdigest()
 
     @property
+    def graphs(self) -> list[CompiledGraph]:
+        """The latest graph of each frame, in first-run order."""
+        return list(self._graphs.values())
+
+    @property
     def plans(self) -> list[Plan]:
         return [g.plan for g in self.graphs]
 
@@ -109,8 +140,9 @@ class FxckptBackend:
 
         compile_id = CompileContext.current_compile_id()
         frame = compile_id.frame_id if compile_id is not None else None
-        partition = _Partitioner(self, frame)
-        compiled = self._compile(gm, example_inputs, partition)
+        kept = self._graphs.get(frame)  # a frame compiled again keeps the reserve a later graph asked for
+        partition = _Partitioner(self, frame, reserve=kept.reserve_bytes if kept is not None else 0)
+        compiled = self._compiled[frame] = _Replannable(self, gm, frame, self._compile(gm, example_inputs, partition))
         if self.verify:
             from .verify import verified
 
@@ -132,18 +164,16 @@ class FxckptBackend:
             return aot_autograd(fw_compiler=boxed_nop, bw_compiler=boxed_nop, partition_fn=partitioner,
                                 keep_inference_input_mutations=True)(gm, example_inputs)
 
-    def held_by_others(self, frame) -> int:
-        """Bytes that graphs of other frames, compiled earlier, hold across their boundary."""
-        latest = {g.frame: g for g in self.graphs if g.frame != frame}
-        return sum(g.boundary_bytes for g in latest.values())
+    def held_before(self, frame) -> int:
+        """Bytes that the graphs running before `frame`'s (first-run order) hold across their boundary."""
+        return sum(self._graphs[f].boundary_bytes for f in self._frames_before(frame))
 
     def predicted_peak_bytes(self) -> int:
-        """The step's predicted activation peak: each graph's (latest per frame) predicted peak over
-        what the graphs compiled before it hold (NOTE [ Graph breaks share the budget in first-run order ])."""
-        latest = {g.frame: g for g in self.graphs}
+        """The step's predicted activation peak: each graph's own predicted peak over what the
+        graphs before it hold (NOTE [ Graph breaks share the budget in first-run order ])."""
         held = worst = 0
-        for g in latest.values():
-            worst = max(worst, held + g.plan.predicted_peak_bytes)
+        for g in self.graphs:
+            worst = max(worst, held + g.peak_bytes)
             held += g.boundary_bytes
         return worst
 
@@ -155,27 +185,52 @@ class FxckptBackend:
         except InfeasibleBudgetError:
             return make_plan(problem, min_peak_plan(problem), solver="min peak", budget_bytes=None, solve_seconds=0.0)
 
-    def plan(self, problem: RematProblem, frame) -> Plan:
-        """Solve one graph's problem under its share of the budget (NOTE [ Graph breaks share the budget ])."""
-        held = self.held_by_others(frame) if self.budget_mb is not None else 0
+    def plan(self, problem: RematProblem, frame, reserve: int = 0) -> Plan:
+        """Solve one graph's problem under its share of the budget, `reserve` bytes kept free at its
+        boundary for the graphs after it (NOTE [ Graph breaks share the budget in first-run order ])."""
         if self.budget_mb is not None:
-            budget = self.budget_mb * MIB - held
+            plan = self._within_budget(problem, frame, reserve)
         else:
-            budget = self.budget * simulate(problem).peak_bytes
-        try:
-            plan = solve(problem, max(0, int(budget)), self.solver)
-        except InfeasibleBudgetError as e:
-            if self.budget is not None:  # a fraction asks for that saving where it is possible
+            try:
+                plan = solve(problem, max(0, int(self.budget * simulate(problem).peak_bytes)), self.solver)
+            except InfeasibleBudgetError as e:  # a fraction asks for that saving where it is possible
                 log.warning("%s: %s; planned at its smallest feasible peak", problem.name, e)
                 plan = self._lowest(problem, e.min_feasible_bytes)
-            elif not held:
-                raise
-            else:
-                raise InfeasibleBudgetError(self.budget_mb * MIB, e.min_feasible_bytes + held, e.pinned) from e
-        sim = simulate(problem, problem.indices(plan.recompute))
-        self.graphs.append(CompiledGraph(problem.name, frame, plan, problem, sim.boundary_bytes))
+        self._record(problem, frame, plan, reserve)
         log.info("%s", plan.summary())
         return plan
+
+    def _record(self, problem: RematProblem, frame, plan: Plan, reserve: int) -> None:
+        sim = simulate(problem, problem.indices(plan.recompute))
+        self._graphs[frame] = CompiledGraph(problem.name, frame, plan, problem, sim.boundary_bytes, sim.peak_bytes,
+                                            reserve)
+
+    def _within_budget(self, problem: RematProblem, frame, reserve: int) -> Plan:
+        """The plan of a graph under `budget_mb` less what the graphs before it hold; where that is
+        below its floor, the graph before it is re-planned to leave the floor free (recursively)."""
+        limit, target = int(self.budget_mb * MIB), with_reserve(problem, reserve)
+        try:
+            return solve(target, max(0, limit - self.held_before(frame)), self.solver)
+        except InfeasibleBudgetError as e:
+            before = self._frames_before(frame)
+            if not before:
+                raise
+            self._replan(self._graphs[before[-1]], e.min_feasible_bytes)
+            return solve(target, max(0, limit - self.held_before(frame)), self.solver)
+
+    def _frames_before(self, frame) -> list:
+        frames = list(self._graphs)
+        return frames[:frames.index(frame)] if frame in self._graphs else frames
+
+    def _replan(self, g: CompiledGraph, reserve: int) -> None:
+        """Plan graph `g` again with `reserve` bytes free at its boundary; it compiles again on its next call."""
+        plan = self._within_budget(g.problem, g.frame, reserve)
+        log.warning("fxckpt backend: %s re-planned to leave %.2f MiB for the graphs after it (recomputes %d nodes, "
+                    "was %d); it is compiled again on its next call", g.name, reserve / MIB, len(plan.recompute),
+                    len(g.plan.recompute))
+        self._record(g.problem, g.frame, plan, reserve)
+        if g.frame in self._compiled:  # not when a graph was partitioned outside __call__
+            self._compiled[g.frame].replan(reserve)
 
 
 def _custom_partitioner_base():
@@ -190,15 +245,21 @@ class _Partitioner(_custom_partitioner_base()):
     """Inductor's `CustomPartitionerFn` (and AOTAutograd's `partition_fn`): the joint graph to a
     forward and a backward graph that recompute what fxckpt's plan recomputes."""
 
-    def __init__(self, owner: FxckptBackend, frame, recompute_nothing: bool = False):
-        self.owner, self.frame, self.recompute_nothing = owner, frame, recompute_nothing
+    def __init__(self, owner: FxckptBackend, frame, recompute_nothing: bool = False, reserve: int = 0):
+        self.owner, self.frame, self.recompute_nothing, self.reserve = owner, frame, recompute_nothing, reserve
         self.last: Plan | None = None
 
     def __deepcopy__(self, memo):  # inductor deep-copies its config: keep pointing at our backend
         return self
 
+    def __reduce__(self):
+        # Inductor's FX-graph cache key pickles its config, this object included: what the compiled
+        # code depends on is the uuid (pickling the backend's state, plans and graphs, failed with
+        # a KeyError in the cache pickler's fast mode and failed every inductor compile).
+        return (str, (self.uuid(),))
+
     def uuid(self) -> str:
-        return self.owner.uuid() + (":nothing" if self.recompute_nothing else "")
+        return self.owner.uuid() + (":nothing" if self.recompute_nothing else f":{self.reserve}")
 
     def __call__(self, joint: fx.GraphModule, joint_inputs, *, num_fwd_outputs: int,
                  static_lifetime_input_indices=None, **kwargs):
@@ -209,8 +270,26 @@ class _Partitioner(_custom_partitioner_base()):
         if self.recompute_nothing:
             self.last = solve(problem, 2**62, "none")
         else:
-            self.last = self.owner.plan(problem, self.frame)
+            self.last = self.owner.plan(problem, self.frame, self.reserve)
         return self.last
+
+
+class _Replannable:
+    """A compiled graph that compiles again, with a reserve at its boundary, on the first call
+    after a later graph re-planned it (NOTE [ Graph breaks share the budget in first-run order ])."""
+
+    def __init__(self, owner: FxckptBackend, gm: fx.GraphModule, frame, fn):
+        self.owner, self.gm, self.frame, self.fn = owner, gm, frame, fn
+        self.reserve: int | None = None
+
+    def replan(self, reserve: int) -> None:
+        self.reserve = reserve
+
+    def __call__(self, *args):
+        if self.reserve is not None:
+            reserve, self.reserve = self.reserve, None
+            self.fn = self.owner._compile(self.gm, list(args), _Partitioner(self.owner, self.frame, reserve=reserve))
+        return self.fn(*args)
 
 
 def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_input_indices=None, choose,
