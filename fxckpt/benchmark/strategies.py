@@ -31,7 +31,11 @@ DEFAULT_BUDGETS = (0.5, 0.25)
 BASE_STRATEGIES = ("none", "hf per-layer", "sqrt segments", "every-2", "every-3",
                    "compile budget 0.5", "compile budget 0.1")
 ANCHOR_ALL = "fxckpt @ *"
-STRATEGIES = BASE_STRATEGIES + tuple(f"fxckpt {round(100 * b)}%" for b in DEFAULT_BUDGETS) + ("fxckpt min", ANCHOR_ALL)
+# The compile backend beside torch's budget partitioner: at 50% of each graph's peak, and at the
+# measured peak of each of torch's rows (issue 8).
+COMPILE_ROWS = ("fxckpt compile 50%", "fxckpt compile @ compile budget 0.5", "fxckpt compile @ compile budget 0.1")
+STRATEGIES = (BASE_STRATEGIES + tuple(f"fxckpt {round(100 * b)}%" for b in DEFAULT_BUDGETS) + ("fxckpt min", ANCHOR_ALL)
+              + COMPILE_ROWS)
 
 
 class SkipStrategy(Exception):
@@ -114,7 +118,8 @@ def strategy(name: str, results: Mapping[str, Any]) -> Strategy:
 def expand(strategies: Sequence[str] | None, budgets: Sequence[float]) -> tuple[list[str], bool]:
     """The strategies to run (none first) and whether every anchor gets an 'fxckpt @' row."""
     if strategies is None:
-        strategies = list(BASE_STRATEGIES) + [f"fxckpt {round(100 * b)}%" for b in budgets] + ["fxckpt min", ANCHOR_ALL]
+        strategies = (list(BASE_STRATEGIES) + [f"fxckpt {round(100 * b)}%" for b in budgets] + ["fxckpt min", ANCHOR_ALL]
+                      + list(COMPILE_ROWS))
     names = [s for s in strategies if s != ANCHOR_ALL]
     if "none" in names:
         names.remove("none")
