@@ -250,7 +250,7 @@ class RematRuntime:
         self._active = False
         self._recipes: dict[str, Recipe] = {}
         self._storages: dict[int, tuple[StorageWeakRef, Recipe, int]] = {}
-        self._capturing: tuple | None = None  # (recipe, known storages, packed) while a node runs
+        self._capturing: tuple | None = None  # (recipe, known storages, packed, maybe its own) while a node runs
         self._amp: tuple = ()
         self._hooked = False  # our pack hook is on the saved-tensor hooks stack
         # Nodes recomputed since the last forward began (a view rebuilt with its base is not
@@ -301,7 +301,7 @@ class RematRuntime:
         recipe = Recipe(spec, held, rng_state(flat) if spec.random else None, grad_flags, self._amp, self.replays,
                         after=[self._recipes[w] for w in spec.after])
         self._recipes[name] = recipe
-        self._capturing = (recipe, _known_storages(flat, spec.state()), [])
+        self._capturing = (recipe, _known_storages(flat, spec.state()), [], [])
 
     def record(self, name: str, value) -> None:
         """Called by the rewritten graph right after node `name` ran in forward."""
@@ -324,6 +324,16 @@ class RematRuntime:
             log.warning("fxckpt: %s saved tensors the plan did not expect; recomputing them exactly, "
                         "but memory may differ from the prediction (was the plan made under another autocast?)", name)
         recipe.rerun = recipe.rerun or internals > 0
+        # NOTE [ An in-place op saving its own result ]
+        # An in-place op that saves its result (tanh_, relu_ save what they wrote) saves a
+        # tensor whose storage its input already had: while it runs, that storage still maps
+        # to the recipe of the buffer's producer, whose replay gives the contents from *before*
+        # the write (tanh_'s backward then computed 1 - x^2 of the wrong x: gradients off by
+        # 333 on a 2-Linear model). Such saves are rebound to the writer's own recipe, which
+        # replays the producer and then the write.
+        for key, packed in self._capturing[3]:
+            if key in leaf_of:
+                packed.recipe, packed.leaf = recipe, leaf_of[key]
         self._capturing = None
         for i, t in enumerate(tensors):
             key = storage_key(t)
@@ -341,7 +351,10 @@ class RematRuntime:
         entry = self._storages.get(key)
         if entry is None or entry[0].expired():
             return t
-        return _Packed(entry[1], t, leaf=entry[2])
+        packed = _Packed(entry[1], t, leaf=entry[2])
+        if cap is not None and cap[0].spec.in_place:
+            cap[3].append((key, packed))  # maybe its own result: rebound in record
+        return packed
 
 
 def _unpack(x):

@@ -111,3 +111,39 @@ def test_autocast_plans_and_trains_a_hugging_face_model():
     assert plan.dry_run_peak_bytes <= plan.budget_bytes
     assert abs(plan.dry_run_peak_bytes - plan.predicted_peak_bytes) <= 0.01 * plan.predicted_peak_bytes
     _assert_same_grads(model, ref)
+
+
+class _TanhInPlace(nn.Module):
+    """tanh_ saves the result it wrote into its input's storage; `add` saves nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.a(x) * 2
+        h.tanh_()
+        return self.b(h + 1)
+
+
+def test_an_in_place_op_saving_its_result_gets_the_written_contents():
+    # NOTE [ An in-place op saving its own result ]: recomputing only `mul`, tanh_'s backward was
+    # given mul's replay (the contents before tanh_ wrote them): gradients off by up to 333.9.
+    from fxckpt import passes
+    from fxckpt.core.plan import make_plan
+    from fxckpt.passes.to_problem import to_problem
+
+    torch.manual_seed(0)
+    model, x = _TanhInPlace(), torch.randn(8, 16)
+    ref = clone_model(model)
+    gm = passes.annotate(passes.capture(model, x))
+    problem = to_problem(gm)
+    plan = make_plan(problem, problem.indices({"mul"}), solver="test", budget_bytes=None, solve_seconds=0.0)
+    new_gm = passes.rewrite(gm, plan)
+    with new_gm.fxckpt_runtime.active():
+        out = new_gm(x)
+    out.sum().backward()
+    ref(x).sum().backward()
+    assert new_gm.fxckpt_runtime.replays == {"mul": 1, "tanh_": 1}
+    for (name, p), q in zip(new_gm.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), name
