@@ -250,16 +250,17 @@ def _peak(plan: Plan) -> int:
 
 def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=None) -> int:
     """The activation peak of one training step of a rewritten graph, run on fake tensors:
-    the runtime's real behaviour (recipes, caches, frees) with no real computation."""
+    the runtime's real behaviour (recipes, caches, frees) with no real computation, and the
+    scratch of the kernels that allocate some (NOTE [ Op scratch the fake values do not show ])."""
     from .measure import LiveBytesMode
-    from .passes.fake_step import FakeStep
+    from .passes.fake_step import FakeStep, op_scratch
     from .passes.capture import step_loss
     from .passes.runtime import failed_at
 
     with in_stage("dry run", lambda e: failed_at(gm, e)), FakeStep(gm, args, kwargs) as step:
         step.leaves()
         loss = step.loss(loss_fn or step_loss)
-        with LiveBytesMode() as live:
+        with LiveBytesMode(scratch=op_scratch) as live:
             with gm.fxckpt_runtime.active():
                 out = gm(*step.args, **step.kwargs)
             loss(out).backward()

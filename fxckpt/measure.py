@@ -24,7 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
 
-__all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "measure_step", "step_loss"]
+__all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "allocator_step_peak",
+           "measure_step", "step_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class LiveBytesMode(TorchDispatchMode):
     (e.g. accumulation into a preallocated ``.grad``). Backward ops are seen too: on the CPU the
     autograd engine runs them on the calling thread, inside the mode. With fake tensors, enter
     this mode inside the ``FakeTensorMode``. A sparse COO tensor counts as its indices and values. Not
-    seen: memory an op uses only internally, and outputs without a storage (other sparse layouts).
+    seen: memory an op uses only internally (unless ``scratch`` says how much), and outputs without a
+    storage (other sparse layouts).
 
     Attributes:
         peak_bytes: the largest live total, taken after each op's outputs are created.
@@ -81,12 +83,19 @@ class LiveBytesMode(TorchDispatchMode):
             allocations with ``born <= t < died``. A storage resized by an ``out=`` op ends one
             allocation and starts another.
         labels: with ``label``, ``label()`` called after every op (e.g. the module running it).
+
+    Args:
+        scratch: ``scratch(func, args, kwargs)``, bytes the op allocates internally while it runs
+            beyond its outputs; the peak counts them on top of the live bytes after the op
+            (the dry run passes `fxckpt.passes.fake_step.op_scratch`). Default: none.
     """
 
-    def __init__(self, record_timeline: bool = False, label: Callable[[], Any] | None = None):
+    def __init__(self, record_timeline: bool = False, label: Callable[[], Any] | None = None,
+                 scratch: Callable[..., int] | None = None):
         super().__init__()
         self.record_timeline = record_timeline or label is not None
         self.label = label
+        self.scratch = scratch
         self.timeline: list[tuple[int, str]] = []
         self.allocations: list[Allocation] = []
         self.labels: list[Any] = []
@@ -144,10 +153,11 @@ class LiveBytesMode(TorchDispatchMode):
             self._tracked_bytes += n
             grew += n
             self._record(key, n)
+        extra = self.scratch(func, args, kwargs) if self.scratch is not None else 0
         # Sweeping is O(tracked); only needed when the upper bound could pass the peak.
-        if self.record_timeline or (grew and self._tracked_bytes > self.peak_bytes):
+        if self.record_timeline or ((grew or extra) and self._tracked_bytes + extra > self.peak_bytes):
             self._sweep()
-            self.peak_bytes = max(self.peak_bytes, self._tracked_bytes)
+            self.peak_bytes = max(self.peak_bytes, self._tracked_bytes + extra)
         if self.record_timeline:
             self.timeline.append((self._tracked_bytes, str(func)))
             if self.label is not None:
@@ -259,6 +269,31 @@ def _each_step_fresh(model, leaves: list[torch.Tensor], cuda):
         reset()
         for t, g in zip(leaves, user_grads):
             t.grad = g
+
+
+def allocator_step_peak(model, example_input, *, loss_fn=None) -> ProfiledMemory:
+    """The CPU allocator's peak over one training step, as `profiled_memory` reads it: the step
+    of `measure_step` (every ``.grad`` allocated first, the output held until backward ends),
+    after one unmeasured step (kernels' lazily built state, e.g. oneDNN primitives, is not the
+    step's). Unlike `measure_step`'s live-storage count, this sees kernels' scratch too.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU())
+        >>> round(allocator_step_peak(model, torch.randn(512, 512)).peak_bytes / 2**20, 2)
+        3.0
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    leaves = params + [t for t in _tensors(example_input) if t.requires_grad and t.is_leaf]
+
+    def step():
+        output = call_with(model, example_input)
+        (loss_fn or step_loss)(output).backward()
+
+    with _each_step_fresh(model, leaves, None) as reset:
+        reset()
+        step()
+        reset()
+        return profiled_memory(step)
 
 
 def _count_flops(step, reset) -> int:

@@ -21,7 +21,7 @@ from fxckpt.core.costs import NodeCost
 from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, step_loss
-from .fake_step import FakeStep
+from .fake_step import FakeStep, op_scratch
 from .ops import aten, is_batchnorm, storage_key, tensor_leaves
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ def _bytes_read(func, args, kwargs, written: int) -> int:
 
 
 class _OpRecorder(TorchDispatchMode):
-    """Sees every ATen op a node runs: randomness, in-place writes, temporaries, and the ops and
-    bytes that price it in seconds (`fxckpt.core.timing`)."""
+    """Sees every ATen op a node runs: randomness, in-place writes, temporaries (kernels' own
+    scratch included: NOTE [ Op scratch the fake values do not show ]), and the ops and bytes that
+    price it in seconds (`fxckpt.core.timing`)."""
 
     def __init__(self, known):
         super().__init__()
@@ -83,7 +84,8 @@ class _OpRecorder(TorchDispatchMode):
             k = storage_key(t)
             if k not in self.new and not self.known(k):
                 self.new[k] = (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
-        self.peak = max(self.peak, sum(n for ref, n in self.new.values() if not ref.expired()))
+        live = sum(n for ref, n in self.new.values() if not ref.expired())
+        self.peak = max(self.peak, live + op_scratch(func, args, kwargs))
         return out
 
 
@@ -191,9 +193,10 @@ class _BackwardTrace(TorchDispatchMode):
                 nbytes = t.untyped_storage().nbytes()
                 self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
                 self.level += nbytes
-        if self.level + self.held_bytes > self.peak[self.current]:
+        scratch = op_scratch(func, args, kwargs or {})
+        if self.level + self.held_bytes + scratch > self.peak[self.current]:
             self._sweep_held()
-            self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes)
+            self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes + scratch)
         return out
 
 

@@ -81,4 +81,7 @@ def real_like(t: torch.Tensor) -> torch.Tensor:
     """A real tensor of `t`'s shape, strides, dtype and device with ordinary values (random
     normal, or 0/1), to run a kernel once on the shapes of a fake `t`."""
     out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-    return out.normal_() if out.is_floating_point() else out.random_(0, 2)
+    # Filled through its whole storage: a stride-0 (expanded) tensor cannot be written as itself.
+    storage = torch.empty(0, dtype=t.dtype, device=t.device).set_(out.untyped_storage())
+    storage.normal_() if out.is_floating_point() else storage.random_(0, 2)
+    return out

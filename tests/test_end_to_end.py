@@ -9,7 +9,7 @@ import torch
 
 import fxckpt
 from fxckpt.core.errors import InfeasibleBudgetError
-from fxckpt.measure import measure_step
+from fxckpt.measure import allocator_step_peak, measure_step
 
 from tests.models import ZOO, call_model, clone_model, scalar_loss
 
@@ -84,6 +84,19 @@ def _problem(name):
     return fxckpt.auto_checkpoint(model, example, budget=1.0).problem
 
 
+# Models whose allocator peak exceeds the plan by more than PREDICTION_RTOL for a reason not
+# found yet (issue 9): tied at 1.0, planned 934,664 B, allocator 1,196,040 B.
+ALLOCATOR_GAP = {"tied"}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: the tied LM's allocator peak is 28% over its plan")
+def test_tied_lm_allocator_peak_within_tolerance():
+    model, example = ZOO["tied"]()
+    ckpt = fxckpt.auto_checkpoint(model, example, budget=1.0)
+    allocated = allocator_step_peak(ckpt, example).peak_bytes
+    assert abs(ckpt.plan.predicted_peak_bytes - allocated) <= PREDICTION_RTOL * allocated
+
+
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_budgets_hold_when_measured(name):
     model, example = ZOO[name]()
@@ -101,12 +114,15 @@ def test_budgets_hold_when_measured(name):
             assert e.min_feasible_bytes > e.budget_bytes
             continue
         measured = measure_step(ckpt, ex).peak_bytes
+        # The plan charges kernels' scratch, which only the allocator sees (live storages do not).
+        allocated = allocator_step_peak(ckpt, ex).peak_bytes
         plan = ckpt.plan
         baseline = baseline or plan.baseline_peak_bytes
         seen.append((frac, plan.predicted_peak_bytes, measured))
         assert measured <= plan.budget_bytes, f"{name} at {frac}: measured {measured / MiB:.3f} MiB > budget {plan.budget_bytes / MiB:.3f}"
-        assert abs(plan.predicted_peak_bytes - measured) <= PREDICTION_RTOL * measured, \
-            f"{name} at {frac}: predicted {plan.predicted_peak_bytes} vs measured {measured}"
+        reference = measured if name in ALLOCATOR_GAP else allocated
+        assert abs(plan.predicted_peak_bytes - reference) <= PREDICTION_RTOL * reference, \
+            f"{name} at {frac}: predicted {plan.predicted_peak_bytes} vs measured {reference}"
     assert len(seen) >= 2
 
 
@@ -173,7 +189,8 @@ def test_uncapturable_model_raises_capture_error():
 def test_optimizer_on_original_parameters_trains_the_checkpointed_module():
     model, example = ZOO["cnn"]()
     ref = clone_model(model)
-    ckpt = fxckpt.auto_checkpoint(model, example, budget=0.7)
+    ckpt = fxckpt.auto_checkpoint(model, example, budget=0.8)  # its floor is 0.72 with convolution scratch
+    assert ckpt.plan.recompute
     opt, opt_ref = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
     for _ in range(2):
         for m, o in ((ckpt, opt), (ref, opt_ref)):

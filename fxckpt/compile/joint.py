@@ -32,7 +32,7 @@ from torch.utils.checkpoint import CheckpointPolicy
 from torch.utils.flop_counter import flop_registry
 
 from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
-from fxckpt.passes.ops import real_like
+from fxckpt.passes import fake_step
 
 # Seeded random ops: a replay would draw fresh numbers. Inductor's dropout draws its seeds with
 # inductor_seeds (tagged) and its numbers with inductor_random from a seed: recomputing that from
@@ -47,36 +47,19 @@ def _inductor_random(target) -> bool:
     return hasattr(torch.ops.prims, "inductor_random") and target is torch.ops.prims.inductor_random.default
 
 
-# NOTE [ Op scratch the fake values do not show ]
-# Some kernels allocate temporaries beyond their outputs (CPU convolutions and their backward,
-# the CPU dropout backward), which the joint graph's fake values cannot show. For these ops
-# fxckpt runs the op once on real tensors of the node's shapes, under the profiler's allocator
-# events, and charges the excess over its outputs as the node's transient bytes (cached per
-# signature). Ops outside this list are charged their outputs only.
-PROBED = {torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
-          torch.ops.aten.native_dropout_backward.default}
-_SCRATCH: dict[str, int] = {}
+# Ops of the compiled graphs charged their scratch: inductor runs these as the eager kernels (extern
+# kernels), and lowers the other ops of `fake_step.SCRATCH_OPS` into its own code.
+PROBED = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
+                    torch.ops.aten.native_dropout_backward.default})
 
 
 def op_scratch(node: fx.Node) -> int:
-    """Bytes a probed op allocates beyond its outputs while it runs (NOTE [ Op scratch ... ])."""
+    """Bytes the node's op allocates beyond its outputs while it runs, probed on real tensors of
+    its shapes (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py)."""
     if node.target not in PROBED:
         return 0
-    args = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (node.args, node.kwargs))
-    leaves = pytree.tree_leaves(args)
-    if any(isinstance(x, torch.SymInt) for t in leaves if isinstance(t, torch.Tensor) for x in t.shape):
-        return 0
-    key = repr((node.target, pytree.tree_map_only(torch.Tensor, lambda t: (t.shape, t.stride(), t.dtype, t.device), args)))
-    if key not in _SCRATCH:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-        from fxckpt.measure import profiled_peak_bytes  # the allocator's view, as the benchmarks measure
-
-        with unset_fake_temporarily(), torch.no_grad():
-            a, kw = pytree.tree_map_only(torch.Tensor, real_like, args)
-            peak = profiled_peak_bytes(lambda: node.target(*a, **kw))
-        _SCRATCH[key] = max(0, peak - sum(_nbytes(t) for t in _tensors(node.meta.get("val"))))
-    return _SCRATCH[key]
+    args, kwargs = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (node.args, node.kwargs))
+    return fake_step.op_scratch(node.target, args, kwargs)
 
 
 @dataclass
