@@ -51,6 +51,17 @@ def _signature(func, grad: bool, args: tuple, kwargs: dict) -> str:
                                                   (args, kwargs))))
 
 
+@contextlib.contextmanager
+def _real_args(args: tuple, kwargs: dict, grad: bool):
+    """Real tensors shaped like the (fake) arguments, for a probe. The caller's RNG streams are
+    left as they were: the values are drawn from them, and a probed kernel may draw too (without
+    this, planning a transformer moved the user's dropout masks)."""
+    devices = sorted({t.device.index or 0 for t in pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+    with unset_fake_temporarily(), torch.set_grad_enabled(grad), torch.random.fork_rng(devices=devices):
+        yield pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))  # not requiring grad
+
+
 def real_shapes(func, args: tuple, kwargs: dict) -> list:
     """Output shapes of `func` run once on real tensors shaped like (fake) `args`, per signature
     and grad mode (kernels read it: the LSTM returns no workspace under no_grad); None where the
@@ -58,8 +69,7 @@ def real_shapes(func, args: tuple, kwargs: dict) -> list:
     grad = torch.is_grad_enabled()
     key = _signature(func, grad, args, kwargs)
     if key not in _SHAPES:
-        with unset_fake_temporarily(), torch.set_grad_enabled(grad):
-            a, kw = pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))  # not requiring grad
+        with _real_args(args, kwargs, grad) as (a, kw):
             _SHAPES[key] = [None if o is None else tuple(o.shape) for o in func(*a, **kw)]
     return _SHAPES[key]
 
@@ -80,30 +90,38 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     "native_group_norm_backward", "native_layer_norm_backward", "upsample_nearest2d", "upsample_nearest2d_backward",
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
     "_safe_softmax", "cumsum", "native_dropout_backward") if hasattr(aten, name))
+# Matrix products copy an operand BLAS cannot read in place (a zero stride: the expanded gradient
+# of a sum loss; a slice with a gap) into a contiguous temporary: the tied LM's head gradient
+# (16x64x64, fp32) took 262,144 B beyond its outputs, twice. Probed only for such operands.
+MATMUL_OPS = frozenset((aten.mm.default, aten.addmm.default, aten.bmm.default))
 _SCRATCH: dict[str, int] = {}  # signature -> scratch bytes
+
+
+def _blas_readable(t: torch.Tensor) -> bool:
+    return t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or t.transpose(-1, -2).is_contiguous()
 
 
 def op_scratch(func, args: tuple, kwargs: dict) -> int:
     """Bytes `func` allocates beyond its outputs while it runs on real tensors shaped like (fake)
     `args`, per signature (NOTE [ Op scratch the fake values do not show ]); 0 for ops not in
-    `SCRATCH_OPS` and for symbolic shapes.
+    `SCRATCH_OPS` (nor a matrix product with an operand it must copy) and for symbolic shapes.
 
     Example:
         >>> x, w = torch.randn(2, 8, 32, 32), torch.randn(16, 8, 3, 3)
         >>> op_scratch(aten.convolution.default, (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1), {}) >= 0
         True
     """
-    if func not in SCRATCH_OPS:
-        return 0
     leaves = pytree.tree_leaves((args, kwargs))
+    if func not in SCRATCH_OPS and not (
+            func in MATMUL_OPS and not all(_blas_readable(t) for t in leaves if isinstance(t, torch.Tensor))):
+        return 0
     if any(isinstance(x, torch.SymInt) for t in leaves if isinstance(t, torch.Tensor) for x in t.shape):
         return 0
     key = _signature(func, False, args, kwargs)
     if key not in _SCRATCH:
         from fxckpt.measure import profiled_memory  # the allocator's view, as users measure
 
-        with unset_fake_temporarily(), torch.no_grad():
-            a, kw = pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))
+        with _real_args(args, kwargs, False) as (a, kw):
             func(*a, **kw)
             probed = profiled_memory(lambda: func(*a, **kw))
         outputs = {storage_key(t): t.untyped_storage().nbytes() for t in pytree.tree_leaves(probed.result)

@@ -84,17 +84,15 @@ def _problem(name):
     return fxckpt.auto_checkpoint(model, example, budget=1.0).problem
 
 
-# Models whose allocator peak exceeds the plan by more than PREDICTION_RTOL for a reason not
-# found yet (issue 9): tied at 1.0, planned 934,664 B, allocator 1,196,040 B.
-ALLOCATOR_GAP = {"tied"}
-
-
-@pytest.mark.xfail(strict=True, reason="issue 9: the tied LM's allocator peak is 28% over its plan")
-def test_tied_lm_allocator_peak_within_tolerance():
+def test_tied_lm_allocator_peak_is_predicted():
+    # The sum loss's gradient reaches the head's matmul expanded (stride 0); mm copies it into a
+    # contiguous 262,144 B temporary, twice. Not charged before: planned 934,664 B, allocator
+    # 1,196,040 B. Now charged (fake_step.MATMUL_OPS): 1,196,040 B predicted.
     model, example = ZOO["tied"]()
     ckpt = fxckpt.auto_checkpoint(model, example, budget=1.0)
     allocated = allocator_step_peak(ckpt, example).peak_bytes
-    assert abs(ckpt.plan.predicted_peak_bytes - allocated) <= PREDICTION_RTOL * allocated
+    assert allocated <= ckpt.plan.budget_bytes
+    assert abs(ckpt.plan.predicted_peak_bytes - allocated) <= 0.01 * allocated
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -120,9 +118,8 @@ def test_budgets_hold_when_measured(name):
         baseline = baseline or plan.baseline_peak_bytes
         seen.append((frac, plan.predicted_peak_bytes, measured))
         assert measured <= plan.budget_bytes, f"{name} at {frac}: measured {measured / MiB:.3f} MiB > budget {plan.budget_bytes / MiB:.3f}"
-        reference = measured if name in ALLOCATOR_GAP else allocated
-        assert abs(plan.predicted_peak_bytes - reference) <= PREDICTION_RTOL * reference, \
-            f"{name} at {frac}: predicted {plan.predicted_peak_bytes} vs measured {reference}"
+        assert abs(plan.predicted_peak_bytes - allocated) <= PREDICTION_RTOL * allocated, \
+            f"{name} at {frac}: predicted {plan.predicted_peak_bytes} vs allocator {allocated}"
     assert len(seen) >= 2
 
 
@@ -301,3 +298,13 @@ def test_sparse_embedding_gradient_is_planned_and_exact():
         assert torch.equal(p.grad.to_dense(), q.grad.to_dense())
     assert_executes_plan(ckpt)
     assert measure_step(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
+
+
+def test_planning_leaves_the_rng_streams_as_they_were():
+    """Planning probes kernels on real tensors (scratch, workspaces) whose values are random: a
+    user's dropout masks after `auto_checkpoint` must be the ones they would have drawn anyway."""
+    model, example = ZOO["transformer"]()
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    fxckpt.auto_checkpoint(model, example, budget=0.5)
+    assert torch.equal(torch.get_rng_state(), before)

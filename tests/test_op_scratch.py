@@ -59,3 +59,11 @@ def test_live_bytes_count_scratch_on_top_of_live_storages():
         c = b * 2  # 2 KiB live, plus 1000 B while mul runs
     assert live.peak_bytes == 2 * 1024 + 1000
     del b, c
+
+
+def test_a_matrix_product_is_charged_the_copy_of_an_operand_it_cannot_read_in_place():
+    expanded = torch.ones(()).expand(1024, 64)  # a sum loss's gradient: stride 0
+    w = torch.randn(64, 32)
+    assert fake_step.op_scratch(aten.mm.default, (expanded, w), {}) == 1024 * 64 * 4
+    assert fake_step.op_scratch(aten.mm.default, (torch.randn(1024, 64), w), {}) == 0  # not probed
+    assert fake_step.op_scratch(aten.mm.default, (torch.randn(64, 1024).t(), w), {}) == 0  # transposed: read in place
