@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
+from .passes.ops import memory_owners
 
 __all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "allocator_step_peak",
            "measure_step", "step_loss"]
@@ -44,8 +45,7 @@ def _tensors(tree):
 
 def _storages(tree):
     for t in _tensors(tree):
-        parts = (t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,)
-        for part in parts:
+        for part in memory_owners(t):
             try:
                 yield part.untyped_storage()
             except (RuntimeError, NotImplementedError, TypeError):

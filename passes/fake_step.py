@@ -97,8 +97,10 @@ MATMUL_OPS = frozenset((aten.mm.default, aten.addmm.default, aten.bmm.default))
 _SCRATCH: dict[str, int] = {}  # signature -> scratch bytes
 
 
-def _blas_readable(t: torch.Tensor) -> bool:
-    return t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or t.transpose(-1, -2).is_contiguous()
+def _probed(func, tensors: list) -> bool:
+    """Whether `func` may allocate scratch on these operands (NOTE above)."""
+    return func in SCRATCH_OPS or (func in MATMUL_OPS and not all(
+        t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or t.transpose(-1, -2).is_contiguous() for t in tensors))
 
 
 def op_scratch(func, args: tuple, kwargs: dict) -> int:
@@ -111,11 +113,8 @@ def op_scratch(func, args: tuple, kwargs: dict) -> int:
         >>> op_scratch(aten.convolution.default, (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1), {}) >= 0
         True
     """
-    leaves = pytree.tree_leaves((args, kwargs))
-    if func not in SCRATCH_OPS and not (
-            func in MATMUL_OPS and not all(_blas_readable(t) for t in leaves if isinstance(t, torch.Tensor))):
-        return 0
-    if any(isinstance(x, torch.SymInt) for t in leaves if isinstance(t, torch.Tensor) for x in t.shape):
+    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    if not _probed(func, tensors) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
         return 0
     key = _signature(func, False, args, kwargs)
     if key not in _SCRATCH:

@@ -67,14 +67,15 @@ def storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
+def memory_owners(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors whose storages hold `t`'s memory: `t` itself, or for a sparse COO tensor (an
+    embedding's ``sparse=True`` gradient, which has no storage) its indices and values."""
+    return (t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,)
+
+
 def tensor_leaves(tree) -> list[torch.Tensor]:
-    """The tensors of a pytree; a sparse COO tensor (an embedding's ``sparse=True`` gradient)
-    counts as its indices and values, the tensors that own its memory (it has no storage)."""
-    out = []
-    for t in pytree.tree_leaves(tree):
-        if isinstance(t, torch.Tensor):
-            out.extend((t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,))
-    return out
+    """The tensors of a pytree, each as its `memory_owners`."""
+    return [o for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor) for o in memory_owners(t)]
 
 
 def real_like(t: torch.Tensor) -> torch.Tensor:
