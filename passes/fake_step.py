@@ -120,9 +120,15 @@ def op_scratch(func, args: tuple, kwargs: dict) -> int:
     if key not in _SCRATCH:
         from fxckpt.measure import profiled_memory  # the allocator's view, as users measure
 
-        with _real_args(args, kwargs, False) as (a, kw):
-            func(*a, **kw)
-            probed = profiled_memory(lambda: func(*a, **kw))
+        try:
+            with _real_args(args, kwargs, False) as (a, kw):
+                func(*a, **kw)
+                probed = profiled_memory(lambda: func(*a, **kw))
+        except RuntimeError:
+            # A fake kernel's dtypes can differ from the real one's (bf16 autocast: fake layer
+            # norm statistics in bf16, real in fp32), and the real kernel refuses them: no probe.
+            _SCRATCH[key] = 0
+            return 0
         outputs = {storage_key(t): t.untyped_storage().nbytes() for t in pytree.tree_leaves(probed.result)
                    if isinstance(t, torch.Tensor)}
         _SCRATCH[key] = max(0, probed.peak_bytes - sum(outputs.values()))

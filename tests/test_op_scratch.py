@@ -1,6 +1,8 @@
 """The budget held at the allocator: kernels' scratch (oneDNN convolution workspaces) is charged
 to the plan (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -67,3 +69,20 @@ def test_a_matrix_product_is_charged_the_copy_of_an_operand_it_cannot_read_in_pl
     assert fake_step.op_scratch(aten.mm.default, (expanded, w), {}) == 1024 * 64 * 4
     assert fake_step.op_scratch(aten.mm.default, (torch.randn(1024, 64), w), {}) == 0  # not probed
     assert fake_step.op_scratch(aten.mm.default, (torch.randn(64, 1024).t(), w), {}) == 0  # transposed: read in place
+
+
+def test_layer_norm_under_bf16_autocast_plans_and_trains_exactly():
+    # The scratch probe of native_layer_norm_backward got the fake kernel's bf16 statistics, which
+    # the real kernel refuses: planning any LayerNorm under bf16 autocast raised a StageError.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.LayerNorm(64), torch.nn.GELU(),
+                                torch.nn.Linear(64, 32), torch.nn.LayerNorm(32))
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ckpt = fxckpt.auto_checkpoint(model, x, budget=0.85)
+        ckpt(x).float().sum().backward()
+        reference(x).float().sum().backward()
+    assert ckpt.plan.recompute
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad)
