@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fxckpt.benchmark.zoo import hf_model  # the benchmark zoo's seeded Hugging Face builder
+
 Example = Any  # torch.Tensor | tuple | dict[str, Any]
 
 
@@ -246,13 +248,6 @@ def make_unet():
 # ---------------------------------------------------------------- gpt2 (Hugging Face)
 
 
-def _hf(model_class, **config):
-    """A tiny Hugging Face model in training mode, ``model_class(model_class.config_class(**config))``,
-    its random weights drawn after ``torch.manual_seed(0)``."""
-    torch.manual_seed(0)
-    return model_class(model_class.config_class(**config)).train()
-
-
 def make_gpt2():
     """Tiny GPT2LMHeadModel, random weights, default dropout (0.1).
 
@@ -261,7 +256,7 @@ def make_gpt2():
     """
     from transformers import GPT2LMHeadModel
 
-    model = _hf(GPT2LMHeadModel, n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0,
+    model = hf_model(GPT2LMHeadModel, n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0,
                 eos_token_id=0)
     input_ids = torch.randint(0, model.config.vocab_size, (4, 32))
     return model, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
@@ -354,7 +349,7 @@ def make_bert():
     """Tiny Hugging Face BertForSequenceClassification called with keywords and labels."""
     from transformers import BertForSequenceClassification
 
-    model = _hf(BertForSequenceClassification, vocab_size=128, hidden_size=64, num_hidden_layers=2,
+    model = hf_model(BertForSequenceClassification, vocab_size=128, hidden_size=64, num_hidden_layers=2,
                 num_attention_heads=4, intermediate_size=128, max_position_embeddings=64, num_labels=3)
     input_ids = torch.randint(0, model.config.vocab_size, (4, 32))
     return model, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": torch.tensor([0, 1, 2, 1])}
@@ -364,7 +359,7 @@ def make_llama():
     """Tiny Llama-style decoder (RMSNorm, rotary embeddings, SwiGLU), keywords and labels."""
     from transformers import LlamaForCausalLM
 
-    model = _hf(LlamaForCausalLM, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    model = hf_model(LlamaForCausalLM, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     input_ids = torch.randint(0, model.config.vocab_size, (4, 32))
     return model, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
@@ -374,7 +369,7 @@ def make_vit():
     """Tiny Hugging Face ViT image classifier, positional pixel_values."""
     from transformers import ViTForImageClassification
 
-    model = _hf(ViTForImageClassification, image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+    model = hf_model(ViTForImageClassification, image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
                 num_attention_heads=4, intermediate_size=128, num_labels=5, hidden_dropout_prob=0.1)
     return model, (torch.randn(4, 3, 32, 32),)
 
@@ -383,7 +378,7 @@ def make_resnet():
     """Tiny Hugging Face ResNet (bottleneck blocks, BatchNorm, in-place ReLU)."""
     from transformers import ResNetForImageClassification
 
-    model = _hf(ResNetForImageClassification, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+    model = hf_model(ResNetForImageClassification, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
                 layer_type="bottleneck", num_labels=5)
     return model, {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 3])}
 
@@ -397,7 +392,7 @@ def make_moe():
     """Tiny Mixtral (sparse mixture of experts, top-2 routing, grouped-query attention)."""
     from transformers import MixtralForCausalLM
 
-    model = _hf(MixtralForCausalLM, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    model = hf_model(MixtralForCausalLM, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
                 max_position_embeddings=64)
     input_ids = torch.randint(0, model.config.vocab_size, (2, 16))
@@ -408,7 +403,7 @@ def make_t5():
     """Tiny T5 encoder-decoder (relative position bias, dropout), labels shift into decoder inputs."""
     from transformers import T5ForConditionalGeneration
 
-    model = _hf(T5ForConditionalGeneration, vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+    model = hf_model(T5ForConditionalGeneration, vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2,
                 num_decoder_layers=2, num_heads=4, decoder_start_token_id=0, pad_token_id=0)
     input_ids = torch.randint(1, model.config.vocab_size, (2, 16))
     labels = torch.randint(1, model.config.vocab_size, (2, 8))
@@ -419,7 +414,7 @@ def make_bart():
     """Tiny BART encoder-decoder (learned positions, dropout); decoder inputs of another length."""
     from transformers import BartForConditionalGeneration
 
-    model = _hf(BartForConditionalGeneration, vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2,
+    model = hf_model(BartForConditionalGeneration, vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2,
                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                 max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
     input_ids = torch.randint(3, model.config.vocab_size, (2, 16))

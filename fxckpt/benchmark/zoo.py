@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "QuickNet", "ZooModel", "gpt2", "llama", "transformer"]
+__all__ = ["ZOO", "QuickNet", "ZooModel", "gpt2", "hf_model", "llama", "transformer"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,21 @@ def _quick():
     return model, {"x": torch.randn(16, 32, 64), "labels": torch.randint(0, 10, (16, 32))}
 
 
+def hf_model(model_class, **config) -> nn.Module:
+    """A Hugging Face model in training mode, ``model_class(model_class.config_class(**config))``,
+    its random weights drawn after ``torch.manual_seed(0)``: the benchmark models and the tests'
+    tiny ones are built by it.
+
+    Example:
+        >>> from transformers import GPT2LMHeadModel
+        >>> model = hf_model(GPT2LMHeadModel, n_layer=1, n_embd=32, n_head=2, vocab_size=64)
+        >>> model.training, model.config.n_layer
+        (True, 1)
+    """
+    torch.manual_seed(0)
+    return model_class(model_class.config_class(**config)).train()
+
+
 def gpt2(layers: int, hidden: int, heads: int, batch: int, seq: int, vocab: int):
     """A Hugging Face ``GPT2LMHeadModel`` from its config (random weights, seed 0, train mode)
     and a batch of random token ids with an attention mask and labels.
@@ -70,11 +85,10 @@ def gpt2(layers: int, hidden: int, heads: int, batch: int, seq: int, vocab: int)
         >>> sorted(example), tuple(example["input_ids"].shape)
         (['attention_mask', 'input_ids', 'labels'], (2, 16))
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab, n_positions=max(seq, 64))
-    model = GPT2LMHeadModel(cfg).train()
+    model = hf_model(GPT2LMHeadModel, n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab,
+                     n_positions=max(seq, 64))
     ids = torch.randint(0, vocab, (batch, seq))
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
@@ -98,14 +112,12 @@ def transformer(num_layers: int, hidden_size: int, batch_size: int, sequence_len
 def llama(layers: int, hidden: int, intermediate: int, heads: int, batch: int, seq: int, vocab: int):
     """A Hugging Face ``LlamaForCausalLM`` from its config (random weights, seed 0, train mode),
     random token ids as input and labels, ``use_cache=False``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
-                      num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
-                      max_position_embeddings=seq)
-    model = LlamaForCausalLM(cfg).train()
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    model = hf_model(LlamaForCausalLM, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
+                     num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
+                     max_position_embeddings=seq)
+    ids = torch.randint(0, vocab, (batch, seq))
     return model, {"input_ids": ids, "labels": ids, "use_cache": False}
 
 
@@ -115,10 +127,9 @@ def _gpt2_small():
 
 
 def _resnet50():
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers import ResNetForImageClassification
 
-    torch.manual_seed(0)
-    model = ResNetForImageClassification(ResNetConfig()).train()
+    model = hf_model(ResNetForImageClassification)
     return model, {"pixel_values": torch.randn(4, 3, 224, 224), "labels": torch.randint(0, model.config.num_labels, (4,))}
 
 
