@@ -8,6 +8,8 @@ Compiling is the slow part (seconds per graph): each test compiles few graphs, m
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -271,6 +273,33 @@ def test_bad_arguments():
         fxckpt.backend(budget=0.5, compiler="aot_eager", max_autotune=True)
     with pytest.raises(TypeError, match="fxckpt backend"):
         fxckpt.compiled_plans(nn.Linear(2, 2))
+
+
+# Metadata that names fxckpt without the entry point shadows the installed one (importlib.metadata
+# takes the first `fxckpt` on sys.path: a stale fxckpt.egg-info in the working directory, as
+# /work/main's from before the entry point was added); Dynamo caches what it found per process.
+_NAME_WITHOUT_ENTRY_POINT = """
+import pathlib, sys, tempfile
+stale = pathlib.Path(tempfile.mkdtemp()) / "fxckpt-0.1.0.dist-info"
+stale.mkdir()
+(stale / "METADATA").write_text("Metadata-Version: 2.1\\nName: fxckpt\\nVersion: 0.1.0\\n")
+sys.path.insert(0, str(stale.parent))
+import torch
+assert "fxckpt" not in torch._dynamo.list_backends(exclude_tags=())  # discovery ran, and is cached
+import fxckpt.compile
+compiled = torch.compile(torch.nn.Linear(2, 2), backend="fxckpt", options={"budget": 1.0, "compiler": "aot_eager"})
+compiled(torch.randn(3, 2)).sum().backward()
+assert len(fxckpt.compiled_plans(compiled)) == 1
+print("ok")
+"""
+
+
+def test_backend_name_resolves_without_its_entry_point():
+    """backend="fxckpt" works once fxckpt.compile is imported, even where the package metadata
+    that Dynamo reads lacks the entry point (InvalidBackend: 'fxckpt' before)."""
+    out = subprocess.run([sys.executable, "-c", _NAME_WITHOUT_ENTRY_POINT], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 def test_inductor_matches_default_compile_with_dropout():

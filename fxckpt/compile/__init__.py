@@ -1,7 +1,8 @@
 """The torch.compile backend: fxckpt chooses what AOTAutograd saves, under a byte budget.
 
 `torch.compile(model, backend="fxckpt", options={"budget_mb": 500})` (the name is registered
-through the `torch_dynamo_backends` entry point) or `torch.compile(model, backend=fxckpt.backend(
+through the `torch_dynamo_backends` entry point, and by importing this module where the package
+metadata lacks it: NOTE [ The backend's name ]) or `torch.compile(model, backend=fxckpt.backend(
 budget_mb=500))`. Inside the compiler, AOTAutograd traces the joint forward + backward graph;
 fxckpt's partitioner builds a `RematProblem` from it (`fxckpt.compile.joint`), solves it with
 the solvers `auto_checkpoint` uses, and splits the joint graph so that backward recomputes what
@@ -411,3 +412,20 @@ def compiled_plans(model) -> list[Plan]:
         raise TypeError(f"{type(model).__name__} was not compiled with the fxckpt backend: pass the result of "
                         f"torch.compile(model, backend='fxckpt', ...) or an fxckpt.backend(...) object")
     return be.plans
+
+
+# NOTE [ The backend's name ]
+# `backend="fxckpt"` resolves through the `torch_dynamo_backends` entry point, which Dynamo reads
+# from package metadata once per process (cached): the first distribution named fxckpt on
+# sys.path wins. Where that metadata lacks the entry point (a source tree on PYTHONPATH, or a
+# stale fxckpt.egg-info in the working directory shadowing the installed one, as pytest's
+# `pythonpath = ["."]` puts the repository first), the name never resolved: InvalidBackend.
+# So importing this module registers the name itself where the metadata did not; where it did,
+# it leaves the name to the entry point (registering it too would make Dynamo's load of the entry
+# point fail as a duplicate name).
+def _register_name() -> None:
+    if "fxckpt" not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(fxckpt_backend, name="fxckpt")
+
+
+_register_name()
