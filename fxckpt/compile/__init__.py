@@ -147,7 +147,8 @@ class FxckptBackend:
         if self.verify:
             from .verify import verified
 
-            return verified(self, gm, example_inputs, compiled, partition)
+            reference = self._compile(gm, example_inputs, _Partitioner(self, frame, recompute_nothing=True))
+            return verified(gm, example_inputs, compiled, reference, self.compiler, self.inductor_options)
         return compiled
 
     def _compile(self, gm, example_inputs, partitioner):

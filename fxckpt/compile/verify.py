@@ -51,12 +51,10 @@ def same_gradients(a, b, exact: bool) -> bool:
     return True
 
 
-def verified(owner, gm, example_inputs, compiled, partitioner):
-    """A callable that runs `compiled`, after checking its first call's gradients against the
-    graph compiled with nothing recomputed (NOTE [ Why verify compiled gradients ])."""
-    from . import _Partitioner
-
-    reference = owner._compile(gm, example_inputs, _Partitioner(owner, partitioner.frame, recompute_nothing=True))
+def verified(gm, example_inputs, compiled, reference, compiler: str, inductor_options: dict):
+    """A callable that runs `compiled`, after checking its first call's gradients against
+    `reference`, the same graph compiled with nothing recomputed; on a mismatch it runs the graph
+    compiled by `compiler` with torch's own partitioner (NOTE [ Why verify compiled gradients ])."""
     state = {"fn": compiled, "checked": False}
 
     def run(*args):
@@ -66,22 +64,23 @@ def verified(owner, gm, example_inputs, compiled, partitioner):
             ours = gradients(compiled, args, rng)
             ref = gradients(reference, args, rng)
             set_rng_state(rng)
-            if not same_gradients(ours, ref, exact=owner.compiler == "aot_eager"):
+            if not same_gradients(ours, ref, exact=compiler == "aot_eager"):
                 warnings.warn(f"fxckpt backend: gradients of graph {gm.__class__.__name__} with the plan differ from "
                               f"the same graph with nothing recomputed; falling back to torch's default partitioner",
                               RuntimeWarning, stacklevel=2)
-                state["fn"] = default_compile(owner, gm, example_inputs)
+                state["fn"] = default_compile(gm, example_inputs, compiler, inductor_options)
         return state["fn"](*args)
 
     return run
 
 
-def default_compile(owner, gm, example_inputs):
-    """The graph compiled by the same compiler with torch's own partitioner."""
-    if owner.compiler == "inductor":
+def default_compile(gm, example_inputs, compiler: str, inductor_options: dict):
+    """The graph compiled by `compiler` ("inductor" with `inductor_options`, or "aot_eager") with
+    torch's own partitioner."""
+    if compiler == "inductor":
         from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(gm, example_inputs, config_patches=dict(owner.inductor_options))
+        return compile_fx(gm, example_inputs, config_patches=dict(inductor_options))
     from torch._dynamo.backends.debugging import aot_eager
 
     return aot_eager(gm, example_inputs)
