@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import torch
@@ -24,7 +24,7 @@ from torch.utils import _pytree as pytree
 from .core.blocks import even_segments
 from .wrap import ModelWrapper
 
-__all__ = ["CheckpointedSequential", "SelectiveCheckpoint", "block_stack", "checkpoint"]
+__all__ = ["CheckpointedSequential", "SelectiveCheckpoint", "block_stack", "checkpoint", "find_blocks"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,29 +217,65 @@ class CheckpointedSequential(nn.Sequential):
         return f"checkpoint_segments={self.checkpoint_segments}"
 
 
+_STACKS = (nn.Sequential, nn.ModuleList)
+
+
+def _stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every ``nn.Sequential`` / ``nn.ModuleList`` in ``model`` (itself included, named ``""``) with
+    its dotted name, in registration order: the one walk that both block finders read."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _STACKS)]
+
+
 def block_stack(model: nn.Module) -> tuple[str, nn.Module] | None:
     """The ``(dotted name, container)`` that integer ``checkpoint_layers`` index (see
     `SelectiveCheckpoint`): ``model`` itself (name ``""``) or its largest ``nn.Sequential`` /
-    ``nn.ModuleList``; None if it has none.
+    ``nn.ModuleList``; among equally long ones the shallowest, then the first registered; None if
+    it has none.
 
     Example:
         >>> block_stack(torch.nn.Sequential(torch.nn.Linear(2, 2)))[0]
         ''
     """
-    if isinstance(model, (nn.Sequential, nn.ModuleList)):
+    if isinstance(model, _STACKS):
         return "", model
-    best, seen, queue = None, {id(model)}, deque([("", model)])
-    while queue:  # breadth-first: among equally long containers the shallowest, then the first, wins
-        prefix, module = queue.popleft()
-        for name, child in module.named_children():
-            if id(child) in seen:
+    stacks = _stacks(model)
+    return min(stacks, key=lambda s: (-len(s[1]), s[0].count("."))) if stacks else None  # min: first of equals
+
+
+def find_blocks(model: nn.Module, min_blocks: int = 6) -> list[str]:
+    """The dotted names of the model's repeated blocks, in registration order (the blocks the
+    benchmark's layer-level baselines checkpoint).
+
+    Candidates are the modules with parameters held directly in an ``nn.ModuleList`` or
+    ``nn.Sequential``, grouped by class. The block class is, among the classes with at least
+    ``min_blocks`` such members, the outermost one (no member inside a member of another such
+    class), the one with most members if several are; with no such class, the class with most
+    members. GPT-2: ``transformer.h.*``; Llama: ``model.layers.*``; ResNet-50: the 16 bottleneck
+    layers (not the 4 stages, nor the 48 conv layers inside the bottlenecks); UNet2D: the
+    ``ResnetBlock2D`` modules. Unlike `block_stack`'s one container, the blocks may sit in
+    several (ResNet-50's 4 stages hold its 16 bottlenecks).
+
+    Example:
+        >>> find_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)))
+        ['0', '2']
+    """
+    members: dict[type, list[str]] = {}
+    for name, stack in _stacks(model):
+        for child_name, child in stack.named_children():
+            if isinstance(child, _STACKS) or next(child.parameters(), None) is None:
                 continue
-            seen.add(id(child))
-            path = prefix + name
-            if isinstance(child, (nn.Sequential, nn.ModuleList)) and (best is None or len(child) > len(best[1])):
-                best = (path, child)
-            queue.append((path + ".", child))
-    return best
+            members.setdefault(type(child), []).append(f"{name}.{child_name}" if name else child_name)
+    if not members:
+        return []
+    many = {cls: names for cls, names in members.items() if len(names) >= min_blocks}
+
+    def inside_other(cls):
+        others = [n for other, names in many.items() if other is not cls for n in names]
+        return any(name.startswith(o + ".") for name in many[cls] for o in others)
+
+    outer = [cls for cls in many if not inside_other(cls)]
+    pool = outer or list(members)
+    return members[max(pool, key=lambda cls: len(members[cls]))]  # max keeps the first of equals
 
 
 def _resolve(model: nn.Module, layer) -> str:

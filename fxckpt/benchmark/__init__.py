@@ -16,7 +16,7 @@ Strategies (the names are the table's):
   ``enable_gradient_checkpointing()`` where ``model._supports_gradient_checkpointing``; else
   status ``"not supported"``.
 * ``"sqrt segments"``, ``"every-2"``, ``"every-3"``: layer-level checkpointing of the model's
-  repeated blocks (`find_blocks`). With ``n`` blocks numbered in registration order:
+  repeated blocks (`fxckpt.manual.find_blocks`). With ``n`` blocks numbered in registration order:
 
   - ``every-k`` checkpoints each block ``i`` with ``i % k == 0`` on its own (blocks 0, k, 2k,
     ...), through `fxckpt.manual.SelectiveCheckpoint`: a checkpointed block keeps only its
@@ -74,12 +74,13 @@ Modules: `zoo` (the benchmark models), `flops` (FLOP rules, compiled-graph FLOPs
 
 from __future__ import annotations
 
+from ..manual import find_blocks  # the library's block finder, re-exported for the harness's users
 from .flops import EXTRA_FLOP_RULES, CountingInductor, graph_flops
 from .meters import ProfiledMemory, forward_memory_check, profiled_memory, profiled_peak_bytes
 from .report import print_comparison_table, to_markdown
 from .results import ZERO_GRADS, StrategyResult
 from .runner import compare_strategies
-from .segments import SegmentCheckpoint, SegmentError, find_blocks
+from .segments import SegmentCheckpoint, SegmentError
 from .strategies import DEFAULT_BUDGETS, STRATEGIES, register_family, register_strategy
 from .zoo import ZOO, ZooModel
 

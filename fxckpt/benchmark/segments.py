@@ -1,7 +1,7 @@
-"""Layer-level checkpointing of a model's repeated blocks, for the eager baselines: `find_blocks`
-names the blocks, `probe_block_calls` sees in which order the forward calls them and which calls
-chain (each on the previous one's output), `sqrt_segments` groups chained calls, and
-`SegmentCheckpoint` checkpoints each group as one unit."""
+"""Layer-level checkpointing of a model's repeated blocks, for the eager baselines: the library's
+`fxckpt.manual.find_blocks` names the blocks, `probe_block_calls` sees in which order the forward
+calls them and which calls chain (each on the previous one's output), `sqrt_segments` groups
+chained calls, and `SegmentCheckpoint` checkpoints each group as one unit."""
 
 from __future__ import annotations
 
@@ -19,44 +19,11 @@ from ..manual import checkpoint
 from ..passes.capture import call_with
 from ..wrap import ModelWrapper
 
-__all__ = ["SegmentCheckpoint", "SegmentError", "find_blocks", "probe_block_calls", "sqrt_segments"]
+__all__ = ["SegmentCheckpoint", "SegmentError", "probe_block_calls", "sqrt_segments"]
 
 
 class SegmentError(RuntimeError):
     """A checkpointed segment's blocks were not called back to back on each other's outputs."""
-
-
-def find_blocks(model: nn.Module, min_blocks: int = 6) -> list[str]:
-    """The dotted names of the model's repeated blocks, in registration order.
-
-    Candidates are the modules with parameters held directly in an ``nn.ModuleList`` or
-    ``nn.Sequential``, grouped by class. The block class is, among the classes with at least
-    ``min_blocks`` such members, the outermost one (no member inside a member of another such
-    class), the one with most members if several are; with no such class, the class with most
-    members. GPT-2: ``transformer.h.*``; Llama: ``model.layers.*``; ResNet-50: the 16 bottleneck
-    layers (not the 4 stages, nor the 48 conv layers inside the bottlenecks); UNet2D: the
-    ``ResnetBlock2D`` modules.
-    """
-    members: dict[type, list[str]] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-            continue
-        for child_name, child in module.named_children():
-            if isinstance(child, (nn.ModuleList, nn.Sequential)) or next(child.parameters(), None) is None:
-                continue
-            members.setdefault(type(child), []).append(f"{name}.{child_name}" if name else child_name)
-    if not members:
-        return []
-    many = {cls: names for cls, names in members.items() if len(names) >= min_blocks}
-
-    def inside_other(cls):
-        others = [n for other, names in many.items() if other is not cls for n in names]
-        return any(name.startswith(o + ".") for name in many[cls] for o in others)
-
-    outer = [cls for cls in many if not inside_other(cls)]
-    pool = outer or list(members)
-    best = max(pool, key=lambda cls: len(members[cls]))  # max keeps the first of equals
-    return members[best]
 
 
 def _chain_key(args: tuple, kwargs: dict):

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..core.errors import MIB
 from .flops import CountingInductor
-from .segments import SegmentCheckpoint, find_blocks, probe_block_calls, sqrt_segments
+from ..manual import find_blocks
+from .segments import SegmentCheckpoint, probe_block_calls, sqrt_segments
 
 __all__ = ["ANCHOR_ALL", "BASE_STRATEGIES", "DEFAULT_BUDGETS", "STRATEGIES", "Prepared", "SkipStrategy",
            "expand", "register_family", "register_strategy", "strategy"]

@@ -5,8 +5,9 @@ A *block* is one repeated layer of the model, named by its module path up to the
 part: "transformer.h.3" for a node in "transformer.h.3.attn.c_attn". Every member of an
 ``nn.ModuleList`` / ``nn.Sequential`` is one, with whatever runs inside it. The solvers that plan
 by block (`blocks`, `chain_dp`, `block_dp`) group a problem's candidates with `block_candidates`.
-(The torch side names blocks of a *module* instead: `fxckpt.manual.block_stack`, the container
-that integer ``checkpoint_layers`` index, and the benchmark harness's `find_blocks`.)
+(The torch side names blocks of a *module* instead, in `fxckpt.manual` on one walk of its
+containers: `block_stack`, the container that integer ``checkpoint_layers`` index, and
+`find_blocks`, the repeated blocks the benchmark harness checkpoints.)
 
 A *segment* is a run of consecutive layers. `even_segments` gives half-open ``(start, stop)``
 index ranges, Python's slice convention: ``layers[start:stop]`` is one segment, and a segment's
