@@ -223,10 +223,7 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
     leaves = params + [t for t in inputs if t.requires_grad and t.is_leaf and id(t) not in ids]
     cuda = next((t.device for t in params + inputs if t.device.type == "cuda"), None)
     device = str(cuda or next((t.device for t in params + inputs), torch.device("cpu")))
-
-    def step():
-        output = call_with(model, example_input)
-        (loss_fn or step_loss)(output).backward()
+    step = _training_step(model, example_input, loss_fn)
 
     with _each_step_fresh(model, leaves, cuda) as reset:
         # NOTE: FLOPs are counted in a run of their own: FlopCounterMode tracks modules with
@@ -239,6 +236,14 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
     logger.debug("measured step on %s: peak %.3f MiB, %.3g FLOPs, %.4f s", device, result.peak_mib,
                  result.flops, result.seconds)
     return result
+
+
+def _training_step(model, example_input, loss_fn):
+    """The step both measurements run: the model on the example, then backward of its loss."""
+    def step():
+        output = call_with(model, example_input)
+        (loss_fn or step_loss)(output).backward()
+    return step
 
 
 @contextlib.contextmanager
@@ -284,10 +289,7 @@ def allocator_step_peak(model, example_input, *, loss_fn=None) -> ProfiledMemory
     """
     params = [p for p in model.parameters() if p.requires_grad]
     leaves = params + [t for t in _tensors(example_input) if t.requires_grad and t.is_leaf]
-
-    def step():
-        output = call_with(model, example_input)
-        (loss_fn or step_loss)(output).backward()
+    step = _training_step(model, example_input, loss_fn)
 
     with _each_step_fresh(model, leaves, None) as reset:
         reset()

@@ -102,10 +102,6 @@ class RematProblem:
             return tuple(round(n.seconds * 1e9) if w else 0 for n, w in zip(self.nodes, work))
         return tuple(n.flops if w else 0 for n, w in zip(self.nodes, work))
 
-    @property
-    def cost_unit(self) -> str:
-        return "ns" if self.timed else "FLOPs"
-
     @cached_property
     def index(self) -> dict[str, int]:
         return {n.name: i for i, n in enumerate(self.nodes)}

@@ -250,15 +250,20 @@ def _milp(m: _Model, seconds: float):
                 constraints=LinearConstraint(A, lo, hi), options={"time_limit": max(0.01, seconds)})
 
 
-def relaxed_cost(problem, recompute, budget_bytes: int) -> float | None:
-    """The MILP's least objective with the choice fixed to `recompute`; None if the relaxation
-    rejects it. For a plan that truly fits, this must be its true recompute cost (the tests
-    check it: it is what makes the relaxation a relaxation)."""
-    m, r = build(problem, budget_bytes)
+def _cost_fixed_at(m, r, recompute) -> float | None:
+    """Model `m`'s least objective with its choice variables `r` fixed to `recompute`; None where
+    that makes it infeasible."""
     for c, v in r.items():
         m.lb[v] = m.ub[v] = float(c in recompute)
     res = _milp(m, SECONDS)
     return float(res.fun) if res.status == 0 else None
+
+
+def relaxed_cost(problem, recompute, budget_bytes: int) -> float | None:
+    """The MILP's least objective with the choice fixed to `recompute`; None if the relaxation
+    rejects it. For a plan that truly fits, this must be its true recompute cost (the tests
+    check it: it is what makes the relaxation a relaxation)."""
+    return _cost_fixed_at(*build(problem, budget_bytes), recompute)
 
 
 def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=None) -> Solved:
@@ -362,11 +367,7 @@ def bound_cost(problem, recompute, budget_bytes: int) -> float | None:
     """The projected relaxation's least objective with the choice fixed to `recompute`; None if it
     rejects the choice. For a plan that fits, this must be its true recompute cost (what makes
     `lower_bound` a bound; the tests check it, as `relaxed_cost` for the ILP)."""
-    m, r = _bound_model(problem, budget_bytes)
-    for c, v in r.items():
-        m.lb[v] = m.ub[v] = float(c in recompute)
-    res = _milp(m, SECONDS)
-    return float(res.fun) if res.status == 0 else None
+    return _cost_fixed_at(*_bound_model(problem, budget_bytes), recompute)
 
 
 @register_solver("proven")
