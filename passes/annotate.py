@@ -22,7 +22,7 @@ from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, step_loss
 from .fake_step import FakeStep, op_scratch
-from .ops import aten, is_batchnorm, storage_key, tensor_leaves
+from .ops import aten, draws_random, is_batchnorm, storage_key, tensor_leaves
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
@@ -63,8 +63,8 @@ class _OpRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.Tag.nondeterministic_seeded in func.tags:
-            self.random = True
+        random = draws_random(func, args, kwargs)
+        self.random |= random
         schema = func._schema
         if schema.is_mutable:
             for i, arg in enumerate(schema.arguments):
@@ -78,7 +78,7 @@ class _OpRecorder(TorchDispatchMode):
             out_bytes = sum(_nbytes(t) for t in written)
             self.bytes_read += _bytes_read(func, args, kwargs, out_bytes)
             self.bytes_written += out_bytes
-            if torch.Tag.nondeterministic_seeded in func.tags:
+            if random:
                 self.random_elements += sum(t.numel() for t in written)
         for t in written:
             k = storage_key(t)

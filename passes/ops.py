@@ -61,6 +61,33 @@ def _without_stats(fn, i_mean: int, i_var: int):
 
 
 
+# NOTE [ Seeded ops that draw nothing ]
+# torch tags every attention kernel `nondeterministic_seeded`, dropout or not. Flagged random, an
+# attention recomputed by the eager runtime holds an RNG state copy (5,056 B on CPU) from its
+# forward to its replay, and the compile path may not recompute it at all. Attention with
+# ``dropout_p == 0`` (every Llama, any model in eval) and dropout with ``train=False`` draw no
+# numbers (checked on CPU: the generator's state is unchanged; CUDA's kernels take a philox
+# offset only when dropout is on). A bare ``p == 0`` is not enough: ``native_dropout(x, 0.0, True)``
+# still draws its mask.
+def draws_random(func, args, kwargs) -> bool:
+    """Whether an ATen op draws from a random generator with these arguments.
+
+    Example:
+        >>> q = torch.randn(1, 1, 4, 8)
+        >>> draws_random(aten._scaled_dot_product_flash_attention_for_cpu.default, (q, q, q, 0.0), {})
+        False
+        >>> draws_random(aten.native_dropout.default, (q, 0.0, True), {})
+        True
+    """
+    if torch.Tag.nondeterministic_seeded not in getattr(func, "tags", ()):
+        return False
+    for i, arg in enumerate(func._schema.arguments):
+        value = args[i] if i < len(args) else kwargs.get(arg.name, arg.default_value)
+        if (arg.name == "dropout_p" and value == 0) or (arg.name == "train" and value is False):
+            return False
+    return True
+
+
 def storage_key(t: torch.Tensor) -> int:
     """Identifies a tensor's storage: views and in-place results share their base's key (the
     StorageImpl's address, what StorageWeakRef(...).cdata is, without making a weak ref)."""

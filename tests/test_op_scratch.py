@@ -86,3 +86,37 @@ def test_layer_norm_under_bf16_autocast_plans_and_trains_exactly():
     assert ckpt.plan.recompute
     for p, q in zip(model.parameters(), reference.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+class _Attention(torch.nn.Module):
+    """Two attention layers with residuals; ``dropout_p`` as HF passes it (0.0 for Llama)."""
+
+    def __init__(self, dropout_p: float, d: int = 32):
+        super().__init__()
+        self.dropout_p = dropout_p
+        self.qkv = torch.nn.ModuleList(torch.nn.Linear(d, 3 * d) for _ in range(2))
+
+    def forward(self, x):
+        for qkv in self.qkv:
+            q, k, v = qkv(x).unflatten(-1, (3, 4, -1)).transpose(1, 3).unbind(2)
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p, is_causal=True)
+            x = x + a.transpose(1, 2).flatten(2).tanh()
+        return x
+
+
+def test_attention_without_dropout_is_replayed_without_an_rng_state():
+    # torch tags every attention kernel nondeterministic_seeded; flagged random, each recomputed
+    # attention held a 5,056 B copy of the CPU generator's state that no plan counts (a 2-layer
+    # Llama at its floor: allocator 9,084 B over the plan). NOTE [ Seeded ops that draw nothing ]
+    x = torch.randn(4, 64, 32, requires_grad=True)
+    for p, random in ((0.0, False), (0.25, True)):
+        torch.manual_seed(0)
+        model = _Attention(p)
+        ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=fxckpt.min_feasible_budget(model, x) / MiB)
+        attn = [r for r in ckpt.plan.rows if "scaled_dot_product" in r.op]
+        assert attn and any(r.decision == "recompute" for r in attn)
+        costs = {n.name: n.meta["fxckpt"] for n in ckpt.graph_module.graph.nodes if "fxckpt" in n.meta}
+        assert all(costs[r.name].is_random is random for r in attn)
+    torch.manual_seed(0)
+    ckpt = fxckpt.auto_checkpoint(_Attention(0.0), x, budget_mb=fxckpt.min_feasible_budget(_Attention(0.0), x) / MiB)
+    assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes

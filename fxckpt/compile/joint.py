@@ -33,6 +33,7 @@ from torch.utils.flop_counter import flop_registry
 
 from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
 from fxckpt.passes import fake_step
+from fxckpt.passes.ops import draws_random
 
 # Seeded random ops: a replay would draw fresh numbers. Inductor's dropout draws its seeds with
 # inductor_seeds (tagged) and its numbers with inductor_random from a seed: recomputing that from
@@ -118,8 +119,7 @@ def _flops(node: fx.Node) -> int:
 
 def _ban(node: fx.Node, outputs: set[fx.Node]) -> str | None:
     target = node.target
-    tags = getattr(target, "tags", ())
-    if torch.Tag.nondeterministic_seeded in tags or _inductor_random(target):
+    if _inductor_random(target) or draws_random(target, node.args, node.kwargs):
         return "random op: saved so that backward sees the numbers forward drew"
     if node in outputs:
         return "graph output"
