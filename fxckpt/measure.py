@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
 from .passes.ops import memory_owners
+from .passes.runtime import watch_rng_states
 
 __all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "allocator_step_peak",
            "measure_step", "step_loss"]
@@ -70,9 +71,11 @@ class LiveBytesMode(TorchDispatchMode):
     existed before the mode was entered are never counted, even when an in-place op returns them
     (e.g. accumulation into a preallocated ``.grad``). Backward ops are seen too: on the CPU the
     autograd engine runs them on the calling thread, inside the mode. With fake tensors, enter
-    this mode inside the ``FakeTensorMode``. A sparse COO tensor counts as its indices and values. Not
-    seen: memory an op uses only internally (unless ``scratch`` says how much), and outputs without a
-    storage (other sparse layouts).
+    this mode inside the ``FakeTensorMode``. A sparse COO tensor counts as its indices and values.
+    The RNG states fxckpt's runtime keeps to replay random nodes, made outside the dispatcher,
+    count too (`fxckpt.passes.runtime.watch_rng_states`). Not seen: memory an op uses only
+    internally (unless ``scratch`` says how much), and outputs without a storage (other sparse
+    layouts).
 
     Attributes:
         peak_bytes: the largest live total, taken after each op's outputs are created.
@@ -127,6 +130,47 @@ class LiveBytesMode(TorchDispatchMode):
             self._open[key] = alloc = Allocation(nbytes, len(self.timeline))
             self.allocations.append(alloc)
 
+    def __enter__(self):
+        self._watching = watch_rng_states(self._rng_state)
+        self._watching.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._watching.__exit__(None, None, None)
+
+    def _rng_state(self, t: torch.Tensor) -> None:
+        """A copy of an RNG state the runtime keeps (NOTE [ RNG states the runtime holds ] in
+        fxckpt/passes/runtime.py): a new storage, like an op's output."""
+        s = t.untyped_storage()
+        self._drop_stale(s._cdata)
+        self._start(s._cdata, s)
+        self._after_op("rng state", s.nbytes(), 0)
+
+    def _drop_stale(self, key: int) -> None:
+        entry = self._tracked.pop(key, None)
+        if entry is not None:  # defensive: our weak ref keeps a dead storage's address reserved
+            self._tracked_bytes -= entry[1]
+            self._close(key)
+
+    def _start(self, key: int, s) -> None:
+        n = s.nbytes()
+        self._tracked[key] = (StorageWeakRef(s), n)
+        self._tracked_bytes += n
+        self._record(key, n)
+
+    def _after_op(self, name: str, grew: int, extra: int) -> None:
+        # Sweeping is O(tracked); only needed when the upper bound could pass the peak.
+        if self.record_timeline or ((grew or extra) and self._tracked_bytes + extra > self.peak_bytes):
+            self._sweep()
+            self.peak_bytes = max(self.peak_bytes, self._tracked_bytes + extra)
+        if self.record_timeline:
+            self.timeline.append((self._tracked_bytes, name))
+            if self.label is not None:
+                self.labels.append(self.label())
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -141,27 +185,16 @@ class LiveBytesMode(TorchDispatchMode):
                 if n != entry[1]:
                     self._record(key, n)
                 continue
-            if entry is not None:  # defensive: our weak ref keeps a dead storage's address reserved
-                self._tracked_bytes -= self._tracked.pop(key)[1]
-                self._close(key)
+            self._drop_stale(key)
             if inputs is None:
                 inputs = set() if func in _FRESH else {x._cdata for x in _storages((args, kwargs))}
             if key in inputs:
                 continue  # an alias of an input from before the mode
             # Zero-byte storages count nothing but are tracked: an out= op may resize them later.
-            self._tracked[key] = (StorageWeakRef(s), n)
-            self._tracked_bytes += n
+            self._start(key, s)
             grew += n
-            self._record(key, n)
         extra = self.scratch(func, args, kwargs) if self.scratch is not None else 0
-        # Sweeping is O(tracked); only needed when the upper bound could pass the peak.
-        if self.record_timeline or ((grew or extra) and self._tracked_bytes + extra > self.peak_bytes):
-            self._sweep()
-            self.peak_bytes = max(self.peak_bytes, self._tracked_bytes + extra)
-        if self.record_timeline:
-            self.timeline.append((self._tracked_bytes, str(func)))
-            if self.label is not None:
-                self.labels.append(self.label())
+        self._after_op(str(func), grew, extra)
         return out
 
 

@@ -23,6 +23,7 @@ from fxckpt.core.errors import in_stage
 from .capture import Captured, copy_graph, derive, step_loss
 from .fake_step import FakeStep, op_scratch
 from .ops import aten, draws_random, is_batchnorm, storage_key, tensor_leaves
+from .runtime import rng_state_bytes
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
@@ -240,21 +241,47 @@ class _Annotator(torch.fx.Interpreter):
         flops = self.flops.get_total_flops()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), rec:
             out = super().run_node(n)
-        self.costs[n.name] = self._cost(n, out, saved, rec, self.flops.get_total_flops() - flops)
+        cost = self._cost(n, out, saved, rec, self.flops.get_total_flops() - flops)
+        if rec.random:  # the RNG states a recipe of it would keep (NOTE [ RNG states the runtime holds ])
+            cost = replace(cost, recipe_bytes=rng_state_bytes(tensor_leaves(self.fetch_args_kwargs_from_env(n))))
         self.storages.update(rec.new)
-        self._claim_grad_fns(n.name, out)
+        unhooked = self._unhooked_saved_bytes(self._claim_grad_fns(n.name, out), {storage_key(t) for t in saved})
+        self.costs[n.name] = replace(cost, unhooked_saved_bytes=unhooked) if unhooked else cost
         return out
 
-    def _claim_grad_fns(self, name: str, out) -> None:
+    def _claim_grad_fns(self, name: str, out) -> list:
         """Autograd nodes this fx node created: their pre-hooks tell the backward trace whose
         backward is running."""
         stack = [t.grad_fn for t in tensor_leaves(out) if t.grad_fn is not None]
+        claimed = []
         while stack:
             fn = stack.pop()
             if fn in self.grad_fns or type(fn).__name__ == "AccumulateGrad":
                 continue
             self.grad_fns[fn] = name
+            claimed.append(fn)
             stack.extend(f for f, _ in fn.next_functions if f is not None)
+        return claimed
+
+    # NOTE [ Saved tensors the hooks do not see ]
+    # A Python number where an op takes a tensor (`scores / math.sqrt(d)`) becomes a 0-dim
+    # "wrapped number" tensor, which autograd saves without calling saved-tensor hooks: the zoo
+    # transformer held three 8-byte divisors through backward, 24 B above its plan at the
+    # allocator (and unseen by LiveBytesMode, made outside the dispatcher too). They are read off
+    # the node's autograd nodes (`_saved_*`): tensors no hook saw, of no known storage. The forward
+    # runs with autograd whatever the plan, so they are held until the node's backward whatever
+    # the plan (`Node.extra_saved_bytes`).
+    def _unhooked_saved_bytes(self, grad_fns: list, hooked: set[int]) -> int:
+        found: dict[int, int] = {}
+        for fn in grad_fns:
+            for attr in dir(fn):
+                if not attr.startswith("_saved_"):
+                    continue
+                value = getattr(fn, attr)
+                for t in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(t, torch.Tensor) and (k := storage_key(t)) not in hooked and not self._known(k):
+                        found[k] = t.untyped_storage().nbytes()
+        return sum(found.values())
 
     def _cost(self, n, out, saved, rec, counted_flops) -> NodeCost:
         outs = tensor_leaves(out)

@@ -8,10 +8,11 @@ BatchNorm (statistics updated twice) and needs RNG stashing for dropout. With ho
 the plan recomputes records a `Recipe` (its function and the handles of its inputs) when it runs
 forward; the pack hook swaps any saved tensor living in that node's storage for the recipe; the
 unpack hook materializes it once, under no_grad, from kept inputs or other recipes. Random ops
-are never recomputed (the plan keeps them) and batch norm is recomputed without its running
-statistics, so gradients and buffers are bitwise those of the original model. The memory this
-holds is exactly what `fxckpt.core.simulate` models: recipes cache their value until the last saved
-slot that refers to them is released by autograd.
+replay from the RNG state their recipe kept (NOTE [ RNG states the runtime holds ] in runtime.py)
+and batch norm is recomputed without its running statistics, so gradients and buffers are
+bitwise those of the original model. The memory this holds is exactly what `fxckpt.core.simulate`
+models: recipes cache their value until the last saved slot that refers to them is released by
+autograd, and hold their RNG states until their replay.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ hooks ] in rewrite.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import traceback
 from collections import Counter
@@ -120,7 +121,7 @@ class Recipe:
                     self.value = self.spec.fn(*args, **kwargs)
             else:
                 args, kwargs = self.spec.build(flat)
-                with torch.no_grad(), _replaying(self.rng), _autocast(self.amp):
+                with torch.no_grad(), _replaying(self), _autocast(self.amp):
                     self.value = self.spec.fn(*args, **kwargs)
             self.flat = self.after = self.rng = self.grad_flags = None  # let the inputs go
             if self.spec.writer and self.replays is not None:
@@ -140,7 +141,7 @@ class Recipe:
             # This graph never runs backward. Holding nothing avoids the cycle an output saved
             # by its own grad_fn would make (it would outlive the recipe until a gc pass).
 
-        with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never), _replaying(self.rng),
+        with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never), _replaying(self),
               _autocast(self.amp)):
             value = self.spec.fn(*args, **kwargs)
         outputs = _known_storages(_tensors(value), ())
@@ -199,24 +200,87 @@ def _never(_):
     raise RuntimeError("fxckpt: backward through a recomputation graph")
 
 
-def rng_state(leaves: list):
-    """RNG states a random op is about to draw from: the CPU generator's and, for CUDA
-    tensors among its call's leaves, their devices' generators."""
-    devices = sorted({t.device.index or 0 for t in leaves if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
-    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in devices]
+# NOTE [ RNG states the runtime holds ]
+# A recipe of a random node keeps the generator states it drew from (`rng_state`), from the
+# node's forward until its replay, and a replay copies the current states to restore them after
+# (`_replaying`): real memory, charged by the plan (`NodeCost.recipe_bytes`, NOTE [ RNG states
+# are activation memory ] in fxckpt.core.simulate). On CPU the CPU generator's copy is in the
+# step's memory; on CUDA every copy (the CPU generator's and the device's, both host tensors) is
+# outside the device's, which is what the budget bounds there. These copies are made outside the
+# dispatcher, so a dispatch-mode meter cannot see them: the runtime hands each copy in the step's
+# memory to the callbacks registered with `watch_rng_states` (`fxckpt.measure.LiveBytesMode`).
+_state_watchers: list[Callable[[torch.Tensor], None]] = []
 
 
 @contextlib.contextmanager
-def _replaying(rng):
-    if rng is None:
+def watch_rng_states(callback: Callable[[torch.Tensor], None]):
+    """Within the block, ``callback(t)`` gets every RNG-state copy the runtime makes in the step's
+    memory (NOTE [ RNG states the runtime holds ]), as it is made.
+
+    Example:
+        >>> seen = []
+        >>> with watch_rng_states(seen.append):
+        ...     _ = rng_state([torch.ones(2)])
+        >>> [t.nbytes for t in seen] == [torch.get_rng_state().nbytes]
+        True
+    """
+    _state_watchers.append(callback)
+    try:
+        yield
+    finally:
+        _state_watchers.remove(callback)
+
+
+def _cuda_devices(leaves: list) -> list[int]:
+    return sorted({t.device.index or 0 for t in leaves if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+
+
+def rng_state(leaves: list):
+    """RNG states a random op is about to draw from: the CPU generator's and, for CUDA
+    tensors among its call's leaves, their devices' generators."""
+    return _copy_states(_cuda_devices(leaves))
+
+
+def _copy_states(devices: list[int]):
+    cpu = torch.get_rng_state()
+    if not devices:  # a CPU step: the copy is in its memory (NOTE [ RNG states the runtime holds ])
+        for watch in _state_watchers:
+            watch(cpu)
+    return cpu, [(d, torch.cuda.get_rng_state(d)) for d in devices]
+
+
+def rng_state_bytes(leaves: list) -> int:
+    """Bytes of the step's device memory that `rng_state(leaves)` keeps: the CPU generator's
+    state for a CPU op, nothing for a CUDA op (host memory; NOTE [ RNG states the runtime holds ])."""
+    return 0 if _cuda_devices(leaves) else _cpu_state_bytes()
+
+
+@functools.cache
+def _cpu_state_bytes() -> int:
+    return torch.get_rng_state().nbytes
+
+
+@contextlib.contextmanager
+def _replaying(recipe: Recipe):
+    """Run the block from the generator states `recipe` kept, and put the current ones back
+    after. The recipe's copy is dropped before the block runs: one copy is live while the
+    node replays (NOTE [ RNG states are activation memory ] in fxckpt.core.simulate)."""
+    if recipe.rng is None:
         yield
         return
-    cpu, cuda = rng
-    with torch.random.fork_rng(devices=[d for d, _ in cuda]):
-        torch.set_rng_state(cpu)
-        for d, state in cuda:
-            torch.cuda.set_rng_state(state, d)
+    devices = [d for d, _ in recipe.rng[1]]
+    current = _copy_states(devices)
+    cpu, cuda = recipe.rng
+    torch.set_rng_state(cpu)
+    for d, state in cuda:
+        torch.cuda.set_rng_state(state, d)
+    recipe.rng = cpu = cuda = None
+    try:
         yield
+    finally:
+        torch.set_rng_state(current[0])
+        for d, state in current[1]:
+            torch.cuda.set_rng_state(state, d)
 
 
 class _Packed:

@@ -11,10 +11,12 @@ import fxckpt
 from fxckpt.core.errors import InfeasibleBudgetError
 from fxckpt.measure import allocator_step_peak, measure_step
 
-from tests.models import ZOO, call_model, clone_model, scalar_loss
+from tests.models import SWEEP_ZOO, ZOO, call_model, clone_model, scalar_loss
 
 MiB = 2**20
-PREDICTION_RTOL = 0.10  # goal 0.05; the closing note states the errors seen
+# Predicted vs allocator peak, measured: equal on most of the zoo; the largest gap, 3,008 B
+# (1.5%, predicted above), is torch_encoder's at 0.5 and at its floor.
+PREDICTION_RTOL = 0.02
 
 
 def _step(model, example, seed=0):
@@ -95,9 +97,26 @@ def test_tied_lm_allocator_peak_is_predicted():
     assert abs(ckpt.plan.predicted_peak_bytes - allocated) <= 0.01 * allocated
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
+def test_replayed_dropout_rng_states_are_planned():
+    """NOTE [ RNG states are activation memory ]: a recomputed dropout keeps a CPU generator state
+    (5,056 B) from its forward to its replay, and the plan charges it: the allocator's peak is the
+    prediction. Before, this plan was predicted 804,872 B and measured 820,064 B at the allocator
+    (three states and three 8-byte divisors more: NOTE [ Saved tensors the hooks do not see ] in
+    annotate.py)."""
+    model, example = ZOO["transformer"]()
+    ckpt = fxckpt.auto_checkpoint(model, example, budget=0.5, solver="greedy")  # quick to plan
+    random = {n.name for n in ckpt.problem.nodes if n.recipe_bytes == torch.get_rng_state().nbytes}
+    assert random & ckpt.plan.recompute
+    assert allocator_step_peak(ckpt, example).peak_bytes == ckpt.plan.predicted_peak_bytes
+    assert measure_step(ckpt, example).peak_bytes == ckpt.plan.dry_run_peak_bytes  # both see the states
+
+
+# torch_encoder: dropout on attention weights and activations inside nn.TransformerEncoder; the
+# zoo's transformer, gpt2, bert and vit have dropout too (NOTE [ RNG states are activation memory ]:
+# before it, the transformer at its floor measured 567,008 B at the allocator under a 541,704 B budget).
+@pytest.mark.parametrize("name", [*sorted(ZOO), "torch_encoder"])
 def test_budgets_hold_when_measured(name):
-    model, example = ZOO[name]()
+    model, example = SWEEP_ZOO[name]()
     baseline = None
     budgets = [1.0, 0.5, 0.25]
     seen = []
@@ -118,6 +137,7 @@ def test_budgets_hold_when_measured(name):
         baseline = baseline or plan.baseline_peak_bytes
         seen.append((frac, plan.predicted_peak_bytes, measured))
         assert measured <= plan.budget_bytes, f"{name} at {frac}: measured {measured / MiB:.3f} MiB > budget {plan.budget_bytes / MiB:.3f}"
+        assert allocated <= plan.budget_bytes, f"{name} at {frac}: allocator {allocated:,} B > budget {plan.budget_bytes:,} B"
         assert abs(plan.predicted_peak_bytes - allocated) <= PREDICTION_RTOL * allocated, \
             f"{name} at {frac}: predicted {plan.predicted_peak_bytes} vs allocator {allocated}"
     assert len(seen) >= 2
@@ -165,7 +185,7 @@ def test_bad_budget_values(bad):
 
 def test_infeasible_budget_names_smallest_feasible():
     model, example = ZOO["transformer"]()
-    with pytest.raises(InfeasibleBudgetError, match=r"use budget_mb >= \d+\.\d\d") as e:
+    with pytest.raises(InfeasibleBudgetError, match=r"use budget_mb >= \d+\.\d+") as e:
         fxckpt.auto_checkpoint(model, example, budget_mb=1e-4)
     assert e.value.min_feasible_bytes > 1e-4 * MiB
 

@@ -277,3 +277,17 @@ def test_step_loss_on_model_output():
     loss = torch.tensor(1.0, requires_grad=True)
     assert step_loss(modeling_outputs.CausalLMOutput(loss=loss, logits=logits)) is loss
     assert step_loss(modeling_outputs.CausalLMOutput(logits=logits)).item() == 6.0
+
+
+def test_live_bytes_count_the_runtimes_rng_states():
+    """The RNG states fxckpt's runtime keeps for replays are made outside the dispatcher; the
+    runtime reports them (NOTE [ RNG states the runtime holds ]), and they count while alive."""
+    from fxckpt.passes.runtime import rng_state
+
+    x = torch.ones(4)
+    with LiveBytesMode() as live:
+        state = rng_state([x])
+        held = live.current_bytes
+        del state
+        after = live.current_bytes
+    assert held == live.peak_bytes == torch.get_rng_state().nbytes and after == 0

@@ -109,3 +109,25 @@ def test_fused_buffers_exist_only_across_the_boundary():
     assert simulate(problem(True, True)).boundary_bytes == 6 * mib  # saved: written by forward
     assert simulate(problem(False, True), {1}).peak_bytes == 6 * mib  # replayed y is materialized
     assert simulate(problem(True, True), {1}).peak_bytes == 2 * mib  # replayed y fuses into backward
+
+
+def test_rng_states_are_held_from_forward_to_replay():
+    """NOTE [ RNG states are activation memory ]: a recomputed random node's recipe holds its RNG
+    state (`recipe_bytes`) from its forward until its replay, and the replay copies the current
+    state before the node allocates anything; a kept random node holds none."""
+    from fxckpt.core.problem import Buffer, Node, RematProblem
+
+    mib, state = 2**20, 5056
+
+    def problem(drop_bytes: int) -> RematProblem:
+        # x = mm(...) (1 MiB, kept); d = dropout(x); z = mm(d) saves d (1 MiB, output)
+        nodes = (Node("x", "mm", creates=(0,), value=(0,), requires_grad=True, ban="input"),
+                 Node("d", "dropout", inputs=(0,), creates=(1,), value=(1,), requires_grad=True, recipe_bytes=state),
+                 Node("z", "mm", inputs=(1,), creates=(2,), value=(2,), requires_grad=True, saves=(1,), is_output=True))
+        return RematProblem(nodes, (Buffer("x", mib, 0), Buffer("d", drop_bytes, 1), Buffer("z", mib, 2)))
+
+    assert simulate(problem(mib)).peak_bytes == 2 * mib  # kept: no recipe, no state
+    assert simulate(problem(mib), {1}).peak_bytes == 3 * mib + state  # forward of z: x (d's recipe input), d, z, d's state
+    # A 16-byte dropout: at its replay the state to restore and the recipe's own are both live
+    # before the 16 bytes exist, above everything else the step holds at once.
+    assert simulate(problem(16), {1}).peak_bytes == 2 * mib + 2 * state

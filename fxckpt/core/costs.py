@@ -20,10 +20,12 @@ class NodeCost:
     saves: tuple[str, ...] = ()  # activation buffers its backward holds
     extra_saved_bytes: int = 0  # saved internals (dropout masks, attention weights, statistics)
     transient_bytes: int = 0  # temporaries live only while its forward runs
+    unhooked_saved_bytes: int = 0  # saved without saved-tensor hooks (wrapped Python numbers): held whatever the plan
     bwd_rank: int = -1  # position of its backward in the backward pass (-1: none)
     bwd_transient_bytes: int = 0  # peak of what its backward allocates, over the level it starts at
     grads: tuple[tuple[str | None, int], ...] = ()  # (node in whose backward it dies, bytes) left by its backward
     is_random: bool = False
+    recipe_bytes: int = 0  # RNG-state bytes a recipe of it keeps in the step's device memory until replayed
     writes: tuple[str, ...] = ()  # activation buffers it modifies in place
     reads: tuple[tuple[str, str], ...] = ()  # (input, the node that wrote it in place since): replays read the writer
     mutates: str | None = None  # what it modifies in place, e.g. "buffer bn1.running_mean"

@@ -45,6 +45,8 @@ class Node:
     writes: tuple[int, ...] = ()  # activation buffers it modifies in place (value among them)
     saves: tuple[int, ...] = ()  # activation buffers its backward holds
     extra_saved_bytes: int = 0  # saved tensors that are nobody's output (masks, statistics)
+    recipe_bytes: int = 0  # what a recipe of it holds besides its inputs until replayed (RNG states,
+    # NOTE [ RNG states are activation memory ] in fxckpt.core.simulate)
     flops: int = 0  # FLOPs of running it once (matmuls counted, other ops one per output element)
     seconds: float | None = None  # estimated time of running it once (see fxckpt.core.timing); None: unknown
     requires_grad: bool = False  # it has a backward

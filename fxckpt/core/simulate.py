@@ -23,6 +23,18 @@ is the one difference between the eager runtime's memory model and the fused com
 so both are this simulator, chosen per buffer by the problem's builder (`fxckpt.compile.joint`
 marks buffers for inductor, never for the eager runtime or `aot_eager`): every solver, the
 infeasibility error and the plan's prediction then judge one model of the step that runs.
+
+NOTE [ RNG states are activation memory ]
+A recipe of a random node (dropout, attention with dropout) keeps the generator state the node
+drew from, to replay the same numbers: on CPU a copy of `torch.get_rng_state()`, 5,056 bytes,
+that the allocator sees and the budget must cover (on CUDA the states are host memory, outside
+the device's budget, and `Node.recipe_bytes` is 0). A seed cannot stand in for it (the model's
+own stream must continue as if nothing were recomputed), so it is charged: from the node's
+forward (the runtime copies it just before the node runs) until its recipe lets its inputs go,
+after its replay or when released unreplayed. A replay first copies the generator's current
+state to restore it afterwards, then drops the recipe's copy before the node runs: for that
+moment two copies are live with none of the node's outputs yet, so a replay's step counts
+`max(transient, recipe_bytes - bytes it allocated)` on top of its outputs.
 """
 
 from __future__ import annotations
@@ -335,6 +347,8 @@ class _Run:
         fused = st.fused
         for t, node in enumerate(p.nodes):
             self._alloc(b for b in node.creates if not fused[b] or rc[b])  # NOTE [ Fused buffers ]
+            if t in self.need:  # NOTE [ RNG states are activation memory ]
+                self.live += node.recipe_bytes
             if node.requires_grad:
                 self.live += node.extra_saved_bytes
             self._mark("forward", t, node.transient_bytes)
@@ -362,6 +376,8 @@ class _Run:
         if self.materialized_inputs_dropped[x]:
             return
         self.materialized_inputs_dropped[x] = True
+        if x in self.need:
+            self.live -= self.p.nodes[x].recipe_bytes
         for b in self._held_inputs(x):
             self._drop(b)
         for a in self.st.inputs[x]:
@@ -377,6 +393,7 @@ class _Run:
                 self._materialize(a)
         for b in self.st.cache[x]:
             self.rc[b] += 1
+        before = self.live
         self._alloc(b for b in node.creates if not self.st.fused[b])  # NOTE [ Fused buffers ]
         self.cached[x] = True
         if node.creates or node.writes:
@@ -384,7 +401,8 @@ class _Run:
             self.cost += self.p.cost[x]
             self.seconds += node.seconds or 0.0
             self.recomputed.append(node.name)
-        self._mark("recompute", x, node.transient_bytes)
+        # NOTE [ RNG states are activation memory ]: the state to restore, before any output
+        self._mark("recompute", x, max(node.transient_bytes, node.recipe_bytes - (self.live - before)))
         self._drop_inputs(x)
 
     def _backward(self) -> None:

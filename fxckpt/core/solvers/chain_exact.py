@@ -2,7 +2,8 @@
 
 A node chain (`is_node_chain`; anything else gets None): node 0 reads nothing and node
 i >= 1 reads exactly node i-1; every node creates exactly one buffer, which is its value; no node
-writes in place; the backward order is the default one (no `bwd_rank`); a node's backward saves
+writes in place; the backward order is the default one (no `bwd_rank`); no node's recipe holds an
+RNG state (`recipe_bytes`, NOTE [ RNG states are activation memory ]); a node's backward saves
 only its input's buffer and/or its own, without repeats. Outputs' buffers, alive from their
 forward on whatever the plan, count as plan-independent bytes.
 
@@ -110,7 +111,8 @@ def is_node_chain(p: RematProblem) -> bool:
     for i, nd in enumerate(nodes):
         if tuple(nd.inputs) != ((i - 1,) if i else ()):
             return False
-        if len(nd.creates) != 1 or tuple(nd.value) != tuple(nd.creates) or nd.writes or nd.bwd_rank is not None:
+        if (len(nd.creates) != 1 or tuple(nd.value) != tuple(nd.creates) or nd.writes or nd.bwd_rank is not None
+                or nd.recipe_bytes):  # the DP does not model a recipe's RNG state
             return False
         if p.buffers[nd.creates[0]].producer != i:
             return False
