@@ -313,9 +313,9 @@ class CheckpointedModule(ModelWrapper):
     """A model that trains like the original while recomputing what its plan says.
 
     It shares the original's submodules, parameters and buffers (same objects, same
-    `state_dict()` keys). In training mode with grad enabled it runs the rewritten graph;
-    in `eval()` or under `torch.no_grad()` it runs the original forward, with no recompute
-    machinery; its train/eval mode is the model's. A call with another signature (input shapes,
+    `state_dict()` keys). With grad enabled it runs a rewritten graph, in training and in
+    `eval()` alike (NOTE [ Eval mode with grad ]); under `torch.no_grad()` it runs the original
+    forward, with no recompute machinery; its train/eval mode is the model's. A call with another signature (input shapes,
     dtypes, devices, autocast, submodule modes, parameter dtypes and devices; see `_signature`)
     is planned again (same budget and solver) and the plan cached per signature, for the
     `PLAN_CACHE_SIZE` most recently used signatures (see NOTE [ Plan cache ]); a fraction
@@ -350,7 +350,8 @@ class CheckpointedModule(ModelWrapper):
 
     @property
     def plan(self) -> Plan:
-        """The plan of the most recent call signature."""
+        """The plan of the most recent call signature with grad enabled: the training plan, or
+        after a call in `eval()` the eval plan (NOTE [ Eval mode with grad ])."""
         return self._current.plan
 
     @property
@@ -363,9 +364,20 @@ class CheckpointedModule(ModelWrapper):
     def problem(self) -> RematProblem:
         return self._current.problem
 
+    # NOTE [ Eval mode with grad ]
+    # A backward after `model.eval()` is common (fine-tuning with dropout off and BatchNorm frozen)
+    # and holds activations like any training step: running the original forward there left the
+    # step unplanned (a hand-written net: 5.83 MB at the allocator under a 3.21 MB budget). So any
+    # call with grad enabled runs a plan. The eval graph differs from the training graph (no
+    # dropout, batch norm on running statistics), and submodules' train/eval flags are part of
+    # the call signature, so its first call plans the eval graph (same budget, solver and
+    # timing; a fraction of the eval graph's own peak), cached beside the training plan; `.plan`
+    # is the plan of the latest call, so after an eval call it is the eval plan. A budget the eval
+    # graph cannot reach raises InfeasibleBudgetError, as any call planned again does. Under
+    # `torch.no_grad()` nothing is held for a backward: the original forward runs, unplanned.
     def forward(self, *args, **kwargs):
-        if not (self.training and torch.is_grad_enabled()):
-            return self._model(*args, **kwargs)  # what torch.compile compiles, in eval / no_grad
+        if not torch.is_grad_enabled():
+            return self._model(*args, **kwargs)  # what torch.compile compiles under no_grad
         if torch.compiler.is_compiling():
             return self._train_uncompiled(*args, **kwargs)
         return self._train(*args, **kwargs)
