@@ -71,7 +71,11 @@ def test_no_solver_beats_the_ilp(n, shape, seed, frac):
         assert plan.recompute_flops >= ilp_cost, method
 
 
-def test_auto_reports_a_proven_gap_on_small_graphs():
+def test_auto_reports_a_proven_gap_on_small_graphs(monkeypatch):
+    import fxckpt.core.solvers.auto as auto
+
+    # The ILP's limit is wall time; on a loaded machine these take a few seconds to prove.
+    monkeypatch.setattr(auto, "ILP_SECONDS", 60.0)
     for seed in range(4):
         p = random_problem(20, "skip", seed)
         budget = int(0.8 * simulate(p).peak_bytes)
@@ -110,3 +114,22 @@ def test_auto_and_mincut_are_within_two_percent_of_the_ilp():
     assert checked >= 20
     assert close["auto"] >= 0.95 * checked, (close, checked)
     assert close["mincut"] >= 0.90 * checked, (close, checked)
+
+
+def test_a_fitting_incumbent_is_proven_by_the_projected_bound_alone(monkeypatch):
+    """NOTE [ The projected bound first ]: where the projected relaxation's bound meets the
+    incumbent's cost, the incumbent is returned as proven and the full MILP is never built."""
+    import fxckpt.core.solvers.ilp as ilp
+
+    p = random_problem(24, "chain", 5)
+    budget = int(0.6 * simulate(p).peak_bytes)
+    opt = solve_ilp(p, budget)
+    cost = simulate(p, opt.recompute).recompute_cost
+
+    def no_milp(*args, **kwargs):
+        raise AssertionError("the full MILP was built")
+
+    monkeypatch.setattr(ilp, "build", no_milp)
+    got = solve_ilp(p, budget, incumbent=opt.recompute)
+    assert got.recompute == opt.recompute
+    assert cost * (1 - ilp.GAP) <= got.lower_bound <= cost

@@ -276,14 +276,17 @@ def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=No
     if base.peak_bytes <= budget_bytes or not problem.candidates():
         return Solved(frozenset(), 0.0 if base.peak_bytes <= budget_bytes else None)
     deadline = time.perf_counter() + seconds
-    m, r = build(problem, budget_bytes)
     best = None
+    bound = 0.0  # proven: no plan that fits costs less
     if incumbent is not None:
         sim = simulate(problem, incumbent)
         if sim.peak_bytes <= budget_bytes:
             best = (sim.recompute_cost, frozenset(incumbent))
+            best, bound = _projected_first(problem, budget_bytes, best, seconds)
+            if best[0] <= bound * (1 + GAP):
+                return Solved(best[1], min(bound, best[0]))
+    m, r = build(problem, budget_bytes)
     cols = sorted(r)
-    bound = 0.0  # proven: no plan that fits costs less
     while time.perf_counter() < deadline:
         res = _milp(m, deadline - time.perf_counter())
         if res.status == 2:  # no remaining choice fits even the relaxation
@@ -476,6 +479,28 @@ def _materialized_columns(m: _Model, p, st, r: dict[int, int]):
     for x in sorted(mat, reverse=True):  # consumers run after their inputs
         first[x] = min([first.get(x, K)] + [first[u] for u in consumers[x]])
     return mat, first
+
+
+# NOTE [ The projected bound first ]
+# The MILP above is slow to close on graphs it takes: on the benchmark zoo's quick model (41
+# nodes, 38 candidates, 5,793 columns) its LP bound starts 21% below the optimum at budget 0.5
+# and HiGHS needed 11 CPU s to prove the optimum that `auto`'s heuristics had already found (with
+# the 10 s limit, `auto` returned it as "within 20.4%"). The projected relaxation (`_bound_model`,
+# 111 columns there) bounds that cost within 3e-7 of it in well under a second. So where an
+# incumbent fits, the projected relaxation runs first: its choice replaces the incumbent where it
+# fits and costs less, and an incumbent within GAP of its bound is returned as proven; the MILP
+# runs only otherwise, in the time left, its bound never below the projected one.
+GAP = 1e-4  # relative: HiGHS's own mip_rel_gap, and what `Plan` reports as proven optimal
+
+
+def _projected_first(problem, budget_bytes: int, best: tuple, seconds: float) -> tuple[tuple, float]:
+    """(best (cost, plan) of `best` and the projected relaxation's choice, its proven bound)."""
+    bound, choice = _bound_solve(problem, budget_bytes, seconds)
+    if choice is not None:
+        sim = simulate(problem, choice)
+        if sim.peak_bytes <= budget_bytes and sim.recompute_cost < best[0]:
+            best = (sim.recompute_cost, choice)
+    return best, (0.0 if bound is None else bound)
 
 
 @register_solver("ilp")
