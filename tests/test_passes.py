@@ -81,3 +81,21 @@ def test_annotation_sees_what_a_real_lstm_saves(mkldnn):
     with torch.backends.mkldnn.flags(enabled=mkldnn):
         gm = P.annotate(P.capture(model, x))
         assert _annotated_saved_bytes(gm) == _real_saved_bytes(model, x)
+
+
+def test_export_records_no_stack_traces_and_leaves_torch_config_as_it_was():
+    """NOTE [ Export without stack traces ]: the per-node stack was a fifth of capture's time."""
+
+    class ShapeBranch(torch.nn.Module):  # a Python branch on a shape: symbolic_trace fails, export takes it
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.lin(x) * 2 if x.shape[0] > 1 else self.lin(x)
+
+    before = torch.fx.config.do_not_emit_stack_traces
+    cap = P.capture(ShapeBranch(), torch.randn(4, 8))
+    assert cap.frontend == "export"
+    assert [n.name for n in cap.gm.graph.nodes if n.meta.get("stack_trace")] == []
+    assert torch.fx.config.do_not_emit_stack_traces == before
