@@ -324,6 +324,27 @@ def test_inductor_matches_default_compile_with_dropout():
     assert peak >= 0.95 * plan.predicted_peak_bytes, (peak, plan.summary())
 
 
+def test_inductor_cnn_with_batchnorm_measured_within_5_percent_of_prediction():
+    """Inductor on the CNN with BatchNorm and a residual block (channels-last layout, fused
+    BatchNorm and ReLU masks, an inlined residual gradient): the allocator's peak within 5% of
+    the prediction at 90% and at 50%, which is below this CNN's floor (70% too): planned at its
+    smallest feasible peak. Before the compile path modelled inductor's layout and fusion, the
+    prediction was 15-26% over the measurement (and 3.1% under it at the floor still: the
+    budget is not asserted there)."""
+    model, x = make_cnn()
+    for fraction in (0.9, 0.5):
+        torch._dynamo.reset()
+        compiled, be, _, _ = compiled_step(model, x, budget=fraction)
+        (plan,) = fxckpt.compiled_plans(be)
+        peak = measured_peak(compiled, x)
+        assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (fraction, peak, plan.summary())
+        if fraction == 0.9:
+            assert peak <= plan.budget_bytes + EAGER_LOSS_BYTES, (peak, plan.summary())
+        else:  # at the floor
+            with pytest.raises(InfeasibleBudgetError):
+                fxckpt.core.solvers.solve(be.graphs[0].problem, plan.predicted_peak_bytes - 2**16, "auto")
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "eager"])
 def test_compiling_the_wrapper_runs_its_plan_uncompiled(backend, capfd, monkeypatch):
     """`torch.compile(auto_checkpoint(...))` (issue 10 item 13): Dynamo used to trace the

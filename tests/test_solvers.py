@@ -131,3 +131,21 @@ def test_rng_states_are_held_from_forward_to_replay():
     # A 16-byte dropout: at its replay the state to restore and the recipe's own are both live
     # before the 16 bytes exist, above everything else the step holds at once.
     assert simulate(problem(16), {1}).peak_bytes == 2 * mib + 2 * state
+
+
+def test_replayed_fused_value_holds_its_inputs_until_its_last_reader():
+    """NOTE [ Fused buffers ]: a replayed fused value is computed inside each backward kernel that
+    reads it, so those kernels read its inputs: the kept input x stays live from the first reader
+    (w's backward, where y is materialized) to the last (z's), not only until y is materialized."""
+    from fxckpt.core.problem import Buffer, Node, RematProblem
+    from fxckpt.core.simulate import step_marks
+
+    mib = 2**20
+    nodes = (Node("x", "mm", creates=(0,), value=(0,), ban="input"),
+             Node("y", "mul", inputs=(0,), creates=(1,), value=(1,)),
+             Node("z", "mm", inputs=(1,), creates=(2,), value=(2,), requires_grad=True, saves=(1,)),
+             Node("w", "mm", inputs=(2,), creates=(3,), value=(3,), requires_grad=True, saves=(1,), is_output=True))
+    p = RematProblem(nodes, (Buffer("x", mib, 0), Buffer("y", 4 * mib, 1, fused=True), Buffer("z", mib, 2),
+                             Buffer("w", mib, 3)))
+    z_backward = next(m for m in step_marks(p, {1}) if m.kind == "backward" and m.node == 2)
+    assert 0 in z_backward.live_buffers and 1 not in z_backward.live_buffers

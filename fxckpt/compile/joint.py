@@ -18,6 +18,13 @@ its last backward use. What the backward ops allocate are `Grad`s: born at the o
 their last reader (through views), or held to the end of the backward graph when they are its
 outputs (the parameter gradients, accumulated into `.grad` after the graph returns). The
 tangents are born when backward starts.
+
+Under inductor the problem is built to what inductor's code does, still within this one model:
+values it inlines are fused buffers (`fused_values`; NOTE [ Fused buffers ] in the simulator),
+and an inlined backward value's inputs are read by its last reader (`_inlined_reads`); forward
+nodes that the joint graph places among the backward ops run where inductor fuses them
+(`_early`); its channels-last layout copies inputs and changes what convolutions allocate
+(NOTE [ Inductor's channels-last layout ]).
 """
 
 from __future__ import annotations
@@ -54,13 +61,49 @@ PROBED = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convoluti
                     torch.ops.aten.native_dropout_backward.default})
 
 
-def op_scratch(node: fx.Node) -> int:
+def op_scratch(node: fx.Node, channels_last: bool = False) -> int:
     """Bytes the node's op allocates beyond its outputs while it runs, probed on real tensors of
-    its shapes (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py)."""
+    its shapes (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py), in the
+    channels-last layout inductor gives them (NOTE [ Inductor's channels-last layout ])."""
     if node.target not in PROBED:
         return 0
     args, kwargs = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (node.args, node.kwargs))
+    if channels_last:
+        args, kwargs = pytree.tree_map_only(torch.Tensor, _channels_last, (args, kwargs))
     return fake_step.op_scratch(node.target, args, kwargs)
+
+
+# NOTE [ Inductor's channels-last layout ]
+# Inductor lays out a graph with convolutions channels-last on CPU (`GraphLowering.
+# decide_layout_opt`: always where oneDNN runs them), after the partitioner has run, on fake
+# values that are still contiguous. Two things the allocator sees follow from it. (1) oneDNN
+# reorders a contiguous convolution's operands into blocked copies, and a channels-last one's not:
+# probed on the contiguous shapes, the tiny CNN's 32x8x32x32 convolution took 2 MiB of scratch,
+# on channels-last ones 16 KiB (the step's prediction was 15% over its measured peak). (2) An
+# input or parameter that a convolution reads and that is not channels-last already is copied
+# into that layout at the start of the forward graph, and the copy, not the input, is what the
+# backward graph takes: a buffer of the input's size, held from the start of the step until its
+# last backward reader (the CNN's 0.375 MiB image batch). Both are modelled when inductor would
+# decide so for the joint graph: probes on channels-last operands, and a node per copied input.
+
+
+def channels_last_layout(joint: fx.GraphModule) -> bool:
+    """Whether inductor lays this graph out channels-last (NOTE [ Inductor's channels-last layout ])."""
+    from torch._inductor.graph import GraphLowering
+
+    return GraphLowering.decide_layout_opt(joint, is_inference=False)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.to(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def _copied_inputs(primals: list[fx.Node]) -> list[fx.Node]:
+    """Inputs inductor copies into channels-last for the convolutions that read them."""
+    conv = torch.ops.aten.convolution.default
+    return [p for p in primals if any(u.target is conv and p in u.args[:2] for u in p.users)
+            and isinstance(p.meta.get("val"), torch.Tensor) and p.meta["val"].dim() == 4
+            and not p.meta["val"].is_contiguous(memory_format=torch.channels_last)]
 
 
 @dataclass
@@ -162,16 +205,50 @@ def _readers(node: fx.Node) -> list[fx.Node]:
     return out
 
 
-def is_fused(node: fx.Node) -> bool:
-    """Whether inductor never writes `node`'s value to memory inside its graph: a pointwise value
-    read only by kernels it fuses into, and by few enough of them that inductor inlines it rather
-    than realizing it (`realize_reads_threshold`); see NOTE [ Fused buffers ] in the simulator."""
+# Ops whose reused results inductor realizes on CPU (`StorageBox.should_realize_on_reuse`).
+_HEAVY = frozenset({"exp", "log", "log10", "log1p", "log2", "sigmoid", "tanh"})
+
+
+def fused_values(graph_nodes: list[fx.Node]) -> tuple[set[fx.Node], dict[fx.Node, frozenset]]:
+    """The values inductor never writes to memory inside its graph (see NOTE [ Fused buffers ]
+    in the simulator): pointwise values it inlines into every kernel that reads them. As its
+    lowering decides (`GraphLowering.run_node`, `StorageBox.should_realize_on_reuse`): a
+    pointwise value is written to memory where an extern kernel, a fallback or a graph output
+    reads it, where its inlined expression reads more buffers than
+    `realize_cpu_acc_reads_threshold`, and, when several nodes read it, where that expression
+    reads more than `realize_reads_threshold` buffers or computes an exp, log, sigmoid or tanh.
+    Reductions write their results. Reads are counted as distinct buffers (inductor counts
+    distinct index expressions: a broadcast read twice counts twice there, once here).
+    Returns the fused values, and the buffers each pointwise value's expression reads.
+    """
     from torch._inductor import config as inductor_config
 
-    if torch.Tag.pointwise not in getattr(node.target, "tags", ()) and not _inductor_random(node.target):
-        return False  # extern kernels, fallbacks and reductions write their outputs
-    readers = _readers(node)
-    return 0 < len(readers) <= inductor_config.realize_reads_threshold and all(_fusible(r) and torch.Tag.reduction not in getattr(r.target, "tags", ()) for r in readers)
+    fused: set[fx.Node] = set()
+    reads: dict[fx.Node, frozenset] = {}
+    heavy: dict[fx.Node, bool] = {}
+    for n in graph_nodes:
+        if n.op != "call_function" or is_view(n):
+            continue
+        if torch.Tag.pointwise not in getattr(n.target, "tags", ()) and not _inductor_random(n.target):
+            continue  # extern kernels, fallbacks and reductions write their outputs
+        inputs = [_base(a) for a in n.all_input_nodes]
+        r = reads[n] = frozenset().union(*(reads[a] if a in fused else {a} for a in inputs))
+        h = heavy[n] = getattr(n.target, "__name__", "").split(".")[0] in _HEAVY or any(heavy.get(a, False) for a in inputs)
+        readers = _readers(n)
+        if not readers or not all(_fusible(u) for u in readers):
+            continue
+        if len(r) > inductor_config.realize_cpu_acc_reads_threshold or len(readers) > 1 and (
+                h or len(r) > inductor_config.realize_reads_threshold):
+            continue
+        fused.add(n)
+    return fused, reads
+
+
+def _base(node: fx.Node) -> fx.Node:
+    """The node owning the storage a view reads."""
+    while is_view(node) and node.target is not operator.getitem and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
 
 
 def _is_tensor_node(node: fx.Node) -> bool:
@@ -185,22 +262,54 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     Forward nodes are the forward-only and the unclaimed ones (computed from primals alone, so
     the partitioner may place them on either side); see NOTE [ The compiled step's memory, in
     the eager runtime's model ]. `fusion`: the halves are compiled by inductor, whose fused
-    pointwise values exist in memory only across the forward/backward boundary (`is_fused`).
+    pointwise values exist in memory only across the forward/backward boundary (`fused_values`),
+    and whose channels-last layout copies inputs and changes convolutions' scratch.
     """
     graph_nodes = list(joint.graph.nodes)
     outputs = graph_nodes[-1].args[0]
     fwd_outputs = {a for a in pytree.tree_leaves(outputs[:num_fwd_outputs]) if isinstance(a, fx.Node)}
     primals = [n for n in graph_nodes if n.op == "placeholder" and not str(n.target).startswith("tangents")]
     tangents = [n for n in graph_nodes if n.op == "placeholder" and str(n.target).startswith("tangents")]
+    layout = fusion and channels_last_layout(joint)
+    copies = _copied_inputs(primals) if layout else []  # problem nodes of their own, first
     forward = [n for n in graph_nodes if n.op == "call_function" and n not in info.required_bw_nodes
                and _is_tensor_node(n)]
+    fused, reads = fused_values(graph_nodes) if fusion else (set(), {})
+    forward = copies + (_early(forward, info, fused, reads) if fusion else forward)
     backward = [n for n in graph_nodes if n.op == "call_function" and n in info.required_bw_nodes]
     index = {n: i for i, n in enumerate(forward)}
-    source = _storage_sources(graph_nodes, primals + tangents, index)
-    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fusion)
-    bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion)
+    source = _storage_sources(graph_nodes, [p for p in primals + tangents if p not in copies], index)
+    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, layout)
+    bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion, fused, layout)
     problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name)
     return JointProblem(problem, forward, backward, primals, source)
+
+
+def _early(forward: list[fx.Node], info, fused: set[fx.Node], reads: dict[fx.Node, frozenset]) -> list[fx.Node]:
+    """The forward nodes in the order inductor computes them: an unclaimed pointwise node
+    (computed from forward values alone, but placed among the backward ops of the joint graph:
+    the mask `le(relu, 0)` of a ReLU's gradient, the centred input of a BatchNorm's) runs in the
+    first pointwise kernel that reads a buffer it reads, once its inputs exist (inductor fuses
+    nodes that share reads); with no such kernel (its buffers read only by extern kernels and
+    reductions), where the joint graph puts it. In the joint graph's order, the tiny CNN's ReLU
+    outputs were held to the end of the forward for their masks (1.75 MiB over the measured
+    forward peak of 7.1 MiB); all moved early, the masks of a ReLU inlined into a mean were
+    counted 0.5 MiB before inductor computes them."""
+    rank: dict[fx.Node, float] = {}
+    kernels: dict[fx.Node, float] = {}  # a buffer -> the first pointwise kernel reading it
+    for k, n in enumerate(forward):
+        ins = max((rank[a] for a in n.all_input_nodes if a in rank), default=-1.0)
+        rank[n] = float(k)
+        if n not in reads:
+            continue
+        if n in info.unclaimed_nodes:
+            shared = [kernels[b] for b in reads[n] | set(n.all_input_nodes) if b in kernels]
+            if shared:
+                rank[n] = max(min(shared), ins) + 1e-6 * (k + 1)
+        if n not in fused:  # a kernel of its own: later nodes reading what it reads fuse into it
+            for b in reads[n] | {n}:
+                kernels.setdefault(b, rank[n])
+    return sorted(forward, key=rank.__getitem__)
 
 
 def _storage_sources(graph_nodes: list[fx.Node], inputs: list[fx.Node],
@@ -209,6 +318,8 @@ def _storage_sources(graph_nodes: list[fx.Node], inputs: list[fx.Node],
     (`inputs`, the values of primals and tangents: parameters and inputs exist before the step)."""
     source: dict[fx.Node, fx.Node | None] = {p: None for p in inputs}
     for n in graph_nodes:
+        if n.op == "placeholder" and n in index:
+            source[n] = n  # an input inductor copies (NOTE [ Inductor's channels-last layout ])
         if n.op != "call_function":
             continue
         if is_view(n):
@@ -223,7 +334,7 @@ def _storage_sources(graph_nodes: list[fx.Node], inputs: list[fx.Node],
 
 
 def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fwd_outputs: set[fx.Node],
-                   fusion: bool) -> tuple[list[Node], list[Buffer]]:
+                   fused: set[fx.Node], layout: bool) -> tuple[list[Node], list[Buffer]]:
     """A problem node per forward fx node, and the buffers they create (one per element of a tuple)."""
     nodes: list[Node] = []
     buffers: list[Buffer] = []
@@ -237,20 +348,22 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
                 buf_of[owner] = len(buffers)
                 creates.append(len(buffers))
                 buffers.append(Buffer(owner.name, _nbytes(owner.meta["val"]), i,
-                                      fused=fusion and owner not in fwd_outputs and is_fused(owner)))
+                                      fused=owner in fused))
         src = source[n]
         value = (buf_of[src],) if src is not None and src in buf_of else ()
         nodes.append(Node(
             name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
                 index[a] for a in n.all_input_nodes if a in index)),
-            creates=tuple(creates), value=value, flops=_flops(n) if creates else 0, transient_bytes=op_scratch(n),
-            is_output=n in fwd_outputs, ban=_ban(n, fwd_outputs), prefer=_prefer(n),
+            creates=tuple(creates), value=value, flops=_flops(n) if creates else 0,
+            transient_bytes=op_scratch(n, layout), is_output=n in fwd_outputs, prefer=_prefer(n),
+            ban="inductor's channels-last copy of an input" if n.op == "placeholder" else _ban(n, fwd_outputs),
         ))
     return nodes, buffers
 
 
 def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_args, index: dict[fx.Node, int],
-                    fwd_nodes: list[Node], fusion: bool) -> tuple[list[Node], list[Grad]]:
+                    fwd_nodes: list[Node], fusion: bool, fused: set[fx.Node], layout: bool
+                    ) -> tuple[list[Node], list[Grad]]:
     """The backward graph: each op a problem node (after the forward's `fwd_nodes`, then a last
     "bwd tangents" node) whose backward saves the forward values it reads, and the gradients
     and temporaries it allocates, alive until their last reader."""
@@ -261,20 +374,20 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
         return root.get(a, a)
 
     bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(bwd_out_args) if isinstance(a, fx.Node)}
+    last_reader, inlined = _inlined_reads(backward, fused, storage_root, last_reader)
     nodes: list[Node] = []
     grads: list[Grad] = []
     start = first + len(backward)  # the "bwd tangents" node, first in backward
     for k, n in enumerate(backward):
-        reads = (fwd_alias.get(a, a) for a in n.all_input_nodes)
+        reads = (fwd_alias.get(a, a) for a in n.all_input_nodes + inlined.get(k, []))
         saves = tuple(dict.fromkeys(b for a in reads if a in index for b in fwd_nodes[index[a]].value))
         val = n.meta.get("val")
-        fused = fusion and storage_root(n) not in bwd_outputs and is_fused(n)  # never in memory
-        own = 0 if is_view(n) or fused else sum(_nbytes(t) for t in _tensors(val))
+        own = 0 if is_view(n) or n in fused else sum(_nbytes(t) for t in _tensors(val))
         # Inductor schedules a reduction that only feeds the graph's outputs (a bias gradient)
         # as soon as its input exists, often before the joint graph's order would: counted from
         # the start of backward, so that no schedule outgrows the prediction.
         early = fusion and own and n in bwd_outputs and torch.Tag.reduction in getattr(n.target, "tags", ())
-        extra = op_scratch(n)
+        extra = op_scratch(n, layout)
         nodes.append(Node(name=f"bwd {n.name}", op=str(getattr(n.target, "overloadpacket", n.target)),
                           saves=saves, requires_grad=True, bwd_rank=k + 1,
                           bwd_transient_bytes=(0 if early else own) + extra))
@@ -290,6 +403,28 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
         if _is_tensor_node(t) and t in last_reader:
             grads.append(Grad(_nbytes(t.meta["val"]), start, first + last_reader[t]))
     return nodes, grads
+
+
+def _inlined_reads(backward: list[fx.Node], fused: set[fx.Node], storage_root, last_reader: dict[fx.Node, int]):
+    """Inductor computes a fused backward value inside each kernel that reads it, so its inputs
+    are read where its last reader runs, not where the joint graph puts it: the tiny CNN's two
+    gradients of a residual block's input (1 MiB each), summed by an `add` that two kernels far
+    apart inline, were held until the second (1 MiB under the measured peak, with the forward
+    values those kernels read). Returns `last_reader` extended so, and per position the inputs
+    of the fused values whose last reader runs there."""
+    last = dict(last_reader)
+    inlined: dict[int, list[fx.Node]] = {}
+    for k in range(len(backward) - 1, -1, -1):  # readers first, so chains of fused values extend
+        n = backward[k]
+        if n not in fused:
+            continue
+        end = last.get(n, k)
+        for a in n.all_input_nodes:
+            r = storage_root(a)
+            last[r] = max(last.get(r, end), end)
+        if end != k:
+            inlined.setdefault(end, []).extend(n.all_input_nodes)
+    return last, inlined
 
 
 def _backward_storage(backward: list[fx.Node], tangents: list[fx.Node], index: dict[fx.Node, int]):

@@ -18,7 +18,11 @@ a value computed inside a fused kernel and read only by fusible kernels exists i
 where it crosses from the forward graph into the backward graph (saved for backward, or held
 by a recipe as a kept input of a recomputed node). Such a buffer is marked `Buffer.fused`: in
 forward it is allocated only when something holds it past forward, and recomputing its producer
-in backward allocates nothing (the replay fuses into the backward kernel that reads it). This
+in backward allocates nothing (the replay fuses into the backward kernels that read it), but
+those kernels read its inputs: a recomputed node whose buffers are all fused keeps its inputs
+until its recipe is released, not only until it is materialized (the tiny CNN's ReLU output, the
+input of a recomputed mask inlined into a kernel 43 ops later, was held 1 MiB past the
+prediction). This
 is the one difference between the eager runtime's memory model and the fused compiled step's,
 so both are this simulator, chosen per buffer by the problem's builder (`fxckpt.compile.joint`
 marks buffers for inductor, never for the eager runtime or `aot_eager`): every solver, the
@@ -162,6 +166,8 @@ class StepFacts:
         cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
         inputs: per node, its input nodes without repeats, in order.
         fused: per buffer, whether it is in memory only across the forward/backward boundary.
+        inlined: per node, whether it creates buffers and all are fused (a replay computed in its
+            readers' kernels, reading its inputs there).
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
     """
 
@@ -174,6 +180,7 @@ class StepFacts:
     cache: list[tuple[int, ...]]
     inputs: list[tuple[int, ...]]
     fused: list[bool]
+    inlined: list[bool]
     born: list[int]
     dying: list[int]
 
@@ -208,7 +215,7 @@ def _step_facts(p: RematProblem) -> StepFacts:
         saved_by=saved_by, output_holds=output_holds, forward_last=last,
         cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
-        born=born, dying=dying)
+        inlined=[bool(n.creates) and all(p.buffers[b].fused for b in n.creates) for n in p.nodes], born=born, dying=dying)
 
 
 # NOTE [ Step facts live on the problem ]
@@ -369,6 +376,8 @@ class _Run:
         if self.cached[x]:
             for b in self.st.cache[x]:
                 self._drop(b)
+            if self.st.inlined[x]:  # NOTE [ Fused buffers ]: its readers read its inputs
+                self._drop_inputs(x)
         else:  # never materialized: let its inputs go
             self._drop_inputs(x)
 
@@ -403,7 +412,8 @@ class _Run:
             self.recomputed.append(node.name)
         # NOTE [ RNG states are activation memory ]: the state to restore, before any output
         self._mark("recompute", x, max(node.transient_bytes, node.recipe_bytes - (self.live - before)))
-        self._drop_inputs(x)
+        if not self.st.inlined[x]:
+            self._drop_inputs(x)
 
     def _backward(self) -> None:
         p, R, st, producer = self.p, self.R, self.st, self.st.producer
