@@ -92,16 +92,32 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     "_safe_softmax", "cumsum", "native_dropout_backward") if hasattr(aten, name))
 # Matrix products copy an operand BLAS cannot read in place (a zero stride: the expanded gradient
 # of a sum loss; a slice with a gap) into a contiguous temporary: the tied LM's head gradient
-# (16x64x64, fp32) took 262,144 B beyond its outputs, twice. Probed only for such operands.
+# (16x64x64, fp32) took 262,144 B beyond its outputs, twice. Probed for such operands, and in
+# reduced precision (see NOTE [ Scratch under autocast ]).
 MATMUL_OPS = frozenset((aten.mm.default, aten.addmm.default, aten.bmm.default))
 _MAYBE_PROBED = SCRATCH_OPS | MATMUL_OPS
 _SCRATCH: dict[str, int] = {}  # signature -> scratch bytes
 
+# NOTE [ Scratch under autocast ]
+# Under bf16 autocast on CPU two more kinds of op allocate beyond their outputs, which the fp32
+# survey above never met. (1) Matrix products in bf16 or fp16 (oneDNN's reduced-precision GEMM
+# packs its operands): a hand-written net's backward mm of a (256x384)^T-by-(384x64) bf16
+# product took 304,896 B beyond its 32,768 B output, its forward addmm up to 59,008 B; its plan
+# at budget 0.5 predicted 1,922,568 B and the allocator measured 2,064,136 B. (2) Elementwise
+# ops on operands of different floating dtypes (the fp32 residual plus a bf16 branch): on CPU
+# TensorIterator copies each operand not in the result's dtype into a temporary of it (98,304 B
+# for a 8x48x64 add), where a GPU kernel casts as it reads. Both are probed, per signature.
+_REDUCED = frozenset((torch.bfloat16, torch.float16))
+
 
 def _probed(func, tensors: list) -> bool:
-    """Whether `func` may allocate scratch on these operands (NOTE above)."""
-    return func in SCRATCH_OPS or (func in MATMUL_OPS and not all(
-        t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or t.transpose(-1, -2).is_contiguous() for t in tensors))
+    """Whether `func` may allocate scratch on these operands (NOTEs above)."""
+    if func in SCRATCH_OPS:
+        return True
+    if func in MATMUL_OPS:
+        return any(t.dtype in _REDUCED for t in tensors) or not all(
+            t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or t.transpose(-1, -2).is_contiguous() for t in tensors)
+    return len({t.dtype for t in tensors if t.is_floating_point() and t.numel() > 1}) > 1
 
 
 def op_scratch(func, args: tuple, kwargs: dict) -> int:

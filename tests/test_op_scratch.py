@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fxckpt
-from fxckpt.measure import LiveBytesMode, allocator_step_peak
+from fxckpt.measure import LiveBytesMode, allocator_step_peak, profiled_memory
 from fxckpt.passes import fake_step
 from tests.models import make_cnn
 
@@ -120,3 +120,61 @@ def test_attention_without_dropout_is_replayed_without_an_rng_state():
     torch.manual_seed(0)
     ckpt = fxckpt.auto_checkpoint(_Attention(0.0), x, budget_mb=fxckpt.min_feasible_budget(_Attention(0.0), x) / MiB)
     assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes
+
+
+def test_reduced_precision_matrix_products_and_mixed_dtype_operands_are_probed():
+    # NOTE [ Scratch under autocast ]: a bf16 product packs its operands (contiguous or not), and
+    # an elementwise op on fp32 and bf16 copies the bf16 operand into an fp32 temporary on CPU.
+    a, b = torch.randn(384, 256).t().to(torch.bfloat16), torch.randn(384, 64).to(torch.bfloat16)
+    probed = profiled_memory(lambda: torch.mm(a, b))
+    real = probed.peak_bytes - probed.result.untyped_storage().nbytes()
+    assert real > 0  # what the fix is about: without it, no scratch was charged here
+    assert fake_step.op_scratch(aten.mm.default, (a, b), {}) == real
+    x, y = torch.randn(8, 48, 64), torch.randn(8, 48, 64).to(torch.bfloat16)
+    assert fake_step.op_scratch(aten.add.Tensor, (x, y), {}) == y.numel() * 4
+    assert fake_step.op_scratch(aten.add.Tensor, (x, x), {}) == 0  # one dtype: not probed
+
+
+class _ResidualMLP(torch.nn.Module):
+    def __init__(self, d: int = 64):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))  # fp32 residual + bf16 branch
+
+
+def _residual_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), *[_ResidualMLP() for _ in range(3)], torch.nn.Linear(64, 32))
+
+
+@pytest.mark.parametrize("budget", [0.6, "floor"])
+def test_bf16_autocast_step_holds_its_budget_at_the_allocator(budget):
+    # Before bf16 matrix products and mixed-dtype operands were probed, 0.6 planned 999,560 B
+    # under a 1,110,916 B budget and the allocator measured 1,206,024 B; the floor planned
+    # 860,168 B and measured 1,050,376 B: oneDNN's bf16 GEMM packs its operands (a backward mm
+    # took up to 1.5x its output beyond it). Now the prediction is the allocator's peak.
+    x, y = torch.randn(8, 48, 32), torch.randint(0, 32, (8, 48))
+
+    def loss_fn(out):
+        return torch.nn.functional.cross_entropy(out.flatten(0, 1).float(), y.flatten())
+
+    model, reference = _residual_net(), _residual_net()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if budget == "floor":
+            floor = fxckpt.min_feasible_budget(model, x, loss_fn=loss_fn)
+            ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=floor / MiB, loss_fn=loss_fn)
+        else:
+            ckpt = fxckpt.auto_checkpoint(model, x, budget=budget, loss_fn=loss_fn)
+        measured = allocator_step_peak(ckpt, x, loss_fn=loss_fn).peak_bytes
+        torch.manual_seed(1)
+        loss_fn(reference(x)).backward()
+        torch.manual_seed(1)
+        loss_fn(ckpt(x)).backward()
+    plan = ckpt.plan
+    assert plan.recompute
+    assert measured <= plan.budget_bytes, f"allocator {measured:,} B > budget {plan.budget_bytes:,} B"
+    assert max(plan.predicted_peak_bytes, plan.dry_run_peak_bytes) == measured
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), name
