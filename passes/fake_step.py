@@ -8,10 +8,9 @@ from itertools import chain
 import torch
 import torch.fx
 from torch._subclasses import FakeTensor, FakeTensorMode
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from .capture import flat_inputs
 from .ops import real_like, storage_key
@@ -55,10 +54,12 @@ def _signature(func, grad: bool, args: tuple, kwargs: dict) -> str:
 def _real_args(args: tuple, kwargs: dict, grad: bool):
     """Real tensors shaped like the (fake) arguments, for a probe. The caller's RNG streams are
     left as they were: the values are drawn from them, and a probed kernel may draw too (without
-    this, planning a transformer moved the user's dropout masks)."""
+    this, planning a transformer moved the user's dropout masks). No dispatch mode sees the probe:
+    annotation's FLOP counter counted each probed run as the node's (a probed addmm: 3x its FLOPs
+    in the first planning of a model, 1x once the probe was cached, and the plans differed)."""
     devices = sorted({t.device.index or 0 for t in pytree.tree_leaves((args, kwargs))
                       if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
-    with unset_fake_temporarily(), torch.set_grad_enabled(grad), torch.random.fork_rng(devices=devices):
+    with _disable_current_modes(), torch.set_grad_enabled(grad), torch.random.fork_rng(devices=devices):
         yield pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))  # not requiring grad
 
 

@@ -178,3 +178,20 @@ def test_bf16_autocast_step_holds_its_budget_at_the_allocator(budget):
     assert max(plan.predicted_peak_bytes, plan.dry_run_peak_bytes) == measured
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_probes_are_not_counted_as_the_nodes_flops(monkeypatch):
+    # The probe's real runs went through annotation's FLOP counter: a probed node was charged
+    # 3x its FLOPs when its signature was first probed, 1x once cached (the first planning of a
+    # tiny GPT-2 under bf16 autocast and the next chose different floor plans).
+    from fxckpt import passes
+
+    model, x = make_cnn()
+    flops = []
+    for _ in range(2):
+        monkeypatch.setattr(fake_step, "_SCRATCH", {})  # every signature probed afresh
+        gm = passes.annotate(passes.capture(model, x))
+        flops.append({n.name: n.meta["fxckpt"].flops for n in gm.graph.nodes if "fxckpt" in n.meta})
+    cached = passes.annotate(passes.capture(model, x))
+    assert flops[0] == flops[1] == {n.name: n.meta["fxckpt"].flops for n in cached.graph.nodes if "fxckpt" in n.meta}
+    assert flops[0]["stem_0"] == 2 * 8 * 8 * 16 * 16 * 3 * 9  # the stem's 3x3 conv, 3 -> 8 channels, once
