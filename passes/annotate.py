@@ -119,6 +119,8 @@ class _BackwardTrace(TorchDispatchMode):
         self.order: list[str] = []
         self.live: dict[int, tuple[StorageWeakRef, int, str]] = {}  # born in backward: (ref, bytes, step)
         self.level = 0
+        self.base: dict[str, int] = {}  # level (backward-born bytes) when each node's backward started
+        self.unpack: dict[str, int] = {}  # live over `base` when it first unpacked a saved tensor
         self.held: dict[int, tuple[StorageWeakRef, int]] = {}  # forward-born, alive at backward start
         self.held_bytes = 0
         self.start: dict[str, int] = {}
@@ -131,6 +133,7 @@ class _BackwardTrace(TorchDispatchMode):
         node whose output the loss read (NOTE [ The loss in the plan ])."""
         self.current = LOSS
         self.start[LOSS] = self.level + self.held_bytes
+        self.base[LOSS] = self.level
         for k, (ref, nbytes) in new.items():
             if not ref.expired():
                 self.live[k] = (ref, nbytes, LOSS)
@@ -154,10 +157,19 @@ class _BackwardTrace(TorchDispatchMode):
                 self._sweep_held()
                 self.order.append(name)
                 self.start[name] = self.peak[name] = self.level + self.held_bytes
+                self.base[name] = self.level
+
+    def unpacked(self) -> None:
+        """A saved tensor of the node running is unpacked: at the first, the runtime would
+        recompute what the node needs (NOTE [ Recomputed when unpacked ] in fxckpt.core.simulate)."""
+        if self.current in self.base and self.current not in self.unpack:
+            self._sweep(ending=self.current)
+            self.unpack[self.current] = max(0, self.level - self.base[self.current])
 
     def _merge_loss_into(self, name: str) -> None:
         self.order.append(name)
         self.start[name], self.peak[name] = self.start.pop(LOSS), self.peak.pop(LOSS)
+        self.base[name] = self.base.pop(LOSS)
         self.live = {k: (ref, nbytes, name if born == LOSS else born) for k, (ref, nbytes, born) in self.live.items()}
 
     def hold(self, storages) -> None:
@@ -211,6 +223,7 @@ class _Annotator(torch.fx.Interpreter):
         self.grad_fns: dict = {}  # autograd node -> fx node name
         self.storages: dict[int, tuple[StorageWeakRef, int]] = {}  # every storage forward created
         self.current: str | None = None  # the node running
+        self.on_unpack = None  # called when backward unpacks a tensor a node saved (the backward trace's)
         # One counter around the whole forward (`run`), read before and after each node: entering
         # one per node registered module hooks 700 times on GPT-2 small (~10% of annotation).
         self.flops = FlopCounterMode(display=False)
@@ -236,10 +249,15 @@ class _Annotator(torch.fx.Interpreter):
             saved.append(t)
             return t
 
+        def unpack(t):
+            if self.on_unpack is not None:
+                self.on_unpack()
+            return t
+
         rec = _OpRecorder(self._known)
         self.current = n.name
         flops = self.flops.get_total_flops()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), rec:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), rec:
             out = super().run_node(n)
         cost = self._cost(n, out, saved, rec, self.flops.get_total_flops() - flops)
         if rec.random:  # the RNG states a recipe of it would keep (NOTE [ RNG states the runtime holds ])
@@ -373,6 +391,7 @@ def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
             runner.costs[node.name] = replace(
                 runner.costs[node.name], bwd_rank=rank.get(node.name, -1),
                 bwd_transient_bytes=trace.peak.get(node.name, 0) - trace.start.get(node.name, 0),
+                bwd_unpack_bytes=trace.unpack.get(node.name, 0),
                 grads=tuple(born.get(node.name, ())))
             node.meta[META] = runner.costs[node.name]
     return gm
@@ -390,10 +409,12 @@ def _trace_backward(runner: _Annotator, out, leaves, loss_fn) -> _BackwardTrace:
             loss = loss_fn(output)
         trace.hold(runner.storages)
         trace.begin_loss(rec.new, rec.peak)
+        runner.on_unpack = trace.unpacked
         with in_stage("annotate", lambda e: trace.current and f"backward of {trace.current}"), trace:
             loss.backward()
         trace.finish()
     finally:
+        runner.on_unpack = None
         for h in handles:
             h.remove()
     return trace

@@ -149,3 +149,22 @@ def test_replayed_fused_value_holds_its_inputs_until_its_last_reader():
                              Buffer("w", mib, 3)))
     z_backward = next(m for m in step_marks(p, {1}) if m.kind == "backward" and m.node == 2)
     assert 0 in z_backward.live_buffers and 1 not in z_backward.live_buffers
+
+
+def test_a_replay_is_charged_what_backward_allocated_before_it_unpacks():
+    """NOTE [ Recomputed when unpacked ]: z's backward allocates 2 MiB (a gradient cast up) before
+    it unpacks x, which it saves; replaying x then adds x's 1 MiB on top of z's output (1 MiB)."""
+    from fxckpt.core.problem import Buffer, Node, RematProblem
+
+    mib = 2**20
+
+    def problem(unpack: int) -> RematProblem:
+        nodes = (Node("x", "mm", creates=(0,), value=(0,), requires_grad=True),
+                 Node("z", "mm", inputs=(0,), creates=(1,), value=(1,), requires_grad=True, saves=(0,),
+                      is_output=True, bwd_unpack_bytes=unpack, bwd_transient_bytes=unpack))
+        return RematProblem(nodes, (Buffer("x", mib, 0), Buffer("z", mib, 1)))
+
+    assert simulate(problem(0), {0}).peak_bytes == 2 * mib
+    replayed = simulate(problem(2 * mib), {0})
+    assert (replayed.peak_bytes, replayed.peak_at) == (4 * mib, "recompute x")
+    assert simulate(problem(2 * mib)).peak_bytes == 4 * mib  # kept: x and z live, plus the 2 MiB

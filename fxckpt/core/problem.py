@@ -54,6 +54,8 @@ class Node:
     bwd_rank: int | None = None  # position of its backward in the backward pass; None: reverse
     # execution order; -1: its backward never runs
     bwd_transient_bytes: int = 0  # peak its backward allocates over the level it starts at
+    bwd_unpack_bytes: int = 0  # live over that level when it first unpacks a saved tensor: recomputation happens
+    # there (NOTE [ Recomputed when unpacked ] in fxckpt.core.simulate)
     is_output: bool = False
     ban: str | None = None  # why it must not be recomputed; None: it may be
     prefer: str | None = None  # a user's CheckpointPolicy: "save" or "recompute"

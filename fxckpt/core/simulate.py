@@ -415,15 +415,28 @@ class _Run:
         if not self.st.inlined[x]:
             self._drop_inputs(x)
 
+    # NOTE [ Recomputed when unpacked ]
+    # The runtime rebuilds a recomputed value when autograd unpacks it, inside the backward of
+    # the node that saved it, after that node's backward ops that need no saved tensor have run.
+    # Their results are live while the recomputation runs: the gradient of an attention whose
+    # math path upcasts bf16 to fp32 and casts its output back (autocast) is cast to fp32
+    # (ToCopyBackward) before the first saved tensor is unpacked, 16,384 B a tiny GPT-2's floor
+    # plan missed (its dry run peaked there). Annotation measures them per node
+    # (`bwd_unpack_bytes`: live over the node's start at its first unpack, where the recipe
+    # holding what it saved is replayed), and the recomputations a node's backward needs are
+    # charged on top of them. A node that saves values of several recomputed nodes may replay
+    # one at a later unpack, with more live: the dry run checks every plan.
     def _backward(self) -> None:
         p, R, st, producer = self.p, self.R, self.st, self.st.producer
         for c in p.backward_order:
             node = p.nodes[c]
             saves = st.saves[c]
-            if R:
+            if R and any(producer[b] in R for b in saves):
+                self.live += node.bwd_unpack_bytes  # NOTE [ Recomputed when unpacked ]
                 for b in saves:
                     if producer[b] in R:
                         self._materialize(self.last[b])
+                self.live -= node.bwd_unpack_bytes
             self._mark("backward", c, node.bwd_transient_bytes)
             self.live += st.born[c] - st.dying[c]
             for b in saves:
