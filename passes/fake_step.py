@@ -131,7 +131,9 @@ def op_scratch(func, args: tuple, kwargs: dict) -> int:
         >>> op_scratch(aten.convolution.default, (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1), {}) >= 0
         True
     """
-    if func not in _MAYBE_PROBED:  # every op of a fake step asks: answered before flattening its arguments
+    # Every op of a fake step asks: most are answered before flattening their arguments. Pointwise
+    # ops are probed only for mixed dtypes (NOTE [ Scratch under autocast ]).
+    if func not in _MAYBE_PROBED and torch.Tag.pointwise not in func.tags:
         return 0
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if not _probed(func, tensors) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
