@@ -20,7 +20,7 @@ from fxckpt.measure import measure_step
 from tests.models import SWEEP_ZOO, ZOO
 
 CHEAP = ("mlp", "tied", "frozen", "custom_function", "kwargs", "structured_outputs")
-KNOWN = {"rnn": "the CPU LSTM's mkldnn workspace is invisible to fake tensors: measured over the plan"}
+KNOWN: dict[str, str] = {}  # model -> why its floor fails (a strict xfail); the LSTM's workspace is probed now
 
 
 def _named_floor(model, example) -> InfeasibleBudgetError:
