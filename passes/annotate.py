@@ -297,7 +297,10 @@ class _Annotator(torch.fx.Interpreter):
                     continue
                 value = getattr(fn, attr)
                 for t in value if isinstance(value, (tuple, list)) else (value,):
-                    if isinstance(t, torch.Tensor) and (k := storage_key(t)) not in hooked and not self._known(k):
+                    # 0-dim only: a user's torch.utils.checkpoint region saves through hooks of its
+                    # own, and its tensors (freed by that checkpoint) read here as unhooked too.
+                    if (isinstance(t, torch.Tensor) and t.dim() == 0 and (k := storage_key(t)) not in hooked
+                            and not self._known(k)):
                         found[k] = t.untyped_storage().nbytes()
         return sum(found.values())
 
