@@ -1,8 +1,10 @@
 """`auto`: an exact answer where one is affordable (every subset of a few candidates, the DP
 on node chains, the ILP from the best heuristic plan on small graphs); elsewhere the min-cut
 solver, improved on chains of repeated blocks by composing per-block options (`block_dp`), with
-the greedy descent as fallback; and where none of these fits, the lowest-peak plan known
-(`min_peak_plan`), so that every budget at or above its peak has a plan."""
+the greedy descent as fallback, and up to ROUND_UP_TO nodes against plans rounded from the
+projected relaxation's LP, whose bound it reports (`rounding`); and where none of these fits,
+the lowest-peak plan known (`min_peak_plan`), so that every budget at or above its peak has a
+plan."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ EXACT_UP_TO = 12  # candidates: 4096 simulations of a small graph take well unde
 ILP_UP_TO = 60  # nodes: where the ILP usually proves its optimum within ILP_SECONDS
 ILP_SECONDS = 2.0  # wall, for the whole ILP stage (NOTE [ The projected bound first ] in ilp.py)
 CHAIN_UP_TO = 400  # nodes: the exact node-chain DP takes milliseconds to ~0.1 s there
+ROUND_UP_TO = 600  # nodes: the LP of the projected relaxation takes well under a second there
 
 
 def has_scipy() -> bool:
@@ -100,7 +103,24 @@ def _solve_auto(problem, budget_bytes):
         from .ilp import solve_ilp
         return solve_ilp(problem, budget_bytes, seconds=ILP_SECONDS,
                          incumbent=R if sim.peak_bytes <= budget_bytes else None)
+    if len(problem.nodes) <= ROUND_UP_TO and has_scipy():
+        return _rounded(problem, budget_bytes, R, sim)
     return R
+
+
+def _rounded(problem, budget_bytes, R, sim):
+    """R or a cheaper plan rounded from the projected relaxation's LP optimum, with the LP's
+    proven bound where the plan fits (NOTE [ Rounding the relaxation ] in rounding.py)."""
+    from .rounding import lp_rounded
+    fits = sim.peak_bytes <= budget_bytes
+    bound, plans = lp_rounded(problem, budget_bytes, most=sim.recompute_cost if fits else None)
+    for P in plans:
+        other = simulate(problem, P)
+        if _rank(other, budget_bytes) > _rank(sim, budget_bytes):
+            R, sim = P, other
+    if sim.peak_bytes > budget_bytes or bound is None:
+        return R
+    return Solved(R, min(bound, float(sim.recompute_cost)))
 
 
 def _proven(problem, R, budget_bytes):

@@ -26,16 +26,16 @@ def _ranked(problem, R, live, allowed, alpha: float) -> list[tuple[float, int, i
     return [t for t in ranked if t[0] > 0]
 
 
-def descend(problem, budget_bytes: int, alpha: float = 1.0, start=(), exclude=()) -> frozenset[int]:
+def descend(problem, budget_bytes: int, alpha: float = 1.0, start=(), exclude=(), most=None) -> frozenset[int]:
     """Add recomputations (to `start`, never from `exclude`) until the simulated peak is within
-    budget (or stops falling); returns the lowest-peak set seen on the way when the budget is
-    never met."""
+    budget (or stops falling, or the recompute cost passes `most`); returns the lowest-peak set
+    seen on the way when the budget is never met."""
     allowed = [i for i in problem.candidates() if problem.nodes[i].prefer != "save" and i not in exclude]
     R = frozenset(start) | {i for i in allowed if problem.nodes[i].prefer == "recompute"}
     sim = simulate(problem, R, live_at_peak=True)
     best = (sim.peak_bytes, R)
     large = len(problem.nodes) > _BULK_FROM
-    while sim.peak_bytes > budget_bytes:
+    while sim.peak_bytes > budget_bytes and (most is None or sim.recompute_cost <= most):
         stepped = _bulk_step(problem, R, sim, allowed, alpha, budget_bytes) if large else None
         if stepped is not None:
             R, sim = stepped

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..simulate import simulate, step_facts, step_marks
 from .auto import solve_auto
 from .registry import Solved, recompute_of, register_solver
+from .rounding import repaired
 
 SECONDS = 30.0  # default limit for the whole cut loop
 LIMIT = 400  # nodes: the model has O(nodes x backward steps) columns
@@ -375,9 +377,10 @@ def bound_cost(problem, recompute, budget_bytes: int) -> float | None:
 
 @register_solver("proven")
 def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=None) -> Solved:
-    """`auto`'s plan (or `incumbent`), or the projected relaxation's best choice where that fits
-    and costs less, with the relaxation's proven lower bound: the exact reference for graphs the
-    ILP cannot take, minutes at most, off the default path.
+    """`auto`'s plan (or `incumbent`), or the projected relaxation's best choice (repaired by
+    `rounding.repaired` where it does not fit) where that fits and costs less, with the
+    relaxation's proven lower bound: the exact reference for graphs the ILP cannot take, minutes
+    at most, off the default path.
 
     Example:
         >>> from fxckpt.core.synthetic import repeated_blocks
@@ -390,6 +393,8 @@ def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=No
     sim = simulate(problem, plan)
     fits = sim.peak_bytes <= budget_bytes
     bound, choice = _bound_solve(problem, budget_bytes, seconds)
+    if choice is not None and simulate(problem, choice).peak_bytes > budget_bytes:
+        choice = repaired(problem, budget_bytes, choice)  # it ignores transients: repaired by the simulator
     if choice is not None:
         other = simulate(problem, choice)
         if other.peak_bytes <= budget_bytes and (not fits or other.recompute_cost < sim.recompute_cost):
@@ -411,32 +416,36 @@ def _bound_model(p, budget_bytes: int):
             if p.source[a] is not None:
                 for b in p.nodes[a].value:
                     held[b].append((first[x], mat[x], r.get(p.source[a])))
+    for hs in held.values():
+        hs.sort()  # those still holding b at backward step k: the suffix after every until <= k
+    untils = {b: [h[0] for h in hs] for b, hs in held.items()}
+    pinned = {b for b in range(len(p.buffers)) if r.get(st.producer[b]) is None or st.output_holds[b]}
     g_cols: dict[tuple, int] = {}
     fwd = 0
     for mk in step_marks(p):
         k = -1 if mk.kind == "forward" else fwd
         fwd += mk.kind != "forward"
         fixed, row = mk.live_bytes - budget_bytes, {}
-        own = set(st.saves[mk.node]) if mk.kind == "backward" else ()
-        for b in mk.live_buffers | held.keys():
-            alive = b in mk.live_buffers
+        own = set(st.saves[mk.node]) if mk.kind == "backward" else set()
+        live = mk.live_buffers
+        for b in sorted((live - pinned - own) | (held.keys() - live)):  # a live pinned or own buffer is held in every plan
+            alive = b in live
             pc = r.get(st.producer[b])
             if mk.kind == "forward" and mk.node <= st.forward_last[b]:
                 continue  # live in every plan (counted in live_bytes), or not yet created
-            if alive and (pc is None or st.output_holds[b] or b in own):
-                continue
-            conds = tuple(sorted(h for h in held.get(b, ()) if k < h[0]))
+            hs = held.get(b, ())
+            start = bisect_right(untils[b], k) if hs else 0
             nb = float(st.nbytes[b])
-            if not conds:
+            if start == len(hs):
                 if alive:
                     row[pc] = row.get(pc, 0.0) + nb  # freed when its producer is recomputed
                 continue
-            key = (b, conds, alive)
+            key = (b, start, alive)
             if key not in g_cols:  # g >= 1 - r_p (held for backward) and >= m_x - r_src (held by a recipe)
                 g = g_cols[key] = m.var()
                 if alive:
                     m.ge({g: 1, pc: 1}, 1)
-                for _, mx, s in conds:
+                for _, mx, s in hs[start:]:
                     m.ge({g: 1, mx: -1, **({s: 1} if s is not None else {})}, 0)
             if alive:
                 fixed -= nb

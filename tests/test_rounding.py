@@ -1,0 +1,81 @@
+"""`rounding` (torch-free): plans rounded from the projected relaxation's LP optimum fit the
+budget in the simulator, never beat the proven optimum, and `auto` on graphs past the ILP's
+reach returns them only where they cost less than its previous plan, with the LP's bound."""
+
+import pytest
+
+pytest.importorskip("scipy")
+
+from fxckpt.core.simulate import simulate  # noqa: E402
+from fxckpt.core.solvers import auto  # noqa: E402
+from fxckpt.core.solvers.ilp import solve_ilp  # noqa: E402
+from fxckpt.core.solvers.registry import Solved, recompute_of  # noqa: E402
+from fxckpt.core.solvers.rounding import lp_rounded, repaired  # noqa: E402
+from fxckpt.core.synthetic import random_problem, repeated_blocks  # noqa: E402
+
+
+@pytest.mark.parametrize("n,shape,seed", [(20, "diamond", 0), (30, "skip", 1), (40, "fanout", 2), (30, "diamond", 3)])
+@pytest.mark.parametrize("frac", [0.7, 0.5])
+def test_rounded_plans_fit_and_never_beat_the_optimum(n, shape, seed, frac):
+    p = random_problem(n, shape, seed)
+    budget = int(frac * simulate(p).peak_bytes)
+    bound, plans = lp_rounded(p, budget)
+    for R in plans:
+        assert simulate(p, R).peak_bytes <= budget
+    ilp = solve_ilp(p, budget, seconds=30)
+    if ilp.lower_bound is None:
+        return
+    opt = simulate(p, ilp.recompute).recompute_cost
+    if ilp.lower_bound >= opt * (1 - 1e-4):  # proven optimal
+        assert bound <= opt * (1 + 1e-6)
+        assert all(simulate(p, R).recompute_cost >= opt * (1 - 1e-4) for R in plans)
+
+
+def test_repair_skips_seeds_no_cheaper_than_the_incumbent():
+    p = random_problem(30, "diamond", 3)  # its lowest peak: 47% of the un-checkpointed one
+    budget = int(0.8 * simulate(p).peak_bytes)
+    seed = frozenset(p.candidates()[:2])
+    assert repaired(p, budget, seed, most=simulate(p, seed).recompute_cost) is None
+    R = repaired(p, budget, seed)
+    assert R is not None and simulate(p, R).peak_bytes <= budget
+
+
+def _auto_with_and_without_rounding(p, budget, monkeypatch):
+    new = auto.solve_auto(p, budget)
+    monkeypatch.setattr(auto, "ROUND_UP_TO", 0, raising=False)  # the previous path
+    old = auto.solve_auto(p, budget)
+    return new, simulate(p, recompute_of(new)), simulate(p, recompute_of(old))
+
+
+def test_auto_rounds_below_its_previous_plan(monkeypatch):
+    # 66 nodes (past ILP_UP_TO): min-cut and the block composition recompute 19,660,800; the
+    # LP's seed > 0.5, repaired and pruned, 18,874,368 (the LP bounds 17,380,147)
+    p = repeated_blocks(16, 4, seed=3)
+    budget = int(0.7 * simulate(p).peak_bytes)
+    new, sim, before = _auto_with_and_without_rounding(p, budget, monkeypatch)
+    assert sim.peak_bytes <= budget
+    assert sim.recompute_cost < before.recompute_cost
+    assert isinstance(new, Solved) and new.lower_bound <= sim.recompute_cost
+
+
+@pytest.mark.parametrize("blocks,size,seed,frac", [(16, 4, 1, 0.7), (16, 4, 2, 0.5), (12, 6, 3, 0.5)])
+def test_auto_with_rounding_never_costs_more_nor_exceeds_the_budget(blocks, size, seed, frac, monkeypatch):
+    p = repeated_blocks(blocks, size, seed)
+    budget = int(frac * simulate(p).peak_bytes)
+    new, sim, before = _auto_with_and_without_rounding(p, budget, monkeypatch)
+    if before.peak_bytes <= budget:
+        assert sim.peak_bytes <= budget and sim.recompute_cost <= before.recompute_cost
+        assert isinstance(new, Solved) and new.lower_bound <= sim.recompute_cost
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blocks,size", [(16, 4), (12, 6), (20, 4)])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("frac", [0.7, 0.5, 0.35])
+def test_auto_with_rounding_never_worse_on_repeated_blocks(blocks, size, seed, frac, monkeypatch):
+    p = repeated_blocks(blocks, size, seed)
+    budget = int(frac * simulate(p).peak_bytes)
+    new, sim, before = _auto_with_and_without_rounding(p, budget, monkeypatch)
+    if before.peak_bytes <= budget:
+        assert sim.peak_bytes <= budget and sim.recompute_cost <= before.recompute_cost
+        assert isinstance(new, Solved) and new.lower_bound <= sim.recompute_cost
