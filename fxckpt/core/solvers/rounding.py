@@ -30,7 +30,7 @@ OVERSHOOT = 1.4  # seeds peaking higher, in budgets, are not repaired when an in
 def lp_rounded(problem, budget_bytes: int, most: float | None = None) -> tuple[float | None, list[frozenset[int]]]:
     """(the LP bound, or None where the LP did not solve; inf where nothing can fit) and the
     repaired roundings of its optimum that fit `budget_bytes` (NOTE [ Rounding the relaxation ]);
-    with `most` (an incumbent's cost), only those that may cost less.
+    with `most` (an incumbent's cost), only those that may cost less, up to the first that does.
 
     Example:
         >>> from fxckpt.core.synthetic import random_problem
@@ -51,9 +51,14 @@ def lp_rounded(problem, budget_bytes: int, most: float | None = None) -> tuple[f
         return float("inf"), []
     if res.status != 0:
         return None, []
-    seeds = {frozenset(c for c, j in r.items() if res.x[j] > t) for t in THRESHOLDS}
-    plans = (repaired(problem, budget_bytes, S, most) for S in sorted(seeds, key=sorted))
-    return max(0.0, float(res.fun)), [R for R in plans if R is not None]
+    plans = []
+    for S in dict.fromkeys(frozenset(c for c, j in r.items() if res.x[j] > t) for t in THRESHOLDS):
+        R = repaired(problem, budget_bytes, S, most)
+        if R is not None:
+            plans.append(R)
+            if most is not None and simulate(problem, R).recompute_cost < most:
+                break  # one seed that beats the incumbent is enough (U-Net at 50%: both give 25.22 ms)
+    return max(0.0, float(res.fun)), plans
 
 
 def repaired(problem, budget_bytes: int, seed: frozenset[int], most: float | None = None) -> frozenset[int] | None:
