@@ -161,13 +161,15 @@ class LiveBytesMode(TorchDispatchMode):
         self._tracked_bytes += n
         self._record(key, n)
 
-    def _after_op(self, name: str, grew: int, extra: int) -> None:
+    def _after_op(self, name, grew: int, extra: int) -> None:
+        # `name`: an op, named (str) only where the timeline records it: str(op) on every op of a
+        # dry run cost about as much as the rest of this method.
         # Sweeping is O(tracked); only needed when the upper bound could pass the peak.
         if self.record_timeline or ((grew or extra) and self._tracked_bytes + extra > self.peak_bytes):
             self._sweep()
             self.peak_bytes = max(self.peak_bytes, self._tracked_bytes + extra)
         if self.record_timeline:
-            self.timeline.append((self._tracked_bytes, name))
+            self.timeline.append((self._tracked_bytes, str(name)))
             if self.label is not None:
                 self.labels.append(self.label())
 
@@ -194,7 +196,7 @@ class LiveBytesMode(TorchDispatchMode):
             self._start(key, s)
             grew += n
         extra = self.scratch(func, args, kwargs) if self.scratch is not None else 0
-        self._after_op(str(func), grew, extra)
+        self._after_op(func, grew, extra)
         return out
 
 
