@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import math
 
 from ..problem import RematProblem
 from ..simulate import simulate
@@ -118,7 +119,7 @@ def _rounded(problem, budget_bytes, R, sim):
         other = simulate(problem, P)
         if _rank(other, budget_bytes) > _rank(sim, budget_bytes):
             R, sim = P, other
-    if sim.peak_bytes > budget_bytes or bound is None:
+    if sim.peak_bytes > budget_bytes or bound is None or math.isinf(bound):  # inf: the LP contradicts a fitting plan
         return R
     return Solved(R, min(bound, float(sim.recompute_cost)))
 
