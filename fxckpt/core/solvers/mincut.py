@@ -213,31 +213,67 @@ def _cost(problem, R) -> int:
     return recompute_cost(problem, R)
 
 
+# NOTE [ Work, not simulations ]
+# The local search stops after a number of questions to its judge (`_Judge.calls`), not after a
+# time, so that its answer does not depend on the machine's load. The judge answers many
+# questions without running the whole step: a plan already known to be over budget, or one
+# whose simulation stopped at a cap (`simulate(cap=...)`) below which it had to stay to be
+# better. Those answers are still counted as the full simulations they stand for (a plan's
+# first `peak` or `better`, each `fits` of a plan not known to fit), so the memo and the caps
+# change how long a search takes and never where it goes: every plan is the one the search
+# found when each question ran the simulator to the end. `simulations` counts the runs.
 class _Judge:
-    """Memoized simulations, counted (the local search stops after a number of them)."""
+    """Memoized, capped simulations of one problem at one budget, with `calls` counted as in
+    NOTE [ Work, not simulations ]."""
 
     def __init__(self, problem, budget):
         self.problem, self.budget = problem, budget
-        self.peaks: dict[frozenset, int] = {}
-        self.calls = 0
+        self.peaks: dict[frozenset, int] = {}  # exact peaks
+        self.at_least: dict[frozenset, int] = {}  # a lower bound on the peak, from a capped run
+        self.judged: set[frozenset] = set()  # plans a question counted once (NOTE [ Work, not simulations ])
+        self.calls = self.simulations = 0
+
+    def _count(self, R: frozenset, once: bool) -> None:
+        if R not in self.judged:
+            self.calls += 1
+            if once:
+                self.judged.add(R)
+
+    def _run(self, R: frozenset, cap: int | None = None) -> bool:
+        """Simulate R, stopping at `cap`; whether its exact peak is now known."""
+        pk = simulate(self.problem, R, cap=cap).peak_bytes
+        self.simulations += 1
+        if cap is None or pk < cap:
+            self.peaks[R] = pk
+            return True
+        self.at_least[R] = max(self.at_least.get(R, 0), cap)
+        return False
 
     def peak(self, R: frozenset) -> int:
-        hit = self.peaks.get(R)
-        if hit is None:
-            hit = self.peaks[R] = simulate(self.problem, R).peak_bytes
-            self.calls += 1
-        return hit
+        if R not in self.peaks:
+            self._count(R, once=True)
+            self._run(R)
+        return self.peaks[R]
 
     def fits(self, R: frozenset) -> bool:
         hit = self.peaks.get(R)
         if hit is not None:
             return hit <= self.budget
-        pk = simulate(self.problem, R, cap=self.budget + 1).peak_bytes
-        self.calls += 1
-        if pk <= self.budget:
-            self.peaks[R] = pk
-        return pk <= self.budget
+        self._count(R, once=False)
+        if self.at_least.get(R, 0) > self.budget or not self._run(R, cap=self.budget + 1):
+            return False
+        self.judged.add(R)
+        return True
 
+    def better(self, R: frozenset, key: tuple[int, int]) -> bool:
+        """Whether `_key` of R is below `key`, a plan over budget's: R must peak within the
+        same excess, so its run stops there."""
+        limit = self.budget + key[0]
+        if R not in self.peaks:
+            self._count(R, once=True)
+            if self.at_least.get(R, 0) > limit or not self._run(R, cap=limit + 1):
+                return False
+        return _key(self.problem, self, R) < key
 
 
 @register_solver("mincut")
@@ -315,7 +351,7 @@ def _climb(problem, R, J, cut, limit: int) -> frozenset[int]:
         moves = _cheaper_moves(R, inside, outside, flops) if fits else _lower_moves(R, inside, outside)
         nxt = None
         for S in moves:
-            if J.fits(S) if fits else _key(problem, J, S) < key:
+            if J.fits(S) if fits else J.better(S, key):
                 nxt = S
                 break
             if J.calls >= limit:
