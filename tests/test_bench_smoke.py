@@ -74,6 +74,36 @@ def test_tutorial_call_form(one_thread, capsys):
         compare_strategies("quick", num_layers=2)
 
 
+def test_compiled_fxckpt_row_reports_its_prediction_not_livebytes(one_thread):
+    """A compiled row gets no LiveBytesMode figure (under a dispatch mode Dynamo runs the model
+    eagerly: the quick model's un-checkpointed 11.2 MiB was printed for every `fxckpt compile`
+    row), and an fxckpt compile row the prediction of its backend's plans. `aot_eager` here:
+    inductor's compile would take minutes."""
+    import fxckpt
+    from fxckpt.benchmark.flops import CountingInductor
+    from fxckpt.benchmark.strategies import Prepared, register_strategy
+
+    backends = []
+
+    @register_strategy("fxckpt compile 50% under aot_eager (test)")
+    def _aot_eager(model, example):
+        torch._dynamo.reset()
+        backends.append(fxckpt.backend(budget=0.5, compiler="aot_eager"))
+        return Prepared(torch.compile(model, backend=backends[-1]), model, counter=CountingInductor(),
+                        predict=backends[-1].predicted_peak_bytes)
+
+    try:
+        rows = compare_strategies("quick", strategies=["none", "fxckpt compile 50% under aot_eager (test)"],
+                                  iterations=1)
+    finally:
+        torch._dynamo.reset()
+    none, row = rows
+    assert row.status == "ok", row.notes
+    assert none.live_peak_mib is not None and row.live_peak_mib is None
+    (plan,) = fxckpt.compiled_plans(backends[-1])
+    assert row.predicted_mib == plan.predicted_peak_bytes / 2**20 < none.peak_mib
+
+
 def test_strategy_registry():
     assert strategy("every-4", {}) is not strategy("every-2", {})
     with pytest.raises(ValueError, match="unknown strategy 'every other'.*'every-K'"):

@@ -120,7 +120,7 @@ def _measure(stepper: _Stepper, *, iterations: int, live: bool, forward_check: b
     profiled = profiled_memory(stepper.step)
     measured.peak_bytes, measured.peak_op = profiled.peak_bytes, profiled.peak_op
     measured.grads = stepper.grads()
-    if live:
+    if live and prep.counter is None:  # not compiled rows: under a dispatch mode, Dynamo runs the model eagerly
         stepper.reset()
         with LiveBytesMode() as mode:
             stepper.step()
@@ -195,8 +195,9 @@ def _run_one(name: str, strategy_fn: Strategy, base: nn.Module, example, *, mode
 def _finish_row(name: str, model_name: str, prep: Prepared, measured: _Measured, reference: _Measured | None,
                 dropout: bool) -> StrategyResult:
     notes = list(prep.notes)
+    predicted = prep.predict() if prep.predict is not None else prep.predicted_bytes
     row = dict(peak_mib=measured.peak_bytes / MIB, flops=measured.flops,
-               step_seconds=measured.seconds, predicted_mib=_mib(prep.predicted_bytes), budget_mib=_mib(prep.budget_bytes),
+               step_seconds=measured.seconds, predicted_mib=_mib(predicted), budget_mib=_mib(prep.budget_bytes),
                live_peak_mib=_mib(measured.live_bytes), forward_check_bytes=measured.forward_check,
                peak_op=measured.peak_op,
                none_step_seconds=measured.baseline_seconds, step_times=measured.times,
@@ -369,7 +370,7 @@ def _compare(base: nn.Module, example, name: str, *, strategies, iterations, bud
                 live = strategy_name in live_check or ("fxckpt" in live_check and strategy_name.startswith("fxckpt"))
                 rows[strategy_name], measured = _run_one(
                     strategy_name, strategy_fn, base, example, model_name=name, iterations=iterations, seed=seed,
-                    live=live and not strategy_name.startswith("compile"), reference=reference, baseline=baseline)
+                    live=live, reference=reference, baseline=baseline)
                 _announce(progress, "%s: %s: %s in %.0f s (%.0f s so far)", name, strategy_name,
                           rows[strategy_name].status, time.perf_counter() - t0, time.perf_counter() - t_start)
             if strategy_name == "none":

@@ -51,6 +51,7 @@ class Prepared:
     inner: nn.Module  # the model copy (parameter names, buffers)
     setup_seconds: float | None = None  # solve seconds (fxckpt); compile seconds are measured
     predicted_bytes: int | None = None
+    predict: Callable[[], int] | None = None  # the prediction once compiled (fxckpt compile rows)
     budget_bytes: int | None = None
     counter: CountingInductor | None = None  # compiled strategies
     context: Callable[[], Any] = contextlib.nullcontext
@@ -240,7 +241,7 @@ def _fxckpt_compile(**spec) -> Strategy:
         be = backend(**spec)
         be.inner_compile = counter._inner_compile
         limit = f"{spec['budget_mb']:.1f} MiB" if "budget_mb" in spec else f"{100 * spec['budget']:.0f}% per graph"
-        return Prepared(torch.compile(model, backend=be), model, counter=counter,
+        return Prepared(torch.compile(model, backend=be), model, counter=counter, predict=be.predicted_peak_bytes,
                         budget_bytes=int(spec["budget_mb"] * MIB) if "budget_mb" in spec else None,
                         notes=[f"fxckpt backend (inductor), budget {limit}; plans: fxckpt.compiled_plans"])
     return apply
