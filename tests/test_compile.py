@@ -327,10 +327,12 @@ def test_inductor_matches_default_compile_with_dropout():
 def test_inductor_cnn_with_batchnorm_measured_within_5_percent_of_prediction():
     """Inductor on the CNN with BatchNorm and a residual block (channels-last layout, fused
     BatchNorm and ReLU masks, an inlined residual gradient): the allocator's peak within 5% of
-    the prediction at 90% and at 50%, which is below this CNN's floor (70% too): planned at its
-    smallest feasible peak. Before the compile path modelled inductor's layout and fusion, the
-    prediction was 15-26% over the measurement (and 3.1% under it at the floor still: the
-    budget is not asserted there)."""
+    the prediction and within the budget at 90% and at 50%, which is below this CNN's floor
+    (70% too): planned at its smallest feasible peak. Before the compile path modelled
+    inductor's layout and fusion, the prediction was 15-26% over the measurement; before it
+    modelled recomputation inside inductor's kernels (NOTE [ Recomputation inside inductor's
+    kernels ]), the allocator exceeded the floor's budget (537,516 B measured, 521,620 B
+    predicted, 522,348 B budgeted)."""
     model, x = make_cnn()
     for fraction in (0.9, 0.5):
         torch._dynamo.reset()
@@ -338,9 +340,8 @@ def test_inductor_cnn_with_batchnorm_measured_within_5_percent_of_prediction():
         (plan,) = fxckpt.compiled_plans(be)
         peak = measured_peak(compiled, x)
         assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (fraction, peak, plan.summary())
-        if fraction == 0.9:
-            assert peak <= plan.budget_bytes + EAGER_LOSS_BYTES, (peak, plan.summary())
-        else:  # at the floor
+        assert peak <= plan.budget_bytes + EAGER_LOSS_BYTES, (fraction, peak, plan.summary())
+        if fraction == 0.5:  # at the floor
             with pytest.raises(InfeasibleBudgetError):
                 fxckpt.core.solvers.solve(be.graphs[0].problem, plan.predicted_peak_bytes - 2**16, "auto")
 

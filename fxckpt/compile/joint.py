@@ -23,8 +23,9 @@ Under inductor the problem is built to what inductor's code does, still within t
 values it inlines are fused buffers (`fused_values`; NOTE [ Fused buffers ] in the simulator),
 and an inlined backward value's inputs are read by its last reader (`_inlined_reads`); forward
 nodes that the joint graph places among the backward ops run where inductor fuses them
-(`_early`); its channels-last layout copies inputs and changes what convolutions allocate
-(NOTE [ Inductor's channels-last layout ]).
+(`_early`); backward ops and recomputations run in the kernels inductor may fuse them into
+(NOTE [ Recomputation inside inductor's kernels ]); its channels-last layout copies inputs and
+changes what convolutions allocate (NOTE [ Inductor's channels-last layout ]).
 """
 
 from __future__ import annotations
@@ -375,34 +376,132 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
 
     bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(bwd_out_args) if isinstance(a, fx.Node)}
     last_reader, inlined = _inlined_reads(backward, fused, storage_root, last_reader)
+    reads = [[fwd_alias.get(a, a) for a in n.all_input_nodes + inlined.get(k, [])] for k, n in enumerate(backward)]
+    if fusion:  # NOTE [ Recomputation inside inductor's kernels ]
+        for k, j in enumerate(_kernel_run_starts(backward)):
+            reads[j] = reads[j] + reads[k]
+    dying = _dying_grad_bytes(backward, last_reader, bwd_outputs) if fusion else {}
+    moved = _fused_early(backward, fused, storage_root) if fusion else {}
     nodes: list[Node] = []
     grads: list[Grad] = []
     start = first + len(backward)  # the "bwd tangents" node, first in backward
     for k, n in enumerate(backward):
-        reads = (fwd_alias.get(a, a) for a in n.all_input_nodes + inlined.get(k, []))
-        saves = tuple(dict.fromkeys(b for a in reads if a in index for b in fwd_nodes[index[a]].value))
+        saves = tuple(dict.fromkeys(b for a in reads[k] if a in index for b in fwd_nodes[index[a]].value))
         val = n.meta.get("val")
         own = 0 if is_view(n) or n in fused else sum(_nbytes(t) for t in _tensors(val))
+        born, charged = first + k, own
+        if own and k in moved:  # fused into an earlier kernel (NOTE [ Recomputation inside inductor's kernels ])
+            born, charged = start if moved[k] == 0 else first + moved[k] - 1, 0
+        elif own and _fusible(n) and own in dying.get(k, ()):
+            charged = 0  # written over a gradient of its size that dies in its kernel (same NOTE)
         # Inductor schedules a reduction that only feeds the graph's outputs (a bias gradient)
         # as soon as its input exists, often before the joint graph's order would: counted from
         # the start of backward, so that no schedule outgrows the prediction.
         early = fusion and own and n in bwd_outputs and torch.Tag.reduction in getattr(n.target, "tags", ())
+        if early:
+            charged = 0
         extra = op_scratch(n, layout)
         nodes.append(Node(name=f"bwd {n.name}", op=str(getattr(n.target, "overloadpacket", n.target)),
                           saves=saves, requires_grad=True, bwd_rank=k + 1,
-                          bwd_transient_bytes=(0 if early else own) + extra))
+                          bwd_transient_bytes=charged + extra))
         elements = [n] if not isinstance(val, (tuple, list)) else [u for u in n.users if u.target is operator.getitem]
         if not own:
             elements = []
         for e in elements:
             nbytes = sum(_nbytes(t) for t in _tensors(e.meta.get("val")))
             dies = -1 if e in bwd_outputs else first + last_reader.get(e, k)
-            grads.append(Grad(nbytes, start if early else first + k, dies))
+            grads.append(Grad(nbytes, start if early else born, dies))
     nodes.append(Node(name="bwd tangents", op="tangents", requires_grad=True, bwd_rank=0))
     for t in tangents:
         if _is_tensor_node(t) and t in last_reader:
             grads.append(Grad(_nbytes(t.meta["val"]), start, first + last_reader[t]))
     return nodes, grads
+
+
+# NOTE [ Recomputation inside inductor's kernels ]
+# The backward graph runs its ops in the joint graph's order, a recomputed value just before its
+# first reader (`reordering_to_mimic_autograd_engine`), but inductor runs each in the kernel its
+# scheduler fuses it into, and so earlier. Three things follow, each seen on the tiny CNN under
+# inductor (compile_bench's, 32x3x32x32), whose floor plan measured 7.65 MiB at the allocator
+# for 7.40 MiB predicted and a 7.41 MiB budget:
+# (1) A recomputed value is computed in a kernel before its reader: the stem's recomputed ReLU
+# (read by a convolution's backward) ran in the kernel of the gradient before it, while that
+# gradient's inputs were live, and the recomputed convolution it reads ran before that kernel.
+# Inductor moves generated kernels (fusion, `reorder_for_peak_memory`) between the extern kernels
+# (matmuls, convolutions, fallbacks), which run in graph order; so a recomputation is charged
+# from the first op after the extern kernel preceding its reader: the forward values an op reads
+# are read by that first op too (`_kernel_run_starts`), and a recomputed one is materialized there.
+# (2) A backward op whose inputs exist before an extern kernel that precedes it may run in a
+# kernel before that extern kernel (horizontal fusion with a kernel that shares a read): the
+# shortcut branch's BatchNorm backward (0.5 MiB) ran in backward's first kernel, beside the main
+# branch's, two convolutions early. Its buffer is counted from the first generated kernel
+# after its inputs exist that reads a buffer it reads (`_fused_early`; 0-dim values, such as
+# the 0 every ReLU's gradient reads, do not count). Counted from where its inputs exist, the
+# dropout MLP's GELU gradient was charged across a weight-gradient matmul that inductor runs
+# before it, with no kernel there to fuse into: 1 MiB over the measurement.
+# (3) Inductor writes a pointwise kernel's output over an input of its size that dies in that
+# kernel (`inplace_buffers`): a generated backward op whose position sees a same-sized gradient
+# or temporary die allocates nothing beyond it there (`_dying_grad_bytes`).
+# (1) and (2) may charge a value earlier than inductor computes it: safe, and measured close.
+# Predicted / allocator MiB after, budget in brackets: that CNN at 90% 9.300 / 9.273 [9.382], at
+# its floor 8.175 / 8.148 [8.396]; GPT-2 (2 layers, 256 wide, 2x128 tokens) at 50%
+# 202.97 / 202.72 (the loss graph's own predicted peak was 147.24 MiB before, now 98.54 MiB:
+# a logits-sized buffer fewer); the dropout MLP at 90% 11.514 / 11.504, at its floor
+# 10.014 / 10.004.
+
+
+def _kernel_run_starts(backward: list[fx.Node]) -> list[int]:
+    """Per backward op, the position of the first op after the last extern kernel before it
+    (NOTE [ Recomputation inside inductor's kernels ])."""
+    starts, start = [], 0
+    for k, n in enumerate(backward):
+        starts.append(start)
+        if n.op == "call_function" and not is_view(n) and not _fusible(n):
+            start = k + 1
+    return starts
+
+
+def _fused_early(backward: list[fx.Node], fused: set[fx.Node], storage_root) -> dict[int, int]:
+    """The generated backward ops inductor may run in an earlier kernel, before an extern kernel
+    that precedes them (NOTE [ Recomputation inside inductor's kernels ], (2)), mapped to the
+    position of that kernel: the first generated kernel after their inputs exist that reads a
+    buffer they read (0-dim values, such as the 0 of every ReLU's gradient, do not count)."""
+    pos = {n: k for k, n in enumerate(backward)}
+    avail: dict[fx.Node, int] = {}  # a value -> the position after which it exists
+    reads: dict[fx.Node, frozenset] = {}  # a fused value -> the buffers its expression reads
+    kernels: list[tuple[int, frozenset]] = []  # generated kernels: position, buffers read
+    extern: list[int] = []
+    moved: dict[int, int] = {}
+    for k, n in enumerate(backward):
+        ins = [storage_root(a) for a in n.all_input_nodes]
+        at = max((avail.get(a, pos[a]) for a in ins if a in pos), default=-1)
+        if n in fused or is_view(n):
+            avail[n] = at  # computed wherever it is read: its inputs' time
+            reads[n] = frozenset().union(*(reads.get(a, {a}) for a in ins))
+            continue
+        if not _fusible(n):
+            extern.append(k)
+            continue
+        bufs = frozenset(b for a in ins for b in reads.get(a, {a}) if _tensors(b.meta.get("val"))
+                         and any(t.dim() for t in _tensors(b.meta.get("val"))))
+        p = next((p for p, r in kernels if p >= at and r & bufs), k)
+        if any(p < e < k for e in extern):
+            moved[k] = avail[n] = p
+        kernels.append((moved.get(k, k), bufs))
+    return moved
+
+
+def _dying_grad_bytes(backward: list[fx.Node], last_reader: dict[fx.Node, int], bwd_outputs: set[fx.Node]):
+    """Per backward position, the sizes of the backward buffers (gradients, temporaries) whose
+    last reader runs there: storage inductor may write that op's output over."""
+    dying: dict[int, set[int]] = {}
+    for n in backward:
+        element = n.target is operator.getitem and not is_view(n.args[0])  # one buffer of an op's tuple
+        if n in last_reader and n not in bwd_outputs and (element or not is_view(n)):
+            val = n.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                dying.setdefault(last_reader[n], set()).add(_nbytes(val))
+    return dying
 
 
 def _inlined_reads(backward: list[fx.Node], fused: set[fx.Node], storage_root, last_reader: dict[fx.Node, int]):
