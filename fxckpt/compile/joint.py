@@ -56,17 +56,24 @@ def _inductor_random(target) -> bool:
     return hasattr(torch.ops.prims, "inductor_random") and target is torch.ops.prims.inductor_random.default
 
 
-# Ops of the compiled graphs charged their scratch: inductor runs these as the eager kernels (extern
-# kernels), and lowers the other ops of `fake_step.SCRATCH_OPS` into its own code.
+# Ops of inductor's graphs charged their scratch: inductor runs these as the eager kernels (extern
+# kernels and fallbacks: the CPU flash attention and its backward are `make_fallback`s), and lowers
+# the other ops of `fake_step.SCRATCH_OPS` into its own code. Without inductor (aot_eager) every op
+# runs its eager kernel, so every op is asked, as in eager: an unseen net's flash-attention
+# backward took 122,880 B that the aot_eager plan at 50% did not charge (2,073,352 B measured
+# against a 1,951,938 B budget).
 PROBED = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
-                    torch.ops.aten.native_dropout_backward.default})
+                    torch.ops.aten.native_dropout_backward.default,
+                    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+                    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default})
 
 
-def op_scratch(node: fx.Node, channels_last: bool = False) -> int:
+def op_scratch(node: fx.Node, channels_last: bool = False, fusion: bool = True) -> int:
     """Bytes the node's op allocates beyond its outputs while it runs, probed on real tensors of
     its shapes (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py), in the
-    channels-last layout inductor gives them (NOTE [ Inductor's channels-last layout ])."""
-    if node.target not in PROBED:
+    channels-last layout inductor gives them (NOTE [ Inductor's channels-last layout ]); with
+    `fusion` (inductor), only for the ops it runs as eager kernels (`PROBED`)."""
+    if not isinstance(node.target, torch._ops.OpOverload) or (fusion and node.target not in PROBED):
         return 0
     args, kwargs = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (node.args, node.kwargs))
     if channels_last:
@@ -280,7 +287,7 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     backward = [n for n in graph_nodes if n.op == "call_function" and n in info.required_bw_nodes]
     index = {n: i for i, n in enumerate(forward)}
     source = _storage_sources(graph_nodes, [p for p in primals + tangents if p not in copies], index)
-    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, layout)
+    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, layout, fusion)
     bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion, fused, layout)
     problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name)
     return JointProblem(problem, forward, backward, primals, source)
@@ -335,7 +342,7 @@ def _storage_sources(graph_nodes: list[fx.Node], inputs: list[fx.Node],
 
 
 def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fwd_outputs: set[fx.Node],
-                   fused: set[fx.Node], layout: bool) -> tuple[list[Node], list[Buffer]]:
+                   fused: set[fx.Node], layout: bool, fusion: bool) -> tuple[list[Node], list[Buffer]]:
     """A problem node per forward fx node, and the buffers they create (one per element of a tuple)."""
     nodes: list[Node] = []
     buffers: list[Buffer] = []
@@ -356,7 +363,7 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
             name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
                 index[a] for a in n.all_input_nodes if a in index)),
             creates=tuple(creates), value=value, flops=_flops(n) if creates else 0,
-            transient_bytes=op_scratch(n, layout), is_output=n in fwd_outputs, prefer=_prefer(n),
+            transient_bytes=op_scratch(n, layout, fusion), is_output=n in fwd_outputs, prefer=_prefer(n),
             ban="inductor's channels-last copy of an input" if n.op == "placeholder" else _ban(n, fwd_outputs),
         ))
     return nodes, buffers
@@ -400,7 +407,7 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
         early = fusion and own and n in bwd_outputs and torch.Tag.reduction in getattr(n.target, "tags", ())
         if early:
             charged = 0
-        extra = op_scratch(n, layout)
+        extra = op_scratch(n, layout, fusion)
         nodes.append(Node(name=f"bwd {n.name}", op=str(getattr(n.target, "overloadpacket", n.target)),
                           saves=saves, requires_grad=True, bwd_rank=k + 1,
                           bwd_transient_bytes=charged + extra))
