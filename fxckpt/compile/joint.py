@@ -555,6 +555,16 @@ def _backward_storage(backward: list[fx.Node], tangents: list[fx.Node], index: d
     return root, fwd_alias, last_reader
 
 
+# NOTE [ Views cross the boundary as their base ]
+# A view the backward reads is replayed there from its base, never saved itself (torch's own
+# partitioner does the same: a view costs nothing to replay and holds no storage of its own, so
+# the bytes held are the same). Saved as itself, a strided view (a GroupNorm's grouped view of a
+# transposed embedding, strides (3072, 1, 192, 4)) was handed to inductor's backward, whose fused
+# embedding/GroupNorm backward kernel then crashed the process (heap corruption) or, in a larger
+# net, gave the tied embedding a gradient 54% off (fp64, nothing recomputed; aot_eager and the
+# default partitioner exact).
+
+
 def saved_values(jp: JointProblem, recompute: frozenset[str]) -> list[fx.Node]:
     """The forward values the backward graph takes when the nodes named `recompute` are replayed:
     kept values read by a backward op or by a replayed node backward needs. A forward value is
@@ -566,6 +576,8 @@ def saved_values(jp: JointProblem, recompute: frozenset[str]) -> list[fx.Node]:
     def replayed(n: fx.Node) -> bool:
         if n not in index:
             return False  # primals
+        if is_view(n) and n.target is not operator.getitem and nodes[index[n]].ban is None:
+            return True  # NOTE [ Views cross the boundary as their base ]
         src = jp.source.get(n)
         if src is None:
             return nodes[index[n]].ban is None
