@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch.fx._lazy_graph_module import _make_graph_module
 from torch.utils import _pytree as pytree
 
 from fxckpt.core.errors import CaptureError
@@ -96,10 +97,10 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
     except Exception as e:  # symbolic_trace fails in many ways on real models
         errors.append(f"torch.fx.symbolic_trace: {type(e).__name__}: {_first_line(e)}")
     try:
-        with opaque.recording() as rec, _no_stack_traces():
+        with opaque.recording() as rec, _no_stack_traces(), _lazy_modules():
             ep = torch.export.export(model, args, kwargs, strict=False)
-        gm = ep.module()
-        gm = torch.fx.GraphModule(gm, gm.graph)
+            gm = ep.module()
+            gm = _make_graph_module(gm, gm.graph)  # a plain (lazy) GraphModule, not export's stateful class
     except Exception as e:
         errors.append(f"torch.export.export(strict=False): {type(e).__name__}: {_first_line(e)}")
     else:
@@ -180,6 +181,23 @@ def _no_stack_traces():
         yield
     finally:
         torch.fx.config.do_not_emit_stack_traces = before
+
+
+def _lazy_modules():
+    """GraphModules built inside generate their Python code at their first call (or `.code`).
+
+    NOTE [ Export's GraphModules generate code lazily ]
+    torch.export builds a GraphModule after most of its passes (make_fx, placeholder naming,
+    runtime asserts, unlifting) and generates and compiles Python code for each, though none of
+    them is called: on tiny GPT-2, 11 code generations per capture. Under torch's own
+    `_LazyGraphModule` (what Dynamo and inductor build theirs with) those built through
+    `_make_graph_module` generate theirs on first use instead (6 remain: export builds those
+    GraphModules directly). The graph capture returns is the same node for node; annotate and
+    rewrite copy it into GraphModules of their own, so its code is generated only if it is called.
+    """
+    from torch.fx._lazy_graph_module import _use_lazy_graph_module
+
+    return _use_lazy_graph_module(True)
 
 
 def _first_line(e: Exception) -> str:
