@@ -1,0 +1,92 @@
+"""Annotation counts a node's FLOPs once per signature (NOTE [ FLOPs counted once per signature ]
+in passes/annotate.py): the costs are those of counting every node, and a signature tells apart
+everything the count could depend on."""
+
+import pytest
+import torch
+
+import fxckpt.passes as P
+from fxckpt.passes.annotate import META, annotate_with, node_flop_key
+from fxckpt.passes.capture import Captured, adopt_state
+
+from tests.models import ZOO
+
+aten = torch.ops.aten
+
+
+def _costs(gm):
+    return {n.name: n.meta[META] for n in gm.graph.nodes if META in n.meta}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_memoized_costs_are_those_of_counting_every_node(name):
+    model, example = ZOO[name]()  # repeated blocks, captured by torch.export: ATen ops only
+    captured = P.capture(model, example)
+    memo_gm, memo = annotate_with(captured)
+    plain_gm, plain = annotate_with(captured, memoize=False)
+    assert plain.memo is None and plain.memo_hits == 0
+    assert memo.memo and memo.memo_hits > 0, "the repeated blocks should hit the cache"
+    assert _costs(memo_gm) == _costs(plain_gm)
+    assert sum(c.flops for c in _costs(memo_gm).values()) > 0
+
+
+def test_symbolic_traced_graphs_count_under_one_counter():
+    model, example = ZOO["transformer"]()  # call_module nodes and Python functions
+    captured = P.capture(model, example)
+    assert captured.frontend == "symbolic_trace"
+    gm, runner = annotate_with(captured)
+    assert runner.memo is None
+    assert _costs(gm) == _costs(annotate_with(captured, memoize=False)[0])
+
+
+def test_a_miss_counts_the_flops_of_its_own_shapes():
+    # The same ops at two widths: each width's matrix products are counted, not the first reused.
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 16), torch.nn.GELU(),
+                                torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 32), torch.nn.GELU(),
+                                torch.nn.Linear(32, 32), torch.nn.GELU(), torch.nn.Linear(32, 32))
+    x = torch.randn(4, 16)
+    exported = torch.export.export(model, (x,), strict=False).module()
+    captured = Captured(adopt_state(torch.fx.GraphModule(exported, exported.graph), model), "export", (x,), {})
+    gm, runner = annotate_with(captured)
+    assert runner.memo_hits > 0
+    assert _costs(gm) == _costs(annotate_with(captured, memoize=False)[0])
+    assert len({c.flops for c in _costs(gm).values() if c.flops > 4 * 32 * 2}) > 1
+
+
+def _key(*args, training=True, **kwargs):
+    return node_flop_key(aten.mm.default, args, kwargs, training)
+
+
+def test_signatures_tell_apart_what_a_count_could_depend_on():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    base = _key(a, b)
+    assert base == _key(torch.randn(8, 16), torch.randn(16, 4))  # values do not matter
+    different = {
+        "shape": _key(torch.randn(8, 16), torch.randn(16, 5)),
+        "dtype": _key(a.double(), b.double()),
+        "strides": _key(torch.randn(16, 8).t(), b),
+        "offset": _key(torch.randn(9, 16)[1:], b),
+        "requires_grad": _key(a.requires_grad_(False), b.clone().requires_grad_(True)),
+        "training": _key(a, b, training=False),
+        "conj": _key(torch.randn(8, 16, dtype=torch.cfloat).conj(), torch.randn(16, 4, dtype=torch.cfloat)),
+    }
+    assert different["conj"] != _key(torch.randn(8, 16, dtype=torch.cfloat), torch.randn(16, 4, dtype=torch.cfloat))
+    for what, key in different.items():
+        assert key is not None and key != base, what
+    with torch.no_grad():
+        assert _key(a, b) != base
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _key(a, b) != base
+    assert node_flop_key(aten.bmm.default, (a, b), {}, True) != base
+
+
+def test_signatures_tell_apart_constants_and_refuse_what_they_cannot_describe():
+    x = torch.randn(2, 3)
+    key = lambda *args: node_flop_key(aten.native_dropout.default, args, {}, True)  # noqa: E731
+    assert key(x, 0.1, True) != key(x, 0.1, False) != key(x, 0.2, False)
+    assert key(x, 0.0, True) != key(x, -0.0, True)  # equal as floats, not as arguments
+    assert key(x, 1, True) != key(x, 1.0, True) != key(x, True, True)
+    assert node_flop_key(aten.sum.dim_IntList, (x, [0]), {}, True) != node_flop_key(aten.sum.dim_IntList, (x, [1]), {}, True)
+    assert node_flop_key(aten.sum.dim_IntList, (x, [0]), {}, True) != node_flop_key(aten.sum.dim_IntList, (x, (0,)), {}, True)
+    assert key(x, object(), True) is None  # an object it cannot describe: not cached
+    assert node_flop_key(torch.add, (x, x), {}, True) is None  # not an ATen op
