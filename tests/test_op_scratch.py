@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from torch._subclasses import FakeTensorMode
 
 import fxckpt
 from fxckpt.measure import LiveBytesMode, allocator_step_peak, profiled_memory
@@ -195,3 +196,18 @@ def test_probes_are_not_counted_as_the_nodes_flops(monkeypatch):
     cached = passes.annotate(passes.capture(model, x))
     assert flops[0] == flops[1] == {n.name: n.meta["fxckpt"].flops for n in cached.graph.nodes if "fxckpt" in n.meta}
     assert flops[0]["stem_0"] == 2 * 8 * 8 * 16 * 16 * 3 * 9  # the stem's 3x3 conv, 3 -> 8 channels, once
+
+
+def test_transposed_contiguity_is_read_off_sizes_and_strides():
+    from fxckpt.passes.fake_step import transposed_contiguous
+
+    base = torch.randn(2, 3, 4)
+    cases = [torch.randn(3, 4), torch.randn(3, 4).t(), base, base.transpose(1, 2), base.permute(2, 0, 1),
+             torch.randn(4, 1).expand(4, 5), torch.randn(1, 5).expand(4, 5), torch.randn(4, 6)[:, ::2],
+             torch.randn(4, 6)[:, :3], torch.randn(1, 4), torch.randn(4, 1), torch.randn(1, 1), torch.randn(0, 3),
+             torch.randn(3, 0).t(), torch.randn(2, 1, 4).transpose(1, 2), torch.randn(5, 3, 1, 4)[:, :, :, 1:3]]
+    with FakeTensorMode() as mode:
+        cases += [mode.from_tensor(t) for t in cases]
+    answers = [transposed_contiguous(t) for t in cases]
+    assert answers == [t.transpose(-1, -2).is_contiguous() for t in cases]
+    assert True in answers and False in answers
