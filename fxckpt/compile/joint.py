@@ -421,7 +421,10 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
     nodes.append(Node(name="bwd tangents", op="tangents", requires_grad=True, bwd_rank=0))
     for t in tangents:
         if _is_tensor_node(t) and t in last_reader:
-            grads.append(Grad(_nbytes(t.meta["val"]), start, first + last_reader[t]))
+            # a scalar's tangent is the seed `loss.backward()` makes, which `torch.autograd.backward`
+            # references until the whole backward returns (4 B beyond the plan at the floor before)
+            held = t.meta["val"].dim() == 0
+            grads.append(Grad(_nbytes(t.meta["val"]), start, -1 if held else first + last_reader[t]))
     return nodes, grads
 
 
