@@ -527,3 +527,44 @@ def test_inductor_gets_views_as_their_base():
     _, _, grads, _ = compiled_step(model, ids, budget=1.0)
     for a, b in zip(eager, grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+class _TiedGatedNet(nn.Module):
+    """A depthwise convolution, GroupNorm, causal attention beside a SiLU gate, dropout, a cumsum
+    and a head tied to the embedding, with the loss in the graph. (GroupNorm straight on the
+    transposed embedding, as in `_GroupedEmbedding`, made inductor's fused embedding/GroupNorm
+    backward kernel write out of bounds under this backend at these sizes: heap corruption.)"""
+
+    def __init__(self, vocab=61, d=32):
+        super().__init__()
+        self.embed, self.norm = nn.Embedding(vocab, d), nn.GroupNorm(4, d)
+        self.conv = nn.Conv1d(d, d, 5, padding=2, groups=d)
+        self.qkv, self.gate, self.out = nn.Linear(d, 3 * d), nn.Linear(d, 4 * d), nn.Linear(2 * d, d)
+        self.drop, self.final = nn.Dropout(0.1), nn.LayerNorm(d)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        h = self.norm(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        q, k, v = (t.unflatten(-1, (4, -1)).transpose(1, 2) for t in self.qkv(h).chunk(3, -1))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).flatten(2)
+        u, w = self.gate(h).chunk(2, -1)
+        y = torch.relu(self.out(self.drop(torch.cat([a, (torch.nn.functional.silu(u) * w)[..., : a.shape[-1]]], -1))))
+        logits = torch.nn.functional.linear(self.final(x + y.cumsum(1)), self.embed.weight)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.roll(-1, 1).flatten())
+
+
+def test_inductor_post_grad_rewrites_stay_within_the_budget():
+    """NOTE [ Inductor's post-grad rewrites ] and (4) of NOTE [ Recomputation inside inductor's
+    kernels ]: the tied head's weight gradient is an addmm at the end of backward, the gate's
+    gradient is written into its cat in the kernel that recomputes the gate. Before they were
+    modelled, this net measured 502,412 B for 463,248 B predicted at 90% and 411,276 B for
+    363,396 B at 70%, over the budget at both."""
+    torch.manual_seed(0)
+    model, ids = _TiedGatedNet().train(), torch.randint(0, 61, (4, 32))
+    for fraction in (0.9, 0.7):
+        torch._dynamo.reset()
+        compiled, be, _, _ = compiled_step(model, ids, budget=fraction)
+        (plan,) = fxckpt.compiled_plans(be)
+        peak = measured_peak(compiled, ids)
+        assert peak <= plan.budget_bytes, (fraction, peak, plan.summary())
+        assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (fraction, peak, plan.summary())

@@ -25,7 +25,8 @@ and an inlined backward value's inputs are read by its last reader (`_inlined_re
 nodes that the joint graph places among the backward ops run where inductor fuses them
 (`_early`); backward ops and recomputations run in the kernels inductor may fuse them into
 (NOTE [ Recomputation inside inductor's kernels ]); its channels-last layout copies inputs and
-changes what convolutions allocate (NOTE [ Inductor's channels-last layout ]).
+changes what convolutions allocate (NOTE [ Inductor's channels-last layout ]); its post-grad
+rewrites move matmuls and write cats' inputs into the cat (NOTE [ Inductor's post-grad rewrites ]).
 """
 
 from __future__ import annotations
@@ -194,12 +195,16 @@ def _prefer(node: fx.Node) -> str | None:
     return None
 
 
+# Ops inductor lowers to pointwise code that carry no pointwise tag (`lowering.slice_scatter`, ...).
+_SCATTERS = frozenset({torch.ops.aten.slice_scatter.default, torch.ops.aten.select_scatter.default})
+
+
 def _fusible(node: fx.Node) -> bool:
     """Whether inductor computes `node` inside a generated kernel (pointwise and reductions; random
     numbers are drawn in the kernel that uses them), rather than as an extern kernel or fallback."""
     tags = getattr(node.target, "tags", ())
     return node.op == "call_function" and (torch.Tag.pointwise in tags or torch.Tag.reduction in tags
-                                           or _inductor_random(node.target))
+                                           or node.target in _SCATTERS or _inductor_random(node.target))
 
 
 def _readers(node: fx.Node) -> list[fx.Node]:
@@ -237,7 +242,8 @@ def fused_values(graph_nodes: list[fx.Node]) -> tuple[set[fx.Node], dict[fx.Node
     for n in graph_nodes:
         if n.op != "call_function" or is_view(n):
             continue
-        if torch.Tag.pointwise not in getattr(n.target, "tags", ()) and not _inductor_random(n.target):
+        if torch.Tag.pointwise not in getattr(n.target, "tags", ()) and not _inductor_random(n.target) and (
+                n.target not in _SCATTERS):
             continue  # extern kernels, fallbacks and reductions write their outputs
         inputs = [_base(a) for a in n.all_input_nodes]
         r = reads[n] = frozenset().union(*(reads[a] if a in fused else {a} for a in inputs))
@@ -376,26 +382,34 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
     "bwd tangents" node) whose backward saves the forward values it reads, and the gradients
     and temporaries it allocates, alive until their last reader."""
     first = len(fwd_nodes)
-    root, fwd_alias, last_reader = _backward_storage(backward, tangents, index)
+    addmm, into_cat = _post_grad_rewrites(backward) if fusion else ({}, {})
+    inputs = {n: _rewritten_inputs(n, addmm) for n in backward}
+    root, fwd_alias, last_reader = _backward_storage(backward, tangents, index, inputs)
 
     def storage_root(a: fx.Node) -> fx.Node:
         return root.get(a, a)
 
     bwd_outputs = {storage_root(a) for a in pytree.tree_leaves(bwd_out_args) if isinstance(a, fx.Node)}
     last_reader, inlined = _inlined_reads(backward, fused, storage_root, last_reader)
-    reads = [[fwd_alias.get(a, a) for a in n.all_input_nodes + inlined.get(k, [])] for k, n in enumerate(backward)]
+    reads = [[fwd_alias.get(a, a) for a in inputs[n] + inlined.get(k, [])] for k, n in enumerate(backward)]
+    extern = {n for n in backward if _extern(n, addmm)}
+    starts = _kernel_run_starts(backward, extern)
+    replays = _replay_kernels(reads, starts, index) if fusion else []
     if fusion:  # NOTE [ Recomputation inside inductor's kernels ]
-        for k, j in enumerate(_kernel_run_starts(backward)):
+        for k, j in enumerate(starts):
             reads[j] = reads[j] + reads[k]
     dying = _dying_grad_bytes(backward, last_reader, bwd_outputs) if fusion else {}
-    moved = _fused_early(backward, fused, storage_root) if fusion else {}
+    moved = _fused_early(backward, fused, storage_root, extern, replays) if fusion else {}
+    pos = {n: k for k, n in enumerate(backward)}
+    for a, cat in into_cat.items():  # NOTE [ Inductor's post-grad rewrites ]: born with its first input
+        moved[pos[cat]] = min(moved.get(pos[cat], pos[cat]), moved.get(pos[a], pos[a]))
     nodes: list[Node] = []
     grads: list[Grad] = []
     start = first + len(backward)  # the "bwd tangents" node, first in backward
     for k, n in enumerate(backward):
         saves = tuple(dict.fromkeys(b for a in reads[k] if a in index for b in fwd_nodes[index[a]].value))
         val = n.meta.get("val")
-        own = 0 if is_view(n) or n in fused else sum(_nbytes(t) for t in _tensors(val))
+        own = 0 if is_view(n) or n in fused or n in addmm or n in into_cat else sum(_nbytes(t) for t in _tensors(val))
         born, charged = first + k, own
         if own and k in moved:  # fused into an earlier kernel (NOTE [ Recomputation inside inductor's kernels ])
             born, charged = start if moved[k] == 0 else first + moved[k] - 1, 0
@@ -452,7 +466,14 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
 # (3) Inductor writes a pointwise kernel's output over an input of its size that dies in that
 # kernel (`inplace_buffers`): a generated backward op whose position sees a same-sized gradient
 # or temporary die allocates nothing beyond it there (`_dying_grad_bytes`).
-# (1) and (2) may charge a value earlier than inductor computes it: safe, and measured close.
+# (4) The kernel recomputing forward values before an extern kernel also computes the backward
+# ops that read what it recomputes, when their backward inputs exist: an unseen net's SiLU-gate
+# gradient (a 393,216 B cat), read from the recomputed gate, ran in the kernel recomputing the
+# dropout output the next weight-gradient matmul reads, before that matmul (`_replay_kernels`;
+# counted whether or not the plan recomputes there, so never under what inductor does), with
+# the pointwise gradients it reads (dropout's) inlined into that kernel: such a backward op may
+# run there once the extern kernels its inputs come from have run.
+# (1), (2) and (4) may charge a value earlier than inductor computes it: safe, and measured close.
 # Predicted / allocator MiB after, budget in brackets: that CNN at 90% 9.300 / 9.273 [9.382], at
 # its floor 8.175 / 8.148 [8.396]; GPT-2 (2 layers, 256 wide, 2x128 tokens) at 50%
 # 202.97 / 202.72 (the loss graph's own predicted peak was 147.24 MiB before, now 98.54 MiB:
@@ -460,42 +481,146 @@ def _backward_nodes(backward: list[fx.Node], tangents: list[fx.Node], bwd_out_ar
 # 10.014 / 10.004.
 
 
-def _kernel_run_starts(backward: list[fx.Node]) -> list[int]:
+def _extern(n: fx.Node, addmm: dict[fx.Node, fx.Node]) -> bool:
+    """Whether inductor runs backward op `n` outside its generated kernels (an extern kernel, a
+    fallback, a cat), after its post-grad rewrites (`_post_grad_rewrites`)."""
+    if n in addmm:
+        return False  # runs as the addmm of its add
+    if n in addmm.values():
+        return True
+    return n.op == "call_function" and not is_view(n) and not _fusible(n)
+
+
+def _kernel_run_starts(backward: list[fx.Node], extern: set[fx.Node]) -> list[int]:
     """Per backward op, the position of the first op after the last extern kernel before it
     (NOTE [ Recomputation inside inductor's kernels ])."""
     starts, start = [], 0
     for k, n in enumerate(backward):
         starts.append(start)
-        if n.op == "call_function" and not is_view(n) and not _fusible(n):
+        if n in extern:
             start = k + 1
     return starts
 
 
-def _fused_early(backward: list[fx.Node], fused: set[fx.Node], storage_root) -> dict[int, int]:
+# NOTE [ Inductor's post-grad rewrites ]
+# Inductor rewrites the backward graph after the partitioner (post-grad passes, then lowering),
+# and two rewrites change what is live, seen on an unseen net (GroupNorm, depthwise convolution,
+# attention, dropout, a head tied to the embedding) whose allocator peak was 6.8% (90%) and 20%
+# (50%) over its budget:
+# (1) `add(mm(a, b), c)` becomes `addmm(c, a, b)` at the add, where the mm has no other reader
+# (`post_grad.addmm`; on a GPU only where a reader of the add is not pointwise,
+# `should_prefer_unfused_addmm`): the mm's operands are read at the add, and its output never
+# exists. A tied head's weight gradient (logits' gradient x the final norm's output) is summed
+# into the embedding's gradient at the end of backward: both operands, 148,992 + 98,304 B, were
+# held through the whole backward, not freed after the head's backward.
+# (2) `cat` is a `ConcatKernel` whose pointwise inputs are computed straight into its slices
+# (`ConcatKernel.realize_into`): an input read by the cat alone is no buffer of its own, and the
+# cat's buffer exists from the kernel of its first such input (a SiLU-gate's gradient,
+# 393,216 B, was allocated in the kernel that computes its first half, with that kernel's inputs).
+# And `slice_scatter` / `select_scatter` (the gradient of a slice) are lowered to pointwise code
+# though untagged (`_SCATTERS`): inlined like any pointwise value, never a buffer of their own.
+# Predicted / allocator B after (budget), with (4) of NOTE [ Recomputation inside inductor's
+# kernels ]: that net at 90% 4,862,472 / 4,662,028 (4,918,125), at 50% 2,703,880 / 2,601,740
+# (2,732,292); before, 4,550,936 / 4,858,636 (4,561,358) and 2,533,912 / 3,040,520 (2,534,088).
+# Not modelled, and so not conservative: a recomputation that reads only inputs and parameters
+# (an embedding's lookup) may be fused into a kernel well before its reader's run; the smaller
+# such net of tests/test_compile.py at its floor measured 376,332 B for 360,580 B predicted.
+
+
+def _post_grad_rewrites(backward: list[fx.Node]) -> tuple[dict[fx.Node, fx.Node], dict[fx.Node, fx.Node]]:
+    """The backward graph's mm -> the add computing it as an addmm, and the pointwise values ->
+    the cat they are written into (NOTE [ Inductor's post-grad rewrites ])."""
+    from torch._prims_common import is_expandable_to
+
+    aten = torch.ops.aten
+    addmm: dict[fx.Node, fx.Node] = {}
+    into_cat: dict[fx.Node, fx.Node] = {}
+    for n in backward:
+        if n.target is aten.add.Tensor and not n.kwargs and len(n.args) == 2:
+            mms = [a for a in n.args if isinstance(a, fx.Node) and a.target is aten.mm.default and len(a.users) == 1]
+            if mms:
+                mm, inp = mms[0], n.args[1] if n.args[0] is mms[0] else n.args[0]
+                val, out = (inp.meta.get("val") if isinstance(inp, fx.Node) else None), mm.meta.get("val")
+                if (isinstance(val, torch.Tensor) and isinstance(out, torch.Tensor) and val.dtype == out.dtype
+                        and is_expandable_to(val.shape, out.shape)
+                        and not (val.device.type != "cpu" and all(_fusible(u) for u in n.users))):
+                    addmm[mm] = n
+        elif n.target is aten.cat.default:
+            for a in n.args[0]:
+                if (isinstance(a, fx.Node) and a.op == "call_function" and not is_view(a) and len(a.users) == 1
+                        and torch.Tag.pointwise in getattr(a.target, "tags", ())):
+                    into_cat[a] = n
+    return addmm, into_cat
+
+
+def _rewritten_inputs(n: fx.Node, addmm: dict[fx.Node, fx.Node]) -> list[fx.Node]:
+    """The values backward op `n` reads once an mm is computed by its add (`_post_grad_rewrites`)."""
+    if n in addmm:
+        return []
+    ins = list(n.all_input_nodes)
+    for mm in [a for a in ins if addmm.get(a) is n]:
+        ins = [a for a in ins if a is not mm] + list(mm.all_input_nodes)
+    return ins
+
+
+def _replay_kernels(reads: list[list[fx.Node]], starts: list[int], index: dict[fx.Node, int]
+                    ) -> list[tuple[int, frozenset]]:
+    """The kernels that may recompute forward values in backward (NOTE [ Recomputation inside
+    inductor's kernels ], (4)): per backward op reading forward values, one at its kernel run's
+    start, reading those values and what recomputing them in generated code reads (through
+    views, pointwise ops and cats, up to the first value another kernel computes)."""
+    def reach(v: fx.Node) -> set[fx.Node]:
+        seen, stack = set(), [v]
+        while stack:
+            u = stack.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.op == "call_function" and (is_view(u) or u.target is torch.ops.aten.cat.default or (
+                    torch.Tag.pointwise in getattr(u.target, "tags", ()) and _ban(u, set()) is None)):
+                stack.extend(a for a in u.all_input_nodes if a in index)
+        return seen
+
+    kernels = []
+    for k, r in enumerate(reads):
+        values = [a for a in r if a in index]
+        if values:
+            kernels.append((starts[k], frozenset().union(*(reach(v) for v in values))))
+    return kernels
+
+
+def _fused_early(backward: list[fx.Node], fused: set[fx.Node], storage_root, extern: set[fx.Node],
+                 replays: list[tuple[int, frozenset]]) -> dict[int, int]:
     """The generated backward ops inductor may run in an earlier kernel, before an extern kernel
-    that precedes them (NOTE [ Recomputation inside inductor's kernels ], (2)), mapped to the
-    position of that kernel: the first generated kernel after their inputs exist that reads a
-    buffer they read (0-dim values, such as the 0 of every ReLU's gradient, do not count)."""
+    that precedes them (NOTE [ Recomputation inside inductor's kernels ], (2) and (4)), mapped to
+    the position of that kernel: the first generated kernel after their inputs exist that reads a
+    buffer they read (0-dim values, such as the 0 of every ReLU's gradient, do not count), or the
+    first kernel that may recompute a forward value they read (`replays`)."""
     pos = {n: k for k, n in enumerate(backward)}
     avail: dict[fx.Node, int] = {}  # a value -> the position after which it exists
     reads: dict[fx.Node, frozenset] = {}  # a fused value -> the buffers its expression reads
     kernels: list[tuple[int, frozenset]] = []  # generated kernels: position, buffers read
-    extern: list[int] = []
+    externs: list[int] = []
     moved: dict[int, int] = {}
+    inline: dict[fx.Node, int] = {}  # a value -> the position after which a kernel may compute it inline
     for k, n in enumerate(backward):
         ins = [storage_root(a) for a in n.all_input_nodes]
         at = max((avail.get(a, pos[a]) for a in ins if a in pos), default=-1)
+        inline[n] = k if n in extern else max((inline[a] for a in ins if a in pos), default=-1)
         if n in fused or is_view(n):
             avail[n] = at  # computed wherever it is read: its inputs' time
             reads[n] = frozenset().union(*(reads.get(a, {a}) for a in ins))
             continue
-        if not _fusible(n):
-            extern.append(k)
+        if n in extern:
+            externs.append(k)
             continue
+        if not _fusible(n):
+            continue  # an mm its add computes (NOTE [ Inductor's post-grad rewrites ])
         bufs = frozenset(b for a in ins for b in reads.get(a, {a}) if _tensors(b.meta.get("val"))
                          and any(t.dim() for t in _tensors(b.meta.get("val"))))
-        p = next((p for p, r in kernels if p >= at and r & bufs), k)
-        if any(p < e < k for e in extern):
+        p = min(next((p for p, r in kernels if p >= at and r & bufs), k),
+                min((p for p, r in replays if p >= inline[n] and r & bufs), default=k))
+        if any(p < e < k for e in externs):
             moved[k] = avail[n] = p
         kernels.append((moved.get(k, k), bufs))
     return moved
@@ -536,7 +661,8 @@ def _inlined_reads(backward: list[fx.Node], fused: set[fx.Node], storage_root, l
     return last, inlined
 
 
-def _backward_storage(backward: list[fx.Node], tangents: list[fx.Node], index: dict[fx.Node, int]):
+def _backward_storage(backward: list[fx.Node], tangents: list[fx.Node], index: dict[fx.Node, int],
+                      inputs: dict[fx.Node, list[fx.Node]]):
     """Where the backward graph's values live: `root`, a backward view -> the backward node (or
     tangent) owning its storage; `fwd_alias`, a backward view of a forward value -> that forward
     node; `last_reader`, a storage's owner -> the position of its last backward reader."""
@@ -553,7 +679,7 @@ def _backward_storage(backward: list[fx.Node], tangents: list[fx.Node], index: d
                 root[n] = root.get(base, base)
             elif base in index or base in fwd_alias:
                 fwd_alias[n] = fwd_alias.get(base, base)
-        for a in n.all_input_nodes:
+        for a in inputs[n]:
             last_reader[root.get(a, a)] = k
     return root, fwd_alias, last_reader
 
