@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from fxckpt.core.errors import InfeasibleBudgetError, SolverError
 from fxckpt.core.simulate import simulate
 from fxckpt.core.solvers import solve
+from fxckpt.core.solvers import block_dp
 from fxckpt.core.solvers.block_dp import between, cheapest, compose, fronts, options_front, signature, units
 from fxckpt.core.synthetic import repeated_blocks
 
@@ -44,6 +45,21 @@ def test_compose_is_the_block_model_optimum(groups, budget):
         assert [len(ks) for ks in got[1]] == [count for count, _ in groups]
         assert sum(o[1] for o in picked) == got[0]
         assert 100 - sum(o[0] for o in picked) + max(o[2] for o in picked) <= budget
+
+
+@settings(**SETTINGS)
+@given(st.lists(group, min_size=1, max_size=4), st.none() | st.integers(0, 60))
+def test_fronts_in_arrays_equal_fronts_in_lists(groups, most):
+    # NOTE [ Fronts in arrays ]: the same points, links and tie-breaks with and without numpy
+    # (small ranges: many ties in sum d and sum c)
+    pytest.importorskip("numpy")
+    groups = [(count, [(d, c, t, frozenset()) for d, c, t in opts]) for count, opts in groups]
+    with_np = fronts(groups, most)
+    saved, block_dp.np = block_dp.np, None
+    try:
+        assert fronts(groups, most) == with_np
+    finally:
+        block_dp.np = saved
 
 
 def test_options_front_drops_only_dominated_options():

@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover
     sp = None
 
 BACKEND = "auto"  # "networkx", "scipy", or "auto": scipy (if installed) from _SCIPY_FROM nodes
-_SCIPY_FROM = 300
+_SCIPY_FROM = 200  # ResNet-50 (234 nodes): the same plans at 70 and 50%, its cut phase ~3x faster
 _GRID = 24  # multipliers cut per round
 _ROUNDS = 4  # reweighting rounds while no cut plan fits
 _REFINE = 5  # bisection steps between the last multiplier over budget and the first within
