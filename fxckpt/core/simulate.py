@@ -66,9 +66,8 @@ class Simulation:
 def needed_recipes(problem: RematProblem, recompute: frozenset[int]) -> frozenset[int]:
     """Nodes whose recipe the runtime must build: those whose buffers backward saves, and
     the remat inputs of those, transitively."""
-    src, last = problem.source, problem.last_writer
-    nodes, buffers = problem.nodes, problem.buffers
-    stack = [last[b] for n in nodes if n.requires_grad for b in n.saves if buffers[b].producer in recompute]
+    src, nodes, slots = problem.source, problem.nodes, step_facts(problem).slots
+    stack = [x for r in recompute for x in slots.get(r, ())]
     need: set[int] = set()
     while stack:
         p = stack.pop()
@@ -169,6 +168,9 @@ class StepFacts:
         inlined: per node, whether it creates buffers and all are fused (a replay computed in its
             readers' kernels, reading its inputs there).
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
+        slots: per producer of a saved buffer, the last writer of that buffer once per saved
+            slot (the recipe each slot packs when the producer is recomputed).
+        made: per producer, the buffers it allocates.
     """
 
     nbytes: list[int]
@@ -183,6 +185,8 @@ class StepFacts:
     inlined: list[bool]
     born: list[int]
     dying: list[int]
+    slots: dict[int, list[int]]
+    made: dict[int, list[int]]
 
 
 def _step_facts(p: RematProblem) -> StepFacts:
@@ -210,12 +214,20 @@ def _step_facts(p: RematProblem) -> StepFacts:
             born[g.born] += g.nbytes
             if g.dies >= 0:  # -1: lives to the end of the step
                 dying[g.dies] += g.nbytes
+    slots: dict[int, list[int]] = {}
+    for sv in saves:
+        for b in sv:
+            slots.setdefault(p.buffers[b].producer, []).append(p.last_writer[b])
+    made: dict[int, list[int]] = {}
+    for b, buf in enumerate(p.buffers):
+        made.setdefault(buf.producer, []).append(b)
     return StepFacts(
         nbytes=[b.nbytes for b in p.buffers], producer=[b.producer for b in p.buffers], saves=saves,
         saved_by=saved_by, output_holds=output_holds, forward_last=last,
         cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
-        inlined=[bool(n.creates) and all(p.buffers[b].fused for b in n.creates) for n in p.nodes], born=born, dying=dying)
+        inlined=[bool(n.creates) and all(p.buffers[b].fused for b in n.creates) for n in p.nodes], born=born, dying=dying,
+        slots=slots, made=made)
 
 
 # NOTE [ Step facts live on the problem ]
@@ -331,9 +343,11 @@ class _Run:
 
     def _forward(self) -> None:
         p, R, st, n = self.p, self.R, self.st, len(self.p.nodes)
-        rc, producer = self.rc, st.producer
-        for b in range(len(rc)):  # holders that last into backward
-            rc[b] = (0 if producer[b] in R else st.saved_by[b]) + st.output_holds[b]
+        rc, saved_by = self.rc, st.saved_by
+        rc[:] = [s + o for s, o in zip(saved_by, st.output_holds)]  # holders that last into backward
+        for x in R:
+            for b in st.made.get(x, ()):
+                rc[b] -= saved_by[b]
         self.recipe_rc = recipe_rc = [0] * n
         for q in self.need:
             for b in self._held_inputs(q):
@@ -341,24 +355,31 @@ class _Run:
             for a in st.inputs[q]:
                 if self.src[a] in R:
                     recipe_rc[a] += 1
-        if R:
-            for sv in st.saves:
-                for b in sv:  # one packed recipe per saved slot
-                    if producer[b] in R:
-                        recipe_rc[self.last[b]] += 1
+        for x in R:
+            for y in st.slots.get(x, ()):  # one packed recipe per saved slot
+                recipe_rc[y] += 1
         frees: list[list[int]] = [[] for _ in range(n)]
         for b, end in enumerate(st.forward_last):
             if rc[b] == 0 and end >= 0:
                 frees[end].append(b)
         alive, nbytes = self.alive, st.nbytes
-        fused = st.fused
+        fused, need = st.fused, self.need
+        quiet = self.marks is None and not self.record  # a step below the peak then only counts
         for t, node in enumerate(p.nodes):
-            self._alloc(b for b in node.creates if not fused[b] or rc[b])  # NOTE [ Fused buffers ]
-            if t in self.need:  # NOTE [ RNG states are activation memory ]
-                self.live += node.recipe_bytes
+            live = self.live  # the loop is most of a solver's time: _alloc and _mark inlined
+            for b in node.creates:
+                if not alive[b] and (rc[b] or not fused[b]):  # NOTE [ Fused buffers ]
+                    alive[b] = True
+                    live += nbytes[b]
+            if t in need:  # NOTE [ RNG states are activation memory ]
+                live += node.recipe_bytes
             if node.requires_grad:
-                self.live += node.extra_saved_bytes
-            self._mark("forward", t, node.transient_bytes)
+                live += node.extra_saved_bytes
+            self.live = live
+            if quiet and live + node.transient_bytes <= self.peak and self.step != self.stop:
+                self.step += 1
+            else:
+                self._mark("forward", t, node.transient_bytes)
             for b in frees[t]:
                 if alive[b]:
                     alive[b] = False
@@ -428,6 +449,7 @@ class _Run:
     # one at a later unpack, with more live: the dry run checks every plan.
     def _backward(self) -> None:
         p, R, st, producer = self.p, self.R, self.st, self.st.producer
+        quiet = self.marks is None and not self.record
         for c in p.backward_order:
             node = p.nodes[c]
             saves = st.saves[c]
@@ -437,7 +459,10 @@ class _Run:
                     if producer[b] in R:
                         self._materialize(self.last[b])
                 self.live -= node.bwd_unpack_bytes
-            self._mark("backward", c, node.bwd_transient_bytes)
+            if quiet and self.live + node.bwd_transient_bytes <= self.peak and self.step != self.stop:
+                self.step += 1  # as in _forward
+            else:
+                self._mark("backward", c, node.bwd_transient_bytes)
             self.live += st.born[c] - st.dying[c]
             for b in saves:
                 if producer[b] in R:
