@@ -205,3 +205,25 @@ def test_simulator_interface_for_solvers():
     facts = step_facts(p)
     for m in marks:
         assert m.live_bytes >= sum(facts.nbytes[b] for b in m.live_buffers)
+
+
+@pytest.mark.parametrize("shape,seed", [("skip", 0), ("diamond", 1), ("fanout", 2)])
+def test_quiet_runs_count_what_recorded_runs_mark(shape, seed):
+    # a run without marks or timeline skips steps below its peak (simulate._forward): its peak,
+    # cost and capped answers are those of the run that marks every step, transients included
+    import random
+
+    from fxckpt.core.simulate import step_marks
+    from fxckpt.core.synthetic import random_problem
+    import dataclasses
+    p = random_problem(40, shape, seed)
+    rng = random.Random(seed)
+    p = dataclasses.replace(p, nodes=tuple(dataclasses.replace(n, transient_bytes=rng.choice((0, 0, 0, 2**26)),
+                                                               bwd_transient_bytes=rng.choice((0, 2**20))) for n in p.nodes))
+    for k in (0, 3, 8, 15):
+        R = frozenset(rng.sample(p.candidates(), k))
+        sim = simulate(p, R)
+        assert sim.peak_bytes == max(m.live_bytes for m in step_marks(p, R)) == simulate(p, R, timeline=True).peak_bytes
+        assert sim.recompute_cost == simulate(p, R, timeline=True).recompute_cost
+        cap = int(0.8 * sim.peak_bytes)
+        assert simulate(p, R, cap=cap).peak_bytes >= cap and simulate(p, R, cap=sim.peak_bytes + 1).peak_bytes == sim.peak_bytes
