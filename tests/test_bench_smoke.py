@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fxckpt.benchmark import StrategyResult, compare_strategies, print_comparison_table, to_markdown
-from fxckpt.benchmark.strategies import strategy
+from fxckpt.benchmark.strategies import register_strategy, strategy
 
 STRATEGIES = ["none", "every-2", "sqrt segments", "fxckpt 50%", "fxckpt @ every-2"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -102,6 +102,33 @@ def test_compiled_fxckpt_row_reports_its_prediction_not_livebytes(one_thread):
     assert none.live_peak_mib is not None and row.live_peak_mib is None
     (plan,) = fxckpt.compiled_plans(backends[-1])
     assert row.predicted_mib == plan.predicted_peak_bytes / 2**20 < none.peak_mib
+
+
+@register_strategy("compile crash (test)")  # isolated by default: its name starts as torch's compile rows
+def _segfaults(model, example):
+    import ctypes
+
+    ctypes.string_at(0)  # what torch's partitioner did to a TinyCNN bench run: SIGSEGV
+
+
+def test_a_crashing_compiled_row_costs_that_row_only(one_thread):
+    """A compiled row whose process dies (torch's own `compile budget 0.5` row segfaulted in a
+    TinyCNN bench run and took the whole benchmark down) gets a status naming the signal, and
+    the rows after it are measured."""
+    rows = compare_strategies("quick", strategies=["none", "compile crash (test)", "every-2"], iterations=1)
+    assert [(r.strategy, r.status) for r in rows] == [
+        ("none", "ok"), ("compile crash (test)", "crashed (SIGSEGV)"), ("every-2", "ok")]
+
+
+def test_an_isolated_row_measures_what_it_measures_in_process(one_thread):
+    """A row run in its own process (the model, input, reference step and earlier rows pickled to
+    it) reports the same deterministic figures as in this process."""
+    here, there = (compare_strategies("quick", strategies=["none", "every-2"], iterations=1, isolate=prefixes)[1]
+                   for prefixes in ((), ("every-",)))
+    assert here.status == there.status == "ok", (here.notes, there.notes)
+    for field in ("peak_mib", "flops", "flops_overhead_pct", "grad_diff", "saved_pct", "forward_check_bytes"):
+        assert getattr(there, field) == getattr(here, field), field
+    assert there.grad_diff == 0 and there.none_step_seconds is not None  # its timed steps paired with none's
 
 
 def test_strategy_registry():

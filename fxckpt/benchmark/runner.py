@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import importlib
 import logging
 import math
 import statistics
@@ -24,12 +25,16 @@ from ..core.errors import MIB, InfeasibleBudgetError
 from ..measure import LiveBytesMode
 from ..passes.capture import call_with, step_loss, training_kwargs
 from .flops import flop_counter
+from .isolate import CannotIsolate, ChildCrashed, call_isolated
 from .meters import forward_memory_check, profiled_memory
 from .results import ZERO_GRADS, StrategyResult
 from .strategies import DEFAULT_BUDGETS, Prepared, SkipStrategy, Strategy, expand, strategy
 from .zoo import ZOO, transformer
 
-__all__ = ["compare_strategies"]
+__all__ = ["ISOLATED", "compare_strategies"]
+
+# Rows whose names start so run in a process of their own (NOTE [ Compiled rows run in their own process ]).
+ISOLATED = ("compile ", "fxckpt compile ")
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +197,39 @@ def _run_one(name: str, strategy_fn: Strategy, base: nn.Module, example, *, mode
     return _finish_row(name, model_name, prep, measured, reference, _has_dropout(base)), measured
 
 
+def _run_isolated(name: str, strategy_fn: Strategy, base: nn.Module, example, rows: dict[str, StrategyResult], *,
+                  baseline: _Stepper | None, **run) -> StrategyResult:
+    """`_run_one` in a child process (NOTE [ Compiled rows run in their own process ]); a crash is
+    the row's status. The child pairs its timed steps with a "none" stepper of its own."""
+    try:
+        return call_isolated(_row_in_child, name, strategy_fn.__module__, rows, base, example, baseline is not None,
+                             torch.get_num_threads(), run)
+    except CannotIsolate as e:
+        log.info("%s: %s runs in this process: %s", run["model_name"], name, e)
+    except ChildCrashed as e:
+        log.warning("%s: %s: its process died (%s)", run["model_name"], name, e)
+        return StrategyResult(run["model_name"], name, status=f"crashed ({e})",
+                              notes="the row's own process died inside the step (a compiler crash); the other rows "
+                                    "ran in other processes")
+    return _run_one(name, strategy_fn, base, example, baseline=baseline, **run)[0]
+
+
+def _row_in_child(name: str, module: str, rows: dict[str, StrategyResult], base: nn.Module, example, paired: bool,
+                  threads: int, run: dict) -> StrategyResult:
+    torch.set_num_threads(threads)
+    importlib.import_module(module)  # registers strategies defined by the caller's module
+    try:
+        strategy_fn = strategy(name, rows)
+    except ValueError as e:  # registered at run time in the parent (e.g. inside a function)
+        raise CannotIsolate(str(e)) from None
+    baseline = _Stepper(Prepared(*(2 * [copy.deepcopy(base)])), example, run["seed"]) if paired else None
+    try:
+        return _run_one(name, strategy_fn, base, example, baseline=baseline, **run)[0]
+    finally:
+        if baseline is not None:
+            baseline.close()
+
+
 def _finish_row(name: str, model_name: str, prep: Prepared, measured: _Measured, reference: _Measured | None,
                 dropout: bool) -> StrategyResult:
     notes = list(prep.notes)
@@ -262,7 +300,8 @@ def compare_strategies(model_or_name: nn.Module | str | None = None, example_inp
                        budgets: Sequence[float] = DEFAULT_BUDGETS, seed: int = 0,
                        live_check: Sequence[str] = ("none", "fxckpt"), model_name: str | None = None,
                        num_layers: int | None = None, hidden_size: int | None = None, batch_size: int | None = None,
-                       sequence_length: int | None = None, progress: bool | None = None) -> list[StrategyResult]:
+                       sequence_length: int | None = None, progress: bool | None = None,
+                       isolate: Sequence[str] = ISOLATED) -> list[StrategyResult]:
     """Measure one training step of a model under each checkpointing strategy.
 
     Three ways to name the model: a module and its example input; a `ZOO` name; or, as in the
@@ -287,6 +326,10 @@ def compare_strategies(model_or_name: nn.Module | str | None = None, example_inp
             (defaults 12, 768, 4, 512 where one of them is given).
         progress: also print a line per strategy to stderr (the same lines are logged at INFO);
             default: on for the tutorial's shape form, whose full-size transformer runs for minutes.
+        isolate: name prefixes of the rows run each in a process of their own (default: the
+            compiled rows), so that a crash in a compiler becomes that row's status
+            (``"crashed (SIGSEGV)"``) instead of ending the comparison. A row whose model, input
+            or strategy cannot be sent to a child process (pickle) runs in this process.
 
     Returns:
         One `StrategyResult` per strategy, in run order (``status`` ``"ok"`` where measured).
@@ -314,12 +357,13 @@ def compare_strategies(model_or_name: nn.Module | str | None = None, example_inp
             except ImportError as e:
                 return [StrategyResult(name, "(all)", status=f"{e.name or 'dependency'} not installed")]
             return _compare(base, example, name, strategies=strategies, iterations=iterations, budgets=budgets,
-                            seed=seed, live_check=live_check, progress=progress)
+                            seed=seed, live_check=live_check, progress=progress, isolate=isolate)
     if model_or_name is None or example_input is None:
         raise ValueError("pass a module and its example_input, a zoo name, or a transformer shape "
                          "(num_layers=, hidden_size=, batch_size=, sequence_length=)")
     return _compare(model_or_name, example_input, model_name or type(model_or_name).__name__, strategies=strategies,
-                    iterations=iterations, budgets=budgets, seed=seed, live_check=live_check, progress=progress)
+                    iterations=iterations, budgets=budgets, seed=seed, live_check=live_check, progress=progress,
+                    isolate=isolate)
 
 
 def _tutorial_transformer(shape: dict[str, int], model_name: str | None):
@@ -345,7 +389,7 @@ def _threads(n: int | None):
 
 
 def _compare(base: nn.Module, example, name: str, *, strategies, iterations, budgets, seed, live_check,
-             progress) -> list[StrategyResult]:
+             progress, isolate) -> list[StrategyResult]:
     """The comparison on one built model: "none" first, then each strategy on a fresh copy, then
     (for ``"fxckpt @ *"``) fxckpt at every anchor's measured peak."""
     if isinstance(example, dict):
@@ -368,9 +412,13 @@ def _compare(base: nn.Module, example, name: str, *, strategies, iterations, bud
                 rows[strategy_name] = StrategyResult(name, strategy_name, status=str(e))
             else:
                 live = strategy_name in live_check or ("fxckpt" in live_check and strategy_name.startswith("fxckpt"))
-                rows[strategy_name], measured = _run_one(
-                    strategy_name, strategy_fn, base, example, model_name=name, iterations=iterations, seed=seed,
-                    live=live, reference=reference, baseline=baseline)
+                run = dict(model_name=name, iterations=iterations, seed=seed, live=live, reference=reference)
+                if strategy_name != "none" and strategy_name.startswith(tuple(isolate)):
+                    rows[strategy_name] = _run_isolated(strategy_name, strategy_fn, base, example, dict(rows),
+                                                        baseline=baseline, **run)
+                else:
+                    rows[strategy_name], measured = _run_one(strategy_name, strategy_fn, base, example,
+                                                             baseline=baseline, **run)
                 _announce(progress, "%s: %s: %s in %.0f s (%.0f s so far)", name, strategy_name,
                           rows[strategy_name].status, time.perf_counter() - t0, time.perf_counter() - t_start)
             if strategy_name == "none":
