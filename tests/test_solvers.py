@@ -72,6 +72,20 @@ def test_infeasible_error_names_a_budget_that_is_feasible(p):
     assert solve(p, floor, "auto").predicted_peak_bytes <= floor
 
 
+def test_the_floor_is_where_the_descent_stops():
+    """min_peak_plan's plan is a point where the greedy descent, started from it, lowers the peak
+    no further (NOTE [ The descent goes on from a cut ]). Before, the descent went on from it on
+    this graph (70,254,592 B -> 69,206,016 B), and the tiny CNN under inductor was named an
+    8,804,268 B floor although a 8,017,964 B plan was known (now 8,017,836 B)."""
+    from fxckpt.core.solvers.greedy import descend
+
+    p = random_problem(80, "diamond", 6)
+    floor = min_peak_plan(p)
+    peak = simulate(p, floor).peak_bytes
+    assert simulate(p, descend(p, 0, start=floor)).peak_bytes >= peak
+    assert peak <= 69_206_016
+
+
 def test_auto_is_exact_on_small_graphs():
     for seed in range(10):
         p = random_problem(10, "skip", seed)

@@ -74,7 +74,31 @@ def _lowest(problem: RematProblem, pricings: tuple[RematProblem, ...]) -> frozen
     if len(problem.candidates()) <= EXACT_UP_TO:  # exact; ties broken by FLOPs, which do not vary
         return solve_exhaustive(pricings[0], 0)
     plans = [plan for q in pricings for plan in (descend(q, 0), solve_mincut(q, 0))]
-    return min(plans, key=lambda R: (simulate(problem, R).peak_bytes, sorted(R)))
+    return _polished(problem, min(plans, key=lambda R: (simulate(problem, R).peak_bytes, sorted(R))))
+
+
+POLISH_ROUNDS = 4
+
+
+def _polished(problem: RematProblem, best: frozenset[int]) -> frozenset[int]:
+    """`best` lowered further (NOTE [ The descent goes on from a cut ]).
+
+    NOTE [ The descent goes on from a cut ]
+    The greedy descent stops where no single recomputation lowers the peak, and where it stops
+    depends on where it starts: from nothing it stops higher than from the plan the min-cut
+    solver makes at the best peak found so far. So each round cuts at that peak and descends
+    from the cut; it stops when a round lowers nothing. The tiny CNN under inductor (32x3x32x32):
+    the floor named was 8,804,268 B, while a plan at 8,017,964 B was known (the one planned
+    before the inductor model changed); one round: a cut at 8,571,852 B, then 8,017,836 B.
+    """
+    peak = simulate(problem, best).peak_bytes
+    for _ in range(POLISH_ROUNDS):
+        tried = [descend(problem, 0, start=best), descend(problem, 0, start=solve_mincut(problem, peak))]
+        lower = min(tried, key=lambda R: (simulate(problem, R).peak_bytes, sorted(R)))
+        if simulate(problem, lower).peak_bytes >= peak:
+            break
+        best, peak = lower, simulate(problem, lower).peak_bytes
+    return best
 
 
 def _in_flops(problem: RematProblem) -> RematProblem:
