@@ -55,6 +55,8 @@ How it was measured (`fxckpt.benchmark`; same method for every strategy of a mod
 - **max |Δgrad|**: largest absolute difference of any parameter gradient from `none`'s, both steps
   seeded alike.
 - **predicted MiB**: fxckpt's plan; fxckpt plans the peak that LiveBytesMode measures.
+- **status**: compiled rows run each in a process of their own, so a compiler that crashes gives
+  that row a status such as `crashed (SIGSEGV)` and the other rows are still measured.
 """
 
 
