@@ -269,8 +269,9 @@ class _Partitioner(_custom_partitioner_base()):
                          choose=self._choose, fusion=self.owner.compiler == "inductor")
 
     def _choose(self, problem: RematProblem) -> Plan:
-        if self.recompute_nothing:
-            self.last = solve(problem, 2**62, "none")
+        if self.recompute_nothing:  # but what the problem forces (NOTE [ Fused copies are replayed, never saved ])
+            forced = frozenset(i for i in problem.candidates() if problem.nodes[i].prefer == "recompute")
+            self.last = make_plan(problem, forced, solver="none", budget_bytes=None, solve_seconds=0.0)
         else:
             self.last = self.owner.plan(problem, self.frame, self.reserve)
         return self.last

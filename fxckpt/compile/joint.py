@@ -347,6 +347,26 @@ def _storage_sources(graph_nodes: list[fx.Node], inputs: list[fx.Node],
     return source
 
 
+# NOTE [ Fused copies are replayed, never saved ]
+# A clone that inductor fuses into its readers (`fused_values`: the contiguous copy of a
+# transposed embedding that a GroupNorm reads) is never written in inductor's forward; torch's
+# partitioner replays such a copy in backward (clone is in its recomputable ops, and it charges
+# twice the bytes for saving a value that is not materialized). Saved, the backward graph takes
+# a buffer transposed with respect to its source, and torch 2.13's inductor miscompiled the
+# kernel that fuses GroupNorm's backward with the embedding's (`embedding_dense_backward`): the
+# scatter-add into the embedding's gradient indexed `x1 + 2*x1_inner + 32*idx` for
+# `x1 + x1_inner + ...`, writing outside the gradient (a heap corruption abort at the first
+# backward of an embedding -> transpose -> GroupNorm -> Conv1d net with a residual; wrong
+# gradients where it did not crash). So such a copy is a forced recomputation (`prefer`), which
+# the solvers honour and the simulator charges: its input is kept instead, and the copy is
+# made again inside the backward kernel that reads it, as under torch's partitioner.
+
+
+def _fused_copy(node: fx.Node, fused: set[fx.Node], fwd_outputs: set[fx.Node]) -> bool:
+    """Whether `node` is a copy inductor fuses into its readers (NOTE [ Fused copies are replayed, never saved ])."""
+    return node in fused and node.target is torch.ops.aten.clone.default and node not in fwd_outputs
+
+
 def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fwd_outputs: set[fx.Node],
                    fused: set[fx.Node], layout: bool, fusion: bool) -> tuple[list[Node], list[Buffer]]:
     """A problem node per forward fx node, and the buffers they create (one per element of a tuple)."""
@@ -369,7 +389,8 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
             name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
                 index[a] for a in n.all_input_nodes if a in index)),
             creates=tuple(creates), value=value, flops=_flops(n) if creates else 0,
-            transient_bytes=op_scratch(n, layout, fusion), is_output=n in fwd_outputs, prefer=_prefer(n),
+            transient_bytes=op_scratch(n, layout, fusion), is_output=n in fwd_outputs,
+            prefer=_prefer(n) or ("recompute" if _fused_copy(n, fused, fwd_outputs) else None),
             ban="inductor's channels-last copy of an input" if n.op == "placeholder" else _ban(n, fwd_outputs),
         ))
     return nodes, buffers
