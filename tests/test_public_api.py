@@ -51,7 +51,7 @@ SIGNATURES = {
     ("fxckpt.benchmark", "compare_strategies"):
         "(model_or_name=None, example_input=None, *, strategies=None, iterations=3, budgets=(0.5, 0.25), seed=0, "
         "live_check=('none', 'fxckpt'), model_name=None, num_layers=None, hidden_size=None, batch_size=None, "
-        "sequence_length=None, progress=None)",
+        "sequence_length=None, progress=None, isolate=('compile ', 'fxckpt compile '))",
     ("fxckpt.benchmark", "print_comparison_table"): "(results)",
     ("fxckpt.viz", "plot_timeline"): "(problem, plan=None, ax=None)",
     ("fxckpt.viz", "plot_graph"): "(problem, plan=None, *, max_groups=60, ax=None)",
