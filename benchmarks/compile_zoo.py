@@ -57,15 +57,7 @@ def build(name: str):
         model = zoo.hf_model(ResNetForImageClassification)
         return model, {"pixel_values": torch.randn(2, 3, 64, 64), "labels": torch.randint(0, 2, (2,))}
     if name == "unet":
-        from diffusers import UNet2DModel
-
-        torch.manual_seed(0)
-        model = UNet2DModel(
-            sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(32, 64, 64, 64),
-            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        ).train()
-        return model, {"sample": torch.randn(2, 3, 32, 32), "timestep": torch.tensor([10, 500])}
+        return zoo.unet(32, (32, 64, 64, 64))
     raise ValueError(f"unknown model {name!r}")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "QuickNet", "ZooModel", "gpt2", "hf_model", "llama", "transformer"]
+__all__ = ["ZOO", "QuickNet", "ZooModel", "gpt2", "hf_model", "llama", "transformer", "unet"]
 
 
 @dataclass(frozen=True)
@@ -133,16 +133,17 @@ def _resnet50():
     return model, {"pixel_values": torch.randn(4, 3, 224, 224), "labels": torch.randint(0, model.config.num_labels, (4,))}
 
 
-def _unet():
+def unet(size: int = 64, channels: tuple[int, ...] = (64, 128, 256, 256)):
+    """The zoo's diffusers U-Net (attention at the third level) on a 2 x 3 x size x size batch."""
     from diffusers import UNet2DModel  # an ImportError is the row's status: "diffusers not installed"
 
     torch.manual_seed(0)
     model = UNet2DModel(
-        sample_size=64, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(64, 128, 256, 256),
+        sample_size=size, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=channels,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     ).train()
-    return model, {"sample": torch.randn(2, 3, 64, 64), "timestep": torch.tensor([10, 500])}
+    return model, {"sample": torch.randn(2, 3, size, size), "timestep": torch.tensor([10, 500])}
 
 
 ZOO: dict[str, ZooModel] = {
@@ -156,6 +157,6 @@ ZOO: dict[str, ZooModel] = {
                       "8 heads, vocab 32000, batch 2 x seq 256, labels, use_cache=False"),
     "resnet50": ZooModel(_resnet50, "ResNet-50 (transformers ResNetConfig defaults, ResNetForImageClassification, "
                          "2 labels), input 4x3x224x224, labels"),
-    "unet": ZooModel(_unet, "diffusers UNet2DModel, channels (64, 128, 256, 256), 2 resnets per block, attention at "
+    "unet": ZooModel(unet, "diffusers UNet2DModel, channels (64, 128, 256, 256), 2 resnets per block, attention at "
                      "16x16, input 2x3x64x64 with timesteps [10, 500], loss = sum of the output"),
 }
