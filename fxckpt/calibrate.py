@@ -56,7 +56,7 @@ def device_rates(device="cpu", dtype: torch.dtype = torch.float32, *, refresh: b
 
     A cached table is checked first (NOTE [ Rates measured under load ] in fxckpt.core.timing):
     rates outside what any device does are measured again, and so are rates that a quick matmul
-    probe (a few milliseconds) now beats by `STALE` times; each new measurement is kept together
+    or copy probe (tens of milliseconds) now beats by `STALE` times; each new measurement is kept together
     with the cached one through `fastest`, so the cache converges to the device's quiet rates.
 
     Example:
@@ -72,7 +72,7 @@ def device_rates(device="cpu", dtype: torch.dtype = torch.float32, *, refresh: b
     cached = None if refresh else _read(key)
     if cached is not None:
         why = implausible(cached)
-        if why is None and not stale(cached, probe_flops(device, dtype)):
+        if why is None and not stale(cached, probe_flops(device, dtype), probe_bandwidth(device, dtype)):
             _RATES[key] = cached
             return cached
         log.info("cached device rates %s: measuring again", why or "were measured under load (a probe is faster)")
@@ -170,16 +170,24 @@ def probe_flops(device, dtype: torch.dtype = torch.float32) -> float:
     return _matmul_rate(device, dtype, _matmul_size(device), reps=2)
 
 
+def _copy_rate(device: torch.device, dtype: torch.dtype, reps: int) -> float:
+    nbytes = (512 if device.type == "cuda" else 64) * 2**20
+    x = torch.empty(nbytes // dtype.itemsize, device=device, dtype=dtype)
+    y = torch.empty_like(x)
+    return 2 * nbytes / _best(lambda: y.copy_(x), _sync(device), reps=reps)
+
+
+def probe_bandwidth(device, dtype: torch.dtype = torch.float32) -> float:
+    """The calibration's copy, timed twice (~30 ms on a CPU): whether cached rates are stale."""
+    return _copy_rate(torch.device(device), dtype, reps=2)
+
+
 def measure_rates(device, dtype: torch.dtype = torch.float32) -> DeviceRates:
     """Run the micro-benchmark (no caching; `device_rates` caches)."""
     device = torch.device(device)
     sync = _sync(device)
     flops = _matmul_rate(device, dtype, _matmul_size(device), reps=7)
-    nbytes = (512 if device.type == "cuda" else 64) * 2**20
-    x = torch.empty(nbytes // dtype.itemsize, device=device, dtype=dtype)
-    y = torch.empty_like(x)
-    bandwidth = 2 * nbytes / _best(lambda: y.copy_(x), sync)
-    del x, y
+    bandwidth = _copy_rate(device, dtype, reps=5)
     tiny = torch.ones(1, device=device, dtype=dtype)
     op = _best(lambda: torch.add(tiny, tiny), sync, inner=200)
     mask = torch.empty(2**20, device=device, dtype=dtype)

@@ -70,6 +70,7 @@ def test_rates_are_measured_once_and_cached(tmp_path, monkeypatch):
     fake = DeviceRates("cpu test", 1e10, 1e9, 1e-6, 1e-5)
     monkeypatch.setattr(calibrate, "measure_rates", lambda d, t: calls.append(d) or fake)
     monkeypatch.setattr(calibrate, "probe_flops", lambda d, t: 1e10)  # as fast as cached: not stale
+    monkeypatch.setattr(calibrate, "probe_bandwidth", lambda d, t: 1e9)
     assert calibrate.device_rates("cpu", torch.float64) == fake
     assert calibrate.device_rates("cpu", torch.float64) == fake and len(calls) == 1  # in memory
     monkeypatch.setattr(calibrate, "_RATES", {})
@@ -114,17 +115,19 @@ def test_rate_checks_are_arithmetic():
     assert fastest(quiet, busy) == DeviceRates("cpu", 1e11, 8e9, 2e-6, 1e-5, 1e8)
     assert fastest(busy, quiet) == fastest(quiet, busy)
     assert stale(busy, 1.5 * 3e10 * 1.01) and not stale(busy, 1.5 * 3e10) and not stale(quiet, 3e10)
+    assert stale(busy, 3e10, 1.5 * 8e9 * 1.01) and not stale(busy, 3e10, 1.5 * 8e9)
 
 
 class _Bench:
     """Stands in for the micro-benchmark: hands out the given measurements in turn, records calls."""
 
-    def __init__(self, monkeypatch, tmp_path, measurements, probe):
+    def __init__(self, monkeypatch, tmp_path, measurements, probe, bandwidth=0.0):
         monkeypatch.setenv("FXCKPT_CACHE_DIR", str(tmp_path))
         monkeypatch.setattr(calibrate, "_RATES", {})
         self.measurements, self.calls = list(measurements), 0
         monkeypatch.setattr(calibrate, "measure_rates", self.measure)
         monkeypatch.setattr(calibrate, "probe_flops", lambda d, t: probe)
+        monkeypatch.setattr(calibrate, "probe_bandwidth", lambda d, t: bandwidth)
 
     def measure(self, device, dtype):
         self.calls += 1
@@ -175,3 +178,13 @@ def test_a_gather_reads_the_rows_it_looks_up_not_its_table():
     gm = _annotated(model, torch.randint(0, 1000, (2, 8)))
     emb = next(n.meta["fxckpt"] for n in gm.graph.nodes if "fxckpt" in n.meta and n.op == "call_function")
     assert (emb.ops, emb.bytes_read, emb.bytes_written) == (1, 4 * 16 * 64 + 8 * 16, 4 * 16 * 64)
+
+
+def test_rates_whose_bandwidth_a_copy_probe_beats_are_measured_again(tmp_path, monkeypatch):
+    """A cache measured under load with a plausible FLOP rate but a slow copy (1.9e9 B/s, the
+    1-thread table this machine kept) is measured again when a copy probe runs at 1.6e10."""
+    loaded = DeviceRates("cpu", 1.5e11, 1.9e9, 3e-6, 2.2e-4, 1.4e7)
+    quiet = DeviceRates("cpu", 1.3e11, 1.6e10, 3e-6, 2.5e-5, 8.4e7)
+    bench = _Bench(monkeypatch, tmp_path, [quiet], probe=1.5e11, bandwidth=1.6e10)
+    bench.cache(loaded)
+    assert calibrate.device_rates("cpu", torch.float64) == fastest(loaded, quiet) and bench.calls == 1

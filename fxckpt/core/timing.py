@@ -130,11 +130,16 @@ def fastest(a: DeviceRates, b: DeviceRates) -> DeviceRates:
 STALE = 1.5  # a probe this many times faster than the cached rate: the cache was measured under load
 
 
-def stale(cached: DeviceRates, probed_flops_per_second: float) -> bool:
-    """Whether a quick matmul probe shows the cached rates were measured slow.
+def stale(cached: DeviceRates, probed_flops_per_second: float, probed_bytes_per_second: float = 0.0) -> bool:
+    """Whether quick probes (a matmul, a copy) show the cached rates were measured slow. Both are
+    asked: a cache measured under load kept a plausible FLOP rate beside 1.9e9 B/s for a core that
+    copies at 1.6e10, and over-estimated an encoder's memory-bound nodes 6.6x.
 
     Example:
         >>> stale(DeviceRates("cpu", 2e10, 1e10, 5e-6), probed_flops_per_second=1e11)
         True
+        >>> stale(DeviceRates("cpu", 1e11, 2e9, 5e-6), 1e11, probed_bytes_per_second=1.6e10)
+        True
     """
-    return probed_flops_per_second > STALE * cached.flops_per_second
+    return (probed_flops_per_second > STALE * cached.flops_per_second
+            or probed_bytes_per_second > STALE * cached.bytes_per_second)
