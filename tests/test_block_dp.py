@@ -1,4 +1,4 @@
-"""`block_dp` (torch-free): the composition DP is exact under the block model, and the composed
+"""`block_dp` (torch-free): the composition DP is exact under the phase model, and the composed
 plan fits the budget in the simulator and never beats the exhaustive optimum."""
 
 from itertools import product
@@ -8,63 +8,80 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fxckpt.core.errors import InfeasibleBudgetError, SolverError
-from fxckpt.core.simulate import simulate
+from fxckpt.core.simulate import phase_peaks, simulate
 from fxckpt.core.solvers import solve
 from fxckpt.core.solvers import block_dp
-from fxckpt.core.solvers.block_dp import between, cheapest, compose, fronts, options_front, signature, units
+from fxckpt.core.solvers.block_dp import between, compose, options_front, phases, signature, units
 from fxckpt.core.synthetic import repeated_blocks
 
 SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-option = st.tuples(st.integers(0, 40), st.integers(0, 30), st.integers(0, 15))
-group = st.tuples(st.integers(1, 3), st.lists(option, min_size=1, max_size=3))
+option = st.tuples(st.integers(0, 40), st.integers(0, 30), st.integers(-20, 15), st.integers(-20, 15))
+unit = st.tuples(st.lists(option, min_size=1, max_size=3), st.integers(40, 100), st.integers(40, 100))
 
 
-def brute_compose(groups, peak0, budget):
-    """Every choice of one option per unit, priced by the block model."""
-    choices = [opts for count, opts in groups for _ in range(count)]
-    best = None
-    for pick in product(*choices):
-        if peak0 - sum(o[0] for o in pick) + max(o[2] for o in pick) <= budget:
-            cost = sum(o[1] for o in pick)
-            best = cost if best is None else min(best, cost)
-    return best
+def phase_peak(pick, levels):
+    """The phase model's price of one option per unit (NOTE [ The phase model ])."""
+    peak, held = 0, 0
+    for o, (lf, lb) in zip(pick, levels):
+        peak = max(peak, lf + o[2] - held, lb + o[3] - held)
+        held += o[0]
+    return peak
+
+
+def brute_compose(unit_opts, levels, budget):
+    """Every choice of one option per unit, priced by the phase model."""
+    costs = [sum(o[1] for o in pick) for pick in product(*unit_opts) if phase_peak(pick, levels) <= budget]
+    return min(costs, default=None)
 
 
 @settings(**SETTINGS)
-@given(st.lists(group, min_size=1, max_size=3), st.integers(0, 120))
-def test_compose_is_the_block_model_optimum(groups, budget):
-    groups = [(count, [(d, c, t, frozenset()) for d, c, t in opts]) for count, opts in groups]
-    got = compose(groups, 100, budget)
-    want = brute_compose(groups, 100, budget)
+@given(st.lists(unit, min_size=1, max_size=4), st.integers(0, 120))
+def test_compose_is_the_phase_model_optimum(units_, budget):
+    unit_opts = [opts for opts, _, _ in units_]
+    levels = [(lf, lb) for _, lf, lb in units_]
+    got = compose(unit_opts, levels, budget)
+    want = brute_compose(unit_opts, levels, budget)
     assert (got and got[0]) == want if want is not None else got is None
-    capped = cheapest(fronts(groups, most=max(0, 100 - budget)), len(groups), 100, budget)  # d capped where it buys nothing
-    assert (capped and capped[0]) == (got and got[0])
     if got is not None:  # the chosen options are priced as claimed and fit the model's budget
-        picked = [groups[g][1][k] for g, ks in enumerate(got[1]) for k in ks]
-        assert [len(ks) for ks in got[1]] == [count for count, _ in groups]
-        assert sum(o[1] for o in picked) == got[0]
-        assert 100 - sum(o[0] for o in picked) + max(o[2] for o in picked) <= budget
+        pick = [opts[k] for opts, k in zip(unit_opts, got[1])]
+        assert sum(o[1] for o in pick) == got[0]
+        assert phase_peak(pick, levels) <= budget
 
 
 @settings(**SETTINGS)
-@given(st.lists(group, min_size=1, max_size=4), st.none() | st.integers(0, 60))
-def test_fronts_in_arrays_equal_fronts_in_lists(groups, most):
-    # NOTE [ Fronts in arrays ]: the same points, links and tie-breaks with and without numpy
+@given(st.lists(unit, min_size=1, max_size=4), st.integers(0, 120))
+def test_fronts_in_arrays_equal_fronts_in_lists(units_, budget):
+    # NOTE [ Fronts in arrays ]: the same choices, ties included, with and without numpy
     # (small ranges: many ties in sum d and sum c)
     pytest.importorskip("numpy")
-    groups = [(count, [(d, c, t, frozenset()) for d, c, t in opts]) for count, opts in groups]
-    with_np = fronts(groups, most)
+    unit_opts = [opts for opts, _, _ in units_]
+    levels = [(lf, lb) for _, lf, lb in units_]
+    with_np = compose(unit_opts, levels, budget)
     saved, block_dp.np = block_dp.np, None
     try:
-        assert fronts(groups, most) == with_np
+        assert compose(unit_opts, levels, budget) == with_np
     finally:
         block_dp.np = saved
 
 
 def test_options_front_drops_only_dominated_options():
-    a, b, c = (5, 3, 1, frozenset({0})), (5, 4, 1, frozenset({1})), (2, 1, 0, frozenset())
+    a, b, c = (5, 3, 1, 0, frozenset({0})), (5, 4, 1, 0, frozenset({1})), (2, 1, 0, 0, frozenset())
+    d = (5, 3, 1, -1, frozenset({2}))  # lower on the backward phase only: it beats a
     assert options_front([a, b, c]) == [a, c]
+    assert options_front([a, c, d]) == [c, d]
+
+
+def test_phase_peaks_split_the_simulated_peak():
+    p = repeated_blocks(3, size=3, seed=1)
+    phase = phases(p, units(p))
+    for R in (frozenset(), frozenset(p.candidates()[1:4])):
+        sim, peaks = phase_peaks(p, R, phase)
+        assert max(peaks.values()) == sim.peak_bytes == simulate(p, R).peak_bytes
+        assert {k for k, _ in peaks} == {"f", "b"} and {u for _, u in peaks} == set(phase)
+        for u in set(phase):  # watching one phase: the same peaks there
+            sim_u, peaks_u = phase_peaks(p, R, phase, unit=u)
+            assert sim_u == sim and all(peaks_u[k, u] == peaks[k, u] for k in "fb")
 
 
 def test_between_adds_every_option_between_two_nested_ones():
@@ -91,9 +108,20 @@ def test_block_dp_uses_parts_of_its_seeds_options():
 def test_identical_blocks_share_a_signature():
     p = repeated_blocks(4, size=5, seed=3)
     members = units(p)
-    assert len(members) == 5  # four blocks, then embed and head
-    sigs = {signature(p, m) for m in members[:4]}
-    assert len(sigs) == 1 and signature(p, members[4]) not in sigs
+    assert len(members) == 5  # embed, then four blocks, in execution order (the head is the output)
+    sigs = {signature(p, m) for m in members[1:]}
+    assert len(sigs) == 1 and signature(p, members[0]) not in sigs
+
+
+def test_block_dp_prices_where_a_transient_runs():
+    """Four blocks at 60%: the block model priced every option's transient at the boundary and
+    composed nothing cheaper than the min-cut plan (8,598,323,200 FLOPs); the phase model finds
+    the exhaustive optimum (6,448,742,400)."""
+    p = repeated_blocks(4, size=3, seed=11)  # 14 candidates: 16,384 plans
+    budget = int(0.6 * simulate(p).peak_bytes)
+    plan = solve(p, budget, "block_dp")
+    assert plan.predicted_peak_bytes <= budget
+    assert plan.recompute_flops == solve(p, budget, "exhaustive").recompute_flops == 6_448_742_400
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -142,6 +142,10 @@ def simulate(problem: RematProblem, recompute: Iterable[int] = (), *, timeline: 
         again = _Run(problem, R, False)
         again.go(stop=peak_step)
         live = frozenset(b for b, c in enumerate(again.alive) if c)
+    return _result(problem, run, live)
+
+
+def _result(problem: RematProblem, run: "_Run", live: frozenset[int] = frozenset()) -> Simulation:
     return Simulation(
         peak_bytes=run.peak, peak_at=run.label(run.peak_event), forward_peak_bytes=run.forward_peak,
         boundary_bytes=run.boundary, recompute_flops=run.flops, recomputed=tuple(run.recomputed),
@@ -282,8 +286,10 @@ class _Run:
     """One pass over the step. `alive[b]` marks buffers counted in `live`."""
 
     def __init__(self, problem: RematProblem, R: frozenset[int], record: bool, cap: int | None = None,
-                 marks: list[Mark] | None = None):
+                 marks: list[Mark] | None = None, watch: list[bool] | None = None):
         self.p, self.R, self.record, self.cap = problem, R, record, cap
+        # per node, whether its steps are recorded; None: every step (`phase_peaks`)
+        self.watch = watch if watch is not None else [record] * len(problem.nodes)
         self.marks = marks  # a list to append every step's `Mark` to, or None
         self.st = step_facts(problem)
         self.src, self.last = problem.source, problem.last_writer
@@ -364,7 +370,8 @@ class _Run:
                 frees[end].append(b)
         alive, nbytes = self.alive, st.nbytes
         fused, need = st.fused, self.need
-        quiet = self.marks is None and not self.record  # a step below the peak then only counts
+        quiet = self.marks is None  # a step below the peak then only counts, unless watched
+        watch = self.watch
         for t, node in enumerate(p.nodes):
             live = self.live  # the loop is most of a solver's time: _alloc and _mark inlined
             for b in node.creates:
@@ -376,7 +383,7 @@ class _Run:
             if node.requires_grad:
                 live += node.extra_saved_bytes
             self.live = live
-            if quiet and live + node.transient_bytes <= self.peak and self.step != self.stop:
+            if quiet and not watch[t] and live + node.transient_bytes <= self.peak and self.step != self.stop:
                 self.step += 1
             else:
                 self._mark("forward", t, node.transient_bytes)
@@ -449,17 +456,19 @@ class _Run:
     # one at a later unpack, with more live: the dry run checks every plan.
     def _backward(self) -> None:
         p, R, st, producer = self.p, self.R, self.st, self.st.producer
-        quiet = self.marks is None and not self.record
+        quiet, watch = self.marks is None, self.watch
         for c in p.backward_order:
             node = p.nodes[c]
             saves = st.saves[c]
-            if R and any(producer[b] in R for b in saves):
+            replays = R and any(producer[b] in R for b in saves)
+            if replays:
                 self.live += node.bwd_unpack_bytes  # NOTE [ Recomputed when unpacked ]
                 for b in saves:
                     if producer[b] in R:
                         self._materialize(self.last[b])
                 self.live -= node.bwd_unpack_bytes
-            if quiet and self.live + node.bwd_transient_bytes <= self.peak and self.step != self.stop:
+            if (quiet and not (watch[c] or replays and self.record)  # a replay's step names its owner
+                    and self.live + node.bwd_transient_bytes <= self.peak and self.step != self.stop):
                 self.step += 1  # as in _forward
             else:
                 self._mark("backward", c, node.bwd_transient_bytes)
@@ -474,3 +483,35 @@ class _Run:
 
 class _Stop(Exception):
     pass
+
+
+def phase_peaks(problem: RematProblem, recompute: Iterable[int], phase: list[int],
+                unit: int | None = None) -> tuple[Simulation, dict]:
+    """The simulation of a plan and its peak per phase: ``("f", phase[t])`` over the forward steps
+    of nodes t, ``("b", phase[c])`` over the backward steps of nodes c and the recomputations
+    their backward replays (`block_dp`'s phase model, NOTE [ The phase model ] there). With
+    `unit`, only that phase's peaks are exact (the other steps run quietly: faster).
+
+    Example:
+        >>> from fxckpt.core.synthetic import random_problem
+        >>> p = random_problem(10, seed=0)
+        >>> sim, peaks = phase_peaks(p, (), [0] * 5 + [1] * 5)
+        >>> max(peaks.values()) == sim.peak_bytes
+        True
+    """
+    watch = None if unit is None else [u == unit for u in phase]
+    run = _Run(problem, check_plan(problem, recompute), True, watch=watch)
+    run.go()
+    peaks: dict = {}
+    owner = None  # a recomputation is replayed by the backward step that follows it
+    for live, (kind, i) in reversed(run.events):
+        if kind == "forward":
+            key = ("f", phase[i])
+        elif kind == "backward":
+            key = owner = ("b", phase[i])
+        else:
+            key = owner if owner is not None else ("b", phase[i])
+        if live > peaks.get(key, -1):
+            peaks[key] = live
+    run.events = []  # not asked for
+    return _result(problem, run), peaks
