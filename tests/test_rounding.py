@@ -48,14 +48,29 @@ def _auto_with_and_without_rounding(p, budget, monkeypatch):
 
 
 def test_auto_rounds_below_its_previous_plan(monkeypatch):
-    # 66 nodes (past ILP_UP_TO): min-cut and the block composition recompute 19,660,800; the
-    # LP's seed > 0.5, repaired and pruned, 18,874,368 (the LP bounds 17,380,147)
-    p = repeated_blocks(16, 4, seed=3)
-    budget = int(0.7 * simulate(p).peak_bytes)
+    # 74 nodes (past ILP_UP_TO): min-cut and the block composition recompute 35,651,584; the
+    # LP's seed, repaired and pruned, 35,127,296 (the LP bounds 32,374,784)
+    p = repeated_blocks(12, 6, seed=3)
+    budget = int(0.5 * simulate(p).peak_bytes)
+    monkeypatch.setattr(auto, "BELOW", ())  # the budget's LP alone
     new, sim, before = _auto_with_and_without_rounding(p, budget, monkeypatch)
     assert sim.peak_bytes <= budget
     assert sim.recompute_cost < before.recompute_cost
     assert isinstance(new, Solved) and new.lower_bound <= sim.recompute_cost
+
+
+def test_auto_rounds_the_lps_of_smaller_budgets(monkeypatch):
+    # NOTE [ Rounding below the budget ]: 80 nodes at 70%; the budget's LP rounds and repairs to
+    # 19,922,944 (as min-cut), the LP at 0.9 of it to 18,612,224; its bound is the budget's LP's
+    p = random_problem(80, "diamond", 0)
+    budget = int(0.7 * simulate(p).peak_bytes)
+    new = auto.solve_auto(p, budget)
+    sim = simulate(p, recompute_of(new))
+    monkeypatch.setattr(auto, "BELOW", ())
+    before = auto.solve_auto(p, budget)
+    assert sim.peak_bytes <= budget
+    assert sim.recompute_cost < simulate(p, recompute_of(before)).recompute_cost
+    assert isinstance(new, Solved) and new.lower_bound == before.lower_bound <= sim.recompute_cost
 
 
 @pytest.mark.parametrize("blocks,size,seed,frac", [(16, 4, 1, 0.7), (16, 4, 2, 0.5), (12, 6, 3, 0.5)])
