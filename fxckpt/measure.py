@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
-from .passes.ops import memory_owners
+from .passes.ops import DEVICE_QUERY, memory_owners
 from .passes.runtime import watch_rng_states
 
 __all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "allocator_step_peak",
@@ -174,6 +174,8 @@ class LiveBytesMode(TorchDispatchMode):
                 self.labels.append(self.label())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is DEVICE_QUERY and not self.record_timeline:  # NOTE [ Device queries under fake tensors ] in passes/ops.py
+            return func(*args)
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         grew, inputs = 0, None

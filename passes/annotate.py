@@ -23,7 +23,7 @@ from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, step_loss
 from .fake_step import FakeStep, op_scratch
-from .ops import aten, draws_random, is_batchnorm, storage_key, tensor_leaves
+from .ops import DEVICE_QUERY, aten, draws_random, is_batchnorm, storage_key, tensor_leaves
 from .runtime import rng_state_bytes
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class _OpRecorder(TorchDispatchMode):
         self.decomposes = False  # an op FlopCounterMode would decompose (NOTE [ FLOPs counted once per signature ])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is DEVICE_QUERY:  # NOTE [ Device queries under fake tensors ] in ops.py
+            return func(*args)
         kwargs = kwargs or {}
         self.decomposes |= _counter_decomposes(func)
         random = draws_random(func, args, kwargs)
@@ -199,6 +201,8 @@ class _BackwardTrace(TorchDispatchMode):
             self.grads.append((nbytes, born, None))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is DEVICE_QUERY:  # NOTE [ Device queries under fake tensors ] in ops.py
+            return func(*args)
         out = func(*args, **(kwargs or {}))
         self._sweep(ending=self.current)
         for t in tensor_leaves(out):

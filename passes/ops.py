@@ -88,6 +88,17 @@ def draws_random(func, args, kwargs) -> bool:
     return True
 
 
+# NOTE [ Device queries under fake tensors ]
+# A fake tensor answers `.device` in Python (its data lives on "meta"), so every device query the
+# autograd engine makes from C++ (recording an op's inputs in forward, checking each gradient in
+# backward) is dispatched as `prim.device` through every mode on the stack: on GPT-2 small, 5,612
+# of the 8,870 ops a dry run's meter saw and 4,798 of annotation's 7,117. A query allocates and
+# frees nothing, so the modes that book bytes pass it on untouched: peaks, levels and the node a
+# storage dies in are those of booking every query (a sweep left to the next op books the same
+# deaths to the same node).
+DEVICE_QUERY = torch.ops.prim.device.default
+
+
 def storage_key(t: torch.Tensor) -> int:
     """Identifies a tensor's storage: views and in-place results share their base's key (the
     StorageImpl's address, what StorageWeakRef(...).cdata is, without making a weak ref)."""

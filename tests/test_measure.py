@@ -198,6 +198,25 @@ def test_input_forms_and_input_grads():
     custom = measure_step(model, (x, y), loss_fn=lambda out: out["out"].pow(2).mean(), warmup=False)
     assert custom.flops > 0 and y.grad is None
 
+def test_device_queries_of_fake_tensors_are_passed_on_unbooked():
+    # Autograd asks fake tensors their device through the dispatcher (NOTE [ Device queries under
+    # fake tensors ] in passes/ops.py); the meter passes the queries on without booking them unless
+    # it records a timeline, and the peak is the same either way.
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
+    peaks = {}
+    for record in (True, False):
+        with FakeTensorMode() as fm:
+            fake = {name: fm.from_tensor(p) for name, p in model.named_parameters()}
+            for t in fake.values():
+                t.grad = torch.zeros_like(t)
+            with LiveBytesMode(record_timeline=record) as m:
+                functional_call(model, fake, (fm.from_tensor(mib_tensor()),)).sum().backward()
+        peaks[record] = m.peak_bytes
+        if record:
+            assert "prim.device.default" in {name for _, name in m.timeline}
+    assert peaks[True] == peaks[False] and 3 * MiB <= peaks[True] < 3 * MiB + 4096
+
+
 
 # ---------------------------------------------------------------- fake == real
 
