@@ -12,7 +12,7 @@ from fxckpt.core.simulate import phase_peaks, simulate
 from fxckpt.core.solvers import solve
 from fxckpt.core.solvers import block_dp
 from fxckpt.core.solvers.block_dp import between, compose, options_front, phases, signature, units
-from fxckpt.core.synthetic import repeated_blocks
+from fxckpt.core.synthetic import random_problem, repeated_blocks
 
 SETTINGS = dict(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -179,3 +179,19 @@ def test_auto_is_never_worse_than_mincut_or_block_dp(seed, frac):
         costs[method] = simulate(p, p.indices(plan.recompute)).recompute_cost
     if costs:
         assert "auto" in costs and costs["auto"] <= min(costs.values())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_flips_skip_only_what_changes_nothing(seed):
+    """The neighbours `_flips` leaves out (a node nothing holds) simulate as the option itself."""
+    p = random_problem(30, "skip", seed)
+    members = p.candidates()
+    for positions in (frozenset(), frozenset(range(0, len(members), 3))):
+        R = {members[k] for k in positions}
+        kept = block_dp._flips(p, members, positions)
+        skipped = [k for k in range(len(members)) if positions ^ {k} not in kept]
+        base = simulate(p, R)
+        for k in skipped:
+            sim = simulate(p, R | {members[k]})
+            assert (sim.peak_bytes, sim.boundary_bytes, sim.recompute_cost) == \
+                (base.peak_bytes, base.boundary_bytes, base.recompute_cost)

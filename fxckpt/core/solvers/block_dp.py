@@ -46,7 +46,7 @@ from __future__ import annotations
 from operator import itemgetter
 
 from ..blocks import block_candidates, block_of
-from ..simulate import phase_peaks, simulate
+from ..simulate import phase_peaks, simulate, step_facts
 from .baselines import solve_blocks
 from .greedy import solve_greedy
 from .mincut import solve_mincut
@@ -236,8 +236,18 @@ def compose_plan(problem, budget_bytes: int, plan: frozenset) -> frozenset | Non
             best = (sim.recompute_cost, R)
         if rnd < NEIGHBOUR_ROUNDS:  # one position more or less in the options chosen
             for g, us in enumerate(group_units):
-                measure(g, {picked[u] ^ {k} for u in us for k in range(len(members[u]))})
+                measure(g, {P for u in us for P in _flips(problem, members[u], picked[u])})
     return None if best is None else best[1]
+
+
+def _flips(problem, members: list[int], positions: frozenset) -> set[frozenset]:
+    """The options one position away from `positions` in a unit, but for recomputing a node
+    nothing holds (no backward saves it, no recomputed node of the unit reads it): the
+    simulator runs that plan as if it were kept (a third of the U-Net's candidates)."""
+    saved_by = step_facts(problem).saved_by
+    reads = {a for k in positions for a in problem.nodes[members[k]].inputs}
+    return {positions ^ {k} for k, i in enumerate(members)
+            if k in positions or i in reads or any(saved_by[b] for b in problem.nodes[i].creates)}
 
 
 def _composed(problem, budget_bytes, members, unit_opts, level):
