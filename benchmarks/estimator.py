@@ -1,6 +1,6 @@
 """The time estimate (`fxckpt.core.timing`) against measured per-node times, per op kind.
 
-    python benchmarks/estimator.py [--models gpt2 cnn encoder] [--layers 12] [--repeats 5] [--refresh] [--threads 1 [--cpu-clock]]
+    python benchmarks/estimator.py [--models gpt2 cnn encoder] [--layers 12] [--vocab 50257] [--repeats 5] [--refresh] [--threads 1 [--cpu-clock]]
 
 For each model: the device rates (`fxckpt.calibrate.device_rates`, measured or cached), then
 every annotated node's estimated seconds beside its measured seconds (`profile_nodes`: the fastest of
@@ -23,7 +23,7 @@ import torch
 
 import fxckpt
 from fxckpt import calibrate, passes
-from fxckpt.core.timing import estimate_seconds
+from fxckpt.core.timing import node_seconds
 from fxckpt.demo import gpt2
 from overhead import encoder  # the sibling benchmark's model
 
@@ -47,7 +47,7 @@ def report(name: str, model, example, budget: float, repeats: int) -> None:
         cost = node.meta.get("fxckpt")
         if cost is None or node.name not in measured or not (cost.creates or cost.writes):
             continue
-        est = estimate_seconds(rates, cost.flops, cost.bytes_read + cost.bytes_written, cost.ops, cost.random_elements)
+        est = node_seconds(rates, cost)
         row = (measured[node.name], est)
         rows[_kind(problem.nodes[problem.index[node.name]].op)].append(row)
         rows["(all nodes)"].append(row)
@@ -80,6 +80,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="+", choices=("gpt2", "cnn", "encoder"), default=["gpt2", "cnn"])
     ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--vocab", type=int, default=50257, help="GPT-2's vocabulary (a smaller one: a plan that recomputes)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--refresh", action="store_true")
@@ -98,8 +99,9 @@ def main(argv=None) -> None:
         calibrate.device_rates("cpu", refresh=True)
     for name in args.models:
         if name == "gpt2":
-            model, example = gpt2(args.layers, 768, 12, 2, 256, 50257)
-            report(f"GPT-2 small ({args.layers} layers), batch 2 x 256", model, example, args.budget, args.repeats)
+            model, example = gpt2(args.layers, 768, 12, 2, 256, args.vocab)
+            report(f"GPT-2 small ({args.layers} layers, vocab {args.vocab}), batch 2 x 256", model, example, args.budget,
+                   args.repeats)
         elif name == "cnn":
             model, example = cnn()
             report("ResNet-18-shaped CNN, batch 8 x 3 x 128 x 128", model, example, args.budget, args.repeats)

@@ -12,6 +12,7 @@ device, dtype, torch version and CPU threads.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -21,13 +22,14 @@ import time
 from typing import Callable
 
 import torch
+from torch.utils import _pytree as pytree
 
 from .core.timing import DeviceRates, fastest, implausible, stale
 
 log = logging.getLogger(__name__)
 _RATES: dict[str, DeviceRates] = {}
 _TINY_NODES = 32  # nodes of the tiny graph that prices the runtime's replay
-_VERSION = 2  # of the calibration: bump when the runtime or the micro-benchmark changes (stale caches)
+_VERSION = 3  # of the calibration: bump when the runtime or the micro-benchmark changes (stale caches)
 # What the micro-benchmark and `profile_nodes` time with. `benchmarks/estimator.py --threads 1
 # --cpu-clock` sets `time.thread_time`: with one torch thread every CPU op runs in the calling
 # thread, so its CPU time leaves out the time other processes of a shared machine take.
@@ -193,7 +195,60 @@ def measure_rates(device, dtype: torch.dtype = torch.float32) -> DeviceRates:
     mask = torch.empty(2**20, device=device, dtype=dtype)
     rng = mask.numel() / _best(lambda: mask.bernoulli_(0.9), sync)
     node = max(0.0, _replay_overhead(device, dtype, sync) - op)
-    return DeviceRates(_key(device, dtype), flops, bandwidth, op, node, rng)
+    return DeviceRates(_key(device, dtype), flops, bandwidth, op, node, rng, _kind_rates(device, dtype, sync, op))
+
+
+_PROBE_INPUTS = 4  # inputs each kind's probe takes in turn
+
+
+def _kind_probes(device: torch.device, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable[[], tuple]]]:
+    """Each rated op kind's probe: (ATen op, a function that makes its arguments), on an
+    activation of 2 MiB in float32 on a CPU, 32 MiB on an accelerator: the sizes a layer of the
+    zoo's models works on."""
+    n = 16 if device.type == "cuda" else 1
+
+    def t(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    aten = torch.ops.aten
+    c = 64
+    return {
+        "batch_norm": (aten.native_batch_norm.default,
+                       lambda: (t(8 * n, c, 32, 32), t(c), t(c), t(c), t(c).abs(), True, 0.1, 1e-5)),
+        "group_norm": (aten.native_group_norm.default,
+                       lambda: (t(2 * n, c, 64, 64), t(c), t(c), 2 * n, c, 64 * 64, 32, 1e-5)),
+        "layer_norm": (aten.native_layer_norm.default, lambda: (t(1024 * n, 512), [512], t(512), t(512), 1e-5)),
+        "max_pool2d": (aten.max_pool2d_with_indices.default, lambda: (t(4 * n, c, 32, 32), [3, 3], [2, 2], [1, 1])),
+        "softmax": (aten._softmax.default, lambda: (t(64 * n, 64, 128), -1, False)),
+        "safe_softmax": (aten._safe_softmax.default, lambda: (t(64 * n, 64, 128), -1)),
+    }
+
+
+# NOTE [ Probes on inputs out of cache ]
+# A model's op reads an input that other ops wrote since, not the one it read a moment ago. A
+# probe called again and again on one 2 MiB input ran from a core's cache (layer_norm at 1.2e10
+# B/s here, ~8e9 on inputs taken in turn, the rate an encoder's layer norms ran at), so each probe
+# takes `_PROBE_INPUTS` inputs in turn, 8 MiB together on a CPU: more than this machine's 2 MiB of
+# L2 per core.
+def _kind_rates(device: torch.device, dtype: torch.dtype, sync, op_overhead: float) -> dict[str, float]:
+    """Bytes per second of each rated op kind: the bytes annotation counts for its probe
+    (`op_traffic`), over the probe's time less the dispatch cost every op pays. A kind the device
+    cannot run is left out (its bytes are then priced at the bandwidth)."""
+    from .passes.ops import op_traffic, tensor_leaves
+
+    rates = {}
+    for kind, (func, make) in _kind_probes(device, dtype).items():
+        try:
+            first = make()
+            inputs = [first] + [pytree.tree_map_only(torch.Tensor, torch.clone, first) for _ in range(_PROBE_INPUTS - 1)]
+            read, written = op_traffic(func, inputs[0], {}, tensor_leaves(func(*inputs[0])))
+        except (RuntimeError, NotImplementedError) as e:
+            log.info("no rate for %s on %s %s: %s", kind, device, dtype, e)
+            continue
+        turn = itertools.cycle(inputs)
+        seconds = _best(lambda: func(*next(turn)), sync, reps=3, inner=_PROBE_INPUTS)
+        rates[kind] = (read + written) / max(seconds - op_overhead, 1e-9)
+    return rates
 
 
 class _Tiny(torch.nn.Module):

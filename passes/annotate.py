@@ -23,30 +23,11 @@ from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, step_loss
 from .fake_step import FakeStep, op_scratch
-from .ops import DEVICE_QUERY, aten, draws_random, is_batchnorm, storage_key, tensor_leaves
+from .ops import DEVICE_QUERY, RATED_OPS, draws_random, is_batchnorm, op_traffic, storage_key, tensor_leaves
 from .runtime import rng_state_bytes
 
 log = logging.getLogger(__name__)
 META = "fxckpt"
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-# NOTE [ Gathers read their rows, not their table ]
-# An op's bytes read are its tensor inputs' sizes, except for ops that gather rows of their
-# first input by index: an embedding of a 50257 x 768 table reads the rows it looks up, not
-# 154 MB (counted whole, GPT-2 small's embedding was priced 20x its measured time,
-# benchmarks/results/2026-11-30/seconds.md). Their table is read at most as much as they write.
-_GATHERS = frozenset({aten.embedding.default, aten.index_select.default, aten.index.Tensor, aten.gather.default})
-
-
-def _bytes_read(func, args, kwargs, written: int) -> int:
-    sizes = [_nbytes(t) for t in tensor_leaves((args, kwargs))]
-    if func in _GATHERS and sizes:
-        sizes[0] = min(sizes[0], written)
-    return sum(sizes)
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -62,6 +43,7 @@ class _OpRecorder(TorchDispatchMode):
         self.new: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
         self.ops = self.bytes_read = self.bytes_written = self.random_elements = 0
+        self.rated: dict[str, int] = {}  # bytes moved by ops with a rate of their own, per kind
         self.decomposes = False  # an op FlopCounterMode would decompose (NOTE [ FLOPs counted once per signature ])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -81,9 +63,11 @@ class _OpRecorder(TorchDispatchMode):
         written = tensor_leaves(out)
         if written and not func.is_view:  # views move no data; metadata queries return no tensor
             self.ops += 1
-            out_bytes = sum(_nbytes(t) for t in written)
-            self.bytes_read += _bytes_read(func, args, kwargs, out_bytes)
-            self.bytes_written += out_bytes
+            read, wrote = op_traffic(func, args, kwargs, written)
+            self.bytes_read += read
+            self.bytes_written += wrote
+            if (kind := RATED_OPS.get(func)) is not None:
+                self.rated[kind] = self.rated.get(kind, 0) + read + wrote
             if random:
                 self.random_elements += sum(t.numel() for t in written)
         for t in written:
@@ -465,6 +449,7 @@ class _Annotator(torch.fx.Interpreter):
             transient_bytes=max(0, rec.peak - created_bytes - extra),
             is_random=rec.random, writes=tuple(writes), mutates=mutates, ban=ban,
             ops=rec.ops, bytes_read=rec.bytes_read, bytes_written=rec.bytes_written, random_elements=rec.random_elements,
+            rated_bytes=tuple(sorted(rec.rated.items())),
         )
 
 

@@ -99,6 +99,66 @@ def draws_random(func, args, kwargs) -> bool:
 DEVICE_QUERY = torch.ops.prim.device.default
 
 
+# NOTE [ Bytes an op moves ]
+# Priced in seconds (`fxckpt.core.timing`), an op reads its tensor inputs and writes its outputs,
+# except where the kernel does not:
+# - gathers read rows of their first input by index: an embedding of a 50257 x 768 table reads
+#   the rows it looks up, not 154 MB (counted whole, GPT-2 small's embedding was priced 20x its
+#   measured time, benchmarks/results/2026-11-30/seconds.md); their table is read at most as much
+#   as they write;
+# - allocations (`empty_like`: dropout runs one per mask) neither read nor write data;
+# - fills (`bernoulli_`, `fill_`, `zero_`, ...) write their first argument without reading it.
+_GATHERS = frozenset({aten.embedding.default, aten.index_select.default, aten.index.Tensor, aten.gather.default})
+_ALLOCATES = frozenset({aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default,
+                        aten.new_empty.default, aten.new_empty_strided.default})
+_FILLS = frozenset({aten.bernoulli_.float, aten.bernoulli_.Tensor, aten.fill_.Scalar, aten.fill_.Tensor,
+                    aten.zero_.default, aten.uniform_.default, aten.normal_.default, aten.random_.default,
+                    getattr(aten.random_, "from"), aten.random_.to, aten.exponential_.default})
+
+# NOTE [ Ops with a rate of their own ]
+# Some kernels move their bytes far slower than a copy: on one CPU thread, max_pool2d (NCHW, with
+# indices) ran at 1/20 of the copy bandwidth over what it reads and writes, training-mode
+# batch_norm at 1/4 (a pass for the mean, one for the variance, one to normalize), attention's
+# _safe_softmax at 1/3 of _softmax (benchmarks/results/2026-12-01/estimator.md). The bytes of these ops are priced at
+# a rate measured per kind by the calibration (`fxckpt.calibrate`), each kind on a probe of its own.
+RATED_OPS = {
+    aten.native_batch_norm.default: "batch_norm",
+    aten._native_batch_norm_legit.default: "batch_norm",
+    aten._native_batch_norm_legit_functional.default: "batch_norm",
+    aten._native_batch_norm_legit.no_stats: "batch_norm",
+    aten.native_group_norm.default: "group_norm",
+    aten.native_layer_norm.default: "layer_norm",
+    aten.max_pool2d_with_indices.default: "max_pool2d",
+    aten._softmax.default: "softmax",
+    aten._log_softmax.default: "softmax",
+    aten._safe_softmax.default: "safe_softmax",  # attention's: a softmax, then rows of -inf found and zeroed
+}
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def op_traffic(func, args, kwargs, outputs: list[torch.Tensor]) -> tuple[int, int]:
+    """(bytes read, bytes written) of one run of the ATen op `func` that returned `outputs`
+    (NOTE [ Bytes an op moves ]).
+
+    Example:
+        >>> x = torch.ones(4, 8)
+        >>> op_traffic(aten.add.Tensor, (x, x), {}, [x + x])
+        (256, 128)
+        >>> op_traffic(aten.empty_like.default, (x,), {}, [torch.empty_like(x)])
+        (0, 0)
+    """
+    if func in _ALLOCATES:
+        return 0, 0
+    written = sum(_nbytes(t) for t in outputs)
+    sizes = [_nbytes(t) for t in tensor_leaves((args[1:] if func in _FILLS else args, kwargs))]
+    if func in _GATHERS and sizes:
+        sizes[0] = min(sizes[0], written)
+    return sum(sizes), written
+
+
 def storage_key(t: torch.Tensor) -> int:
     """Identifies a tensor's storage: views and in-place results share their base's key (the
     StorageImpl's address, what StorageWeakRef(...).cdata is, without making a weak ref)."""

@@ -9,7 +9,7 @@ from torch.utils import _pytree as pytree
 from fxckpt.core.costs import NodeCost
 from fxckpt.core.errors import StageError, in_stage
 from fxckpt.core.problem import Buffer, Grad, Node, RematProblem
-from fxckpt.core.timing import DeviceRates, estimate_seconds
+from fxckpt.core.timing import DeviceRates, node_seconds
 
 from .annotate import META
 
@@ -74,7 +74,7 @@ def _seconds(name: str, c: NodeCost, rates: DeviceRates | None, measured: dict[s
         return measured[name]
     if rates is None:
         return None
-    return estimate_seconds(rates, c.flops, c.bytes_read + c.bytes_written, c.ops, c.random_elements)
+    return node_seconds(rates, c)
 
 
 def _scope(n: torch.fx.Node) -> str:

@@ -10,7 +10,9 @@ from conftest import PINNED_RATES
 
 import fxckpt
 from fxckpt import calibrate, passes
-from fxckpt.core.timing import DeviceRates, estimate_seconds, fastest, implausible, stale
+from fxckpt.core.costs import NodeCost
+from fxckpt.core.timing import DeviceRates, estimate_seconds, fastest, implausible, node_seconds, stale
+from fxckpt.passes.ops import RATED_OPS
 
 
 def _annotated(model, *args):
@@ -24,7 +26,8 @@ def test_estimate_is_a_roofline_plus_overheads():
     assert estimate_seconds(r, 1e6, 1e9, 3) == pytest.approx(1e-2 + 3e-5 + 2e-5)  # memory-bound
     assert estimate_seconds(r, 0, 0, 0) == 0.0  # a view runs no op
     rng = DeviceRates("toy", 1e12, 1e11, 0.0, 0.0, random_per_second=1e8)
-    assert estimate_seconds(rng, 1e3, 1e6, 1, random_elements=10**6) == pytest.approx(1e-2)  # RNG-bound
+    # draws are an op of their own: added to the roofline, not hidden in its max
+    assert estimate_seconds(rng, 1e3, 1e6, 1, random_elements=10**6) == pytest.approx(1e-2 + 1e-5)
     assert estimate_seconds(r, 1e3, 1e6, 1, random_elements=10**6) == pytest.approx(1e-5 + 1e-5 + 2e-5)  # not measured
     with pytest.raises(ValueError, match="flops_per_second"):
         DeviceRates("bad", 0, 1, 0)
@@ -87,6 +90,8 @@ def test_micro_benchmark_gives_positive_rates():
     r = calibrate.measure_rates("cpu", torch.float32)
     assert r.flops_per_second > 0 and r.bytes_per_second > 0 and r.op_overhead_seconds > 0
     assert r.node_overhead_seconds >= 0 and r.random_per_second > 0 and "float32" in r.device
+    assert set(r.kind_bytes_per_second) == set(RATED_OPS.values())  # every rated kind has a probe
+    assert all(v > 0 for v in r.kind_bytes_per_second.values())
 
 
 def test_profile_times_every_node_and_leaves_state_alone():
@@ -188,3 +193,67 @@ def test_rates_whose_bandwidth_a_copy_probe_beats_are_measured_again(tmp_path, m
     bench = _Bench(monkeypatch, tmp_path, [quiet], probe=1.5e11, bandwidth=1.6e10)
     bench.cache(loaded)
     assert calibrate.device_rates("cpu", torch.float64) == fastest(loaded, quiet) and bench.calls == 1
+
+
+def test_annotation_counts_the_bytes_kernels_move():
+    """NOTE [ Bytes an op moves ] and [ Ops with a rate of their own ]: batch norm on 2x8x4x4
+    floats (1,024 B) reads its input and four 8-float vectors and writes its output, mean and
+    invstd (plus num_batches_tracked += 1 on 8 B), all rated "batch_norm"; max_pool2d(3, 2, 1)
+    reads 1,024 B and writes a 2x8x2x2 output and its int64 indices, rated "max_pool2d"; dropout
+    on 256 B allocates its mask (no bytes), fills it without reading it, scales it in place and
+    multiplies: 3 x 256 B read, 3 x 256 B written (was 5 and 4: the allocation and the fill
+    counted as reading)."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(8), torch.nn.MaxPool2d(3, 2, 1), torch.nn.Dropout(0.5))
+    gm = _annotated(model, torch.randn(2, 8, 4, 4))
+    bn, pool, drop = (n.meta["fxckpt"] for n in gm.graph.nodes if "fxckpt" in n.meta and n.op == "call_module")
+    assert (bn.bytes_read, bn.bytes_written) == (1024 + 4 * 32 + 8, 1024 + 2 * 32 + 8)
+    assert bn.rated_bytes == (("batch_norm", 1024 + 4 * 32 + 1024 + 2 * 32),)
+    assert (pool.ops, pool.bytes_read, pool.bytes_written) == (1, 1024, 64 * 4 + 64 * 8)
+    assert pool.rated_bytes == (("max_pool2d", 1024 + 64 * 12),)
+    assert (drop.ops, drop.bytes_read, drop.bytes_written, drop.rated_bytes) == (4, 3 * 256, 3 * 256, ())
+
+
+def test_rated_kinds_and_draws_are_added_to_the_roofline():
+    """A node's rated bytes move at their kind's rate (else at the bandwidth), beside the
+    roofline of its other bytes and FLOPs; so do its random draws."""
+    r = DeviceRates("toy", 1e12, 1e10, 1e-6, 1e-5, 1e8, kind_bytes_per_second={"max_pool2d": 1e9})
+    pool = NodeCost(flops=10**6, ops=1, bytes_read=4 * 10**6, bytes_written=3 * 10**6,
+                    rated_bytes=(("max_pool2d", 7 * 10**6),))
+    assert node_seconds(r, pool) == pytest.approx(1e-6 + 7e-3 + 1e-6 + 1e-5)  # FLOPs, rated bytes, overheads
+    unmeasured = replace(pool, rated_bytes=(("batch_norm", 7 * 10**6),))
+    assert node_seconds(r, unmeasured) == pytest.approx(1e-6 + 7e-4 + 1e-6 + 1e-5)  # at the bandwidth
+    drop = NodeCost(flops=0, ops=4, bytes_read=3 * 10**6, bytes_written=3 * 10**6, random_elements=10**6)
+    assert node_seconds(r, drop) == pytest.approx(6e-4 + 1e-2 + 4e-6 + 1e-5)
+    assert node_seconds(r, drop) == estimate_seconds(r, 0, 6 * 10**6, 4, 10**6)
+    with pytest.raises(ValueError, match="kind_bytes_per_second"):
+        DeviceRates("bad", 1e12, 1e10, 0.0, kind_bytes_per_second={"max_pool2d": 0})
+    assert DeviceRates.from_json(r.to_json()) == r
+    assert implausible(replace(r, kind_bytes_per_second={"max_pool2d": 1e3})).startswith("kind_bytes_per_second")
+    other = replace(r, kind_bytes_per_second={"max_pool2d": 2e9, "batch_norm": 3e9})
+    assert fastest(r, other).kind_bytes_per_second == {"batch_norm": 3e9, "max_pool2d": 2e9}
+
+
+def _pooling_cnn():
+    def block(c):
+        return [torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.BatchNorm2d(c), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 1, 1)]
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*block(8), *block(8), *block(8), torch.nn.Conv2d(8, 8, 3, padding=1)), torch.randn(2, 8, 16, 16)
+
+
+def test_a_slow_kind_is_not_recomputed_where_a_cheaper_node_frees_the_bytes():
+    """Three conv-bn-relu-maxpool blocks at 90% of their peak: priced at the bandwidth, a max-pool
+    is the cheapest node to recompute; at the rates one CPU thread measured (max_pool2d at 1/20 of
+    the bandwidth, batch_norm at 1/4), the plan recomputes the convolutions instead."""
+    model, x = _pooling_cnn()
+    gm = _annotated(model, x)
+    pools = {n.name for n in gm.graph.nodes if "fxckpt" in n.meta and dict(n.meta["fxckpt"].rated_bytes).get("max_pool2d")}
+    convs = {n.name for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), torch.nn.Conv2d)}
+    assert len(pools) == 3 and len(convs) == 4
+    measured = replace(PINNED_RATES, kind_bytes_per_second={"max_pool2d": PINNED_RATES.bytes_per_second / 20,
+                                                            "batch_norm": PINNED_RATES.bytes_per_second / 4})
+    plans = {}
+    for name, rates in (("bandwidth", PINNED_RATES), ("measured", measured)):
+        problem = passes.to_problem(gm, rates=rates)
+        plans[name] = fxckpt.solve(problem, int(0.9 * fxckpt.simulate(problem).peak_bytes))
+    assert plans["bandwidth"].recompute & pools
+    assert not plans["measured"].recompute & pools and plans["measured"].recompute <= convs

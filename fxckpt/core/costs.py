@@ -35,3 +35,4 @@ class NodeCost:
     bytes_read: int = 0  # tensor bytes those ops read (inputs of each op; views excluded)
     bytes_written: int = 0  # tensor bytes those ops write (their outputs)
     random_elements: int = 0  # elements its random ops draw (dropout masks, attention dropout)
+    rated_bytes: tuple[tuple[str, int], ...] = ()  # (kind, bytes) of those moved by ops with a rate of their own
