@@ -117,10 +117,12 @@ _FILLS = frozenset({aten.bernoulli_.float, aten.bernoulli_.Tensor, aten.fill_.Sc
 
 # NOTE [ Ops with a rate of their own ]
 # Some kernels move their bytes far slower than a copy: on one CPU thread, max_pool2d (NCHW, with
-# indices) ran at 1/20 of the copy bandwidth over what it reads and writes, training-mode
-# batch_norm at 1/4 (a pass for the mean, one for the variance, one to normalize), attention's
-# _safe_softmax at 1/3 of _softmax (benchmarks/results/2026-12-01/estimator.md). The bytes of these ops are priced at
-# a rate measured per kind by the calibration (`fxckpt.calibrate`), each kind on a probe of its own.
+# indices) ran at 1/20-1/35 of the copy bandwidth over what it reads and writes, training-mode
+# batch_norm at 1/4-1/5 (a pass for the mean, one for the variance, one to normalize), attention's
+# _safe_softmax at 1/3 of _softmax (benchmarks/results/2026-12-01/estimator.md). Priced at the
+# bandwidth, the first two were estimated at 0.04 and 0.25 of their measured times, and plans
+# recomputed them as if free. The bytes of these ops are priced at a rate measured per kind by the
+# calibration (`fxckpt.calibrate`), each kind on a probe of its own; the other kernels at the bandwidth.
 RATED_OPS = {
     aten.native_batch_norm.default: "batch_norm",
     aten._native_batch_norm_legit.default: "batch_norm",

@@ -16,8 +16,8 @@ than its bytes (a dropout on 128K floats ran ~30x its bandwidth time; attention 
 slower than a copy (NOTE [ Ops with a rate of their own ] in passes/ops.py: max_pool2d,
 training-mode norms, softmax), each measured on a probe of its own. Both are added, not taken
 in the max: they are ops of their own, run one after another with the node's other ops (taken
-in the max, an attention's dropout draws hid its matmuls and softmax: estimated at 0.57 of its
-measured time, benchmarks/results/2026-12-01/estimator.md).
+in the max, an attention's dropout draws hid its matmuls and softmax: estimated at 0.31-0.79 of
+its measured time, benchmarks/results/2026-12-01/estimator.md).
 FLOPs are FlopCounterMode's where it counts them (matmuls, convolutions, attention); elsewhere
 annotation counts one per output element, which the bandwidth term dominates.
 """
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+
+from .costs import NodeCost
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,10 @@ def estimate_seconds(rates: DeviceRates, flops: float, bytes_moved: float, ops: 
     return roofline + ops * rates.op_overhead_seconds + rates.node_overhead_seconds
 
 
-def node_seconds(rates: DeviceRates, cost) -> float:
-    """`estimate_seconds` of one annotated node (its `fxckpt.core.costs.NodeCost`).
+def node_seconds(rates: DeviceRates, cost: NodeCost) -> float:
+    """`estimate_seconds` of one annotated node, from its `NodeCost`.
 
     Example:
-        >>> from fxckpt.core.costs import NodeCost
         >>> r = DeviceRates("toy", 1e12, 1e11, 0.0, kind_bytes_per_second={"batch_norm": 2e10})
         >>> node_seconds(r, NodeCost(flops=0, ops=1, bytes_read=4e6, bytes_written=4e6, rated_bytes=(("batch_norm", 8e6),)))
         0.0004
