@@ -6,7 +6,7 @@
 Per model: eager, `torch.compile` (inductor, no budget) and torch's budget partitioner at 0.5
 are the references; then per compiler, `fxckpt.backend(budget=1.0)` gives the step's
 un-checkpointed prediction P, and `budget_mb` = 90/70/50% of P and the smallest feasible budget
-(the one an infeasible budget's error names) are compiled and measured. Every row runs in its own
+(each infeasible budget's error names the next to try, until one plans) are compiled and measured. Every row runs in its own
 process (`--row`), so a crash inside torch's compiler (a TinyCNN run once segfaulted in torch's
 own budget-0.5 partitioner) costs that row only, and each row starts from a fresh Dynamo.
 
@@ -101,21 +101,8 @@ def run_row(model_name: str, kind: str, compiler: str, spec: str, steps: int, gr
         memory_budget = float(spec)
         model = torch.compile(base)
     else:
-        if spec == "floor":  # the smallest feasible budget, as an infeasible one's error names it
-            try:
-                torch._dynamo.reset()
-                import copy
-
-                probe = torch.compile(copy.deepcopy(base), backend=fxckpt.backend(budget_mb=1e-3, compiler=compiler))
-                _step(probe, example)
-                row["error"] = "1 KiB budget was feasible"
-                return row
-            except Exception as e:  # Dynamo wraps the backend's error
-                err = _infeasible(e)
-                if err is None:
-                    raise
-                torch._dynamo.reset()
-                options = {"budget_mb": err.min_feasible_bytes / MIB}
+        if spec == "floor":  # the smallest feasible budget: each infeasible one's error names the next to try
+            options = {"budget_mb": _floor(base, example, compiler) / MIB}
         elif spec.endswith("%"):
             options = {"budget": float(spec[:-1]) / 100}
         else:
@@ -148,6 +135,31 @@ def run_row(model_name: str, kind: str, compiler: str, spec: str, steps: int, gr
         row["recomputed"] = sum(len(p.recompute) for p in be.plans)
         row["fixed_loss"] = EAGER_LOSS_BYTES  # allowance for an eagerly summed loss
     return row
+
+
+def _floor(base, example, compiler: str, rounds: int = 8) -> int:
+    """The smallest feasible budget (bytes) the errors lead to: from 1 KiB, the floor each
+    infeasible budget's error names, until one plans (graphs and the pieces of a split graph
+    name the floor of those planned so far: NOTE [ Parameter gradients are returned per graph ])."""
+    import copy
+
+    import fxckpt
+
+    budget = 1024
+    for _ in range(rounds):
+        torch._dynamo.reset()
+        try:
+            _step(torch.compile(copy.deepcopy(base), backend=fxckpt.backend(budget_mb=budget / MIB, compiler=compiler)),
+                  example)
+        except Exception as e:  # Dynamo wraps the backend's error
+            err = _infeasible(e)
+            if err is None or err.min_feasible_bytes <= budget:
+                raise
+            budget = err.min_feasible_bytes
+            continue
+        torch._dynamo.reset()
+        return budget
+    raise RuntimeError(f"no feasible budget after {rounds} rounds (last tried {budget} B)")
 
 
 def _infeasible(e: BaseException):

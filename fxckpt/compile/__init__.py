@@ -67,7 +67,7 @@ class CompiledGraph:
     """One graph the backend partitioned: its plan, its problem and what it holds."""
 
     name: str
-    frame: int | None  # Dynamo's frame id (graph breaks: one frame per graph)
+    frame: object  # Dynamo's frame id (graph breaks: one frame per graph); (frame, k): piece k of a split graph
     plan: Plan
     problem: RematProblem
     boundary_bytes: int  # held across its forward/backward boundary
@@ -141,6 +141,22 @@ class FxckptBackend:
 
         compile_id = CompileContext.current_compile_id()
         frame = compile_id.frame_id if compile_id is not None else None
+        grad_bytes = _parameter_bytes(gm)
+        cap = -(-grad_bytes // PIECES)
+        if not any(isinstance(k, tuple) and k[0] == frame for k in self._graphs):  # never split before
+            try:
+                return self._compile_graph(gm, example_inputs, frame)
+            except Exception as e:  # Dynamo and AOTAutograd may wrap our error
+                err = _infeasible(e)
+                if err is None or grad_bytes < SPLIT_SHARE * err.min_feasible_bytes:
+                    raise
+        log.warning("fxckpt backend: the budget is below the graph's smallest feasible peak; the graph is split "
+                    "into pieces of %.2f MiB of parameters, whose gradients are accumulated piece by piece", cap / MIB)
+        return split_graph(gm, example_inputs, cap, self._compile_graph, frame)
+
+    def _compile_graph(self, gm: fx.GraphModule, example_inputs, frame):
+        """Compile one graph (or one piece of a split graph) under its share of the budget; `frame`
+        keys its plan (NOTE [ Graph breaks share the budget in first-run order ])."""
         kept = self._graphs.get(frame)  # a frame compiled again keeps the reserve a later graph asked for
         partition = _Partitioner(self, frame, reserve=kept.reserve_bytes if kept is not None else 0)
         compiled = self._compiled[frame] = _Replannable(self, gm, frame, self._compile(gm, example_inputs, partition))
@@ -233,6 +249,61 @@ class FxckptBackend:
         self._record(g.problem, g.frame, plan, reserve)
         if g.frame in self._compiled:  # not when a graph was partitioned outside __call__
             self._compiled[g.frame].replan(reserve)
+
+
+# NOTE [ Parameter gradients are returned per graph ]
+# AOTAutograd's backward graph returns every parameter's gradient at once, and autograd adds
+# them into `.grad` only after it returns, so all of a graph's parameter gradients are live at
+# the end of its backward, on top of what that backward still holds; eager autograd adds each
+# gradient into `.grad` as soon as it is made. ResNet-50 (2x3x64x64, aot_eager): 94,048,524 B
+# of parameter gradients in the compiled step's 97,324,064 B floor, where eager's whole peak is
+# 32,927,256 B. So where a budget is below a graph's floor and the gradients are what that floor
+# is made of (the parameters' bytes are at least SPLIT_SHARE of it), the graph is split into
+# pieces of about 1/PIECES of its parameters' bytes (`split_graph`: DDPOptimizer's split, which
+# DDP uses to hand gradients to its all-reduce early), each an AOTAutograd graph of its own
+# whose gradients are accumulated when its backward returns; the pieces share the budget as
+# graph breaks do (NOTE [ Graph breaks share the budget in first-run order ]), keyed by
+# (frame, piece), and, as there, an infeasible budget's error names the floor of the pieces
+# planned so far. ResNet-50 split so (11 pieces), each piece at its own floor: predicted
+# 32,046,112 B, allocator 31,915,040 B, gradients bitwise eager's. Feasible budgets never split, nor graphs whose floor is mostly activations
+# (the dropout MLP of tests/test_compile.py: parameters 57% of its floor): a cut costs inductor
+# the fusions across it, and a value crossing a cut is counted as held to the end of the step.
+PIECES = 16
+SPLIT_SHARE = 0.75
+
+
+def _parameter_bytes(gm: fx.GraphModule) -> int:
+    """Bytes of the trainable parameters a Dynamo graph takes (its parameter gradients); 0 where
+    it is not split: one parameter or none, or a piece of DDP's own split already."""
+    ctx = torch._guards.TracingContext.try_get()
+    if ctx is not None and getattr(ctx, "ddp_optimizer_ctx", None) is not None:
+        return 0
+    params = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+    sizes = [p.numel() * p.element_size() for p in params if isinstance(p, torch.nn.Parameter) and p.requires_grad]
+    return sum(sizes) if len(sizes) > 1 else 0
+
+
+def split_graph(gm: fx.GraphModule, example_inputs, piece_bytes: int, compile_graph, frame):
+    """`gm` cut into pieces of at least `piece_bytes` of parameters (DDPOptimizer's buckets, in
+    reverse graph order), piece `k` compiled by `compile_graph(piece, inputs, (frame, k))` (NOTE
+    [ Parameter gradients are returned per graph ])."""
+    import itertools
+
+    from torch._dynamo.backends.distributed import DDPOptimizer
+
+    pieces = itertools.count()
+
+    def compile_piece(piece: fx.GraphModule, inputs):
+        return compile_graph(piece, inputs, (frame, next(pieces)))
+    split = DDPOptimizer(bucket_bytes_cap=piece_bytes, first_bucket_cap=piece_bytes, backend_compile_fn=compile_piece)
+    return split.compile_fn(gm, example_inputs)
+
+
+def _infeasible(error: BaseException | None) -> InfeasibleBudgetError | None:
+    """The InfeasibleBudgetError behind the errors Dynamo and AOTAutograd wrap it in, or None."""
+    while error is not None and not isinstance(error, InfeasibleBudgetError):
+        error = getattr(error, "inner_exception", None) or error.__cause__
+    return error
 
 
 def _custom_partitioner_base():

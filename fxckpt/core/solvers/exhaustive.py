@@ -14,16 +14,19 @@ LIMIT = 16  # candidates; 2**16 simulations is about as far as this goes
 @register_solver("exhaustive")
 def solve_exhaustive(problem, budget_bytes):
     """Subsets in order of recompute cost would be ideal; subsets by size, each priced without
-    simulating and simulated only when cheaper than the best found so far, are exact and simple."""
-    cands = problem.candidates()
+    simulating and simulated only when cheaper than the best found so far, are exact and simple.
+    A preferred decision (a user's policy, a forced recomputation) is fixed, as in every solver."""
+    prefer = {i: problem.nodes[i].prefer for i in problem.candidates()}
+    forced = frozenset(i for i, p in prefer.items() if p == "recompute")
+    cands = [i for i, p in prefer.items() if p is None]
     if len(cands) > LIMIT:
         raise ValueError(f"exhaustive search takes at most {LIMIT} candidates, this problem has {len(cands)}; "
                          "use 'greedy' or 'auto'")
     best: tuple[float, frozenset] | None = None
-    lowest = (simulate(problem).peak_bytes, frozenset())
+    lowest = (simulate(problem, forced).peak_bytes, forced)
     for k in range(len(cands) + 1):
         for subset in combinations(cands, k):
-            R = frozenset(subset)
+            R = forced.union(subset)
             cost = recompute_cost(problem, R)
             if best is not None and cost >= best[0]:
                 continue
