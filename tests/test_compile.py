@@ -613,3 +613,39 @@ def test_inductor_fused_transposed_copy_is_replayed():
     outside the embedding's gradient), hence the subprocess."""
     out = subprocess.run([sys.executable, "-c", _TRANSPOSED_COPY], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stderr[-3000:])
+
+
+def test_inductor_budget_rests_on_the_code_inductor_generated():
+    """NOTE [ Inductor's code is the prediction ]: the quick zoo net's forward kernels emit outputs
+    the joint-graph model does not know of, and its allocator peaks at the end of the forward;
+    before the prediction was read from inductor's generated code, the allocator went 48,005 B
+    over the budget at 90% (10,629,168 B for 10,581,163 B). Now, at 90% and at its floor (the floor
+    plan's code: `test_inductor_floor_is_the_smallest_peak_its_code_held`) the allocator fits the
+    budget and the prediction within 5% (measured: equal to the byte, but the eager loss's 4 B)."""
+    from fxckpt.benchmark import zoo
+
+    model, example = zoo.ZOO["quick"].build()
+    compiled, be, _, _ = compiled_step(model, example, budget=0.9)
+    (plan,) = fxckpt.compiled_plans(be)
+    peak = measured_peak(compiled, example)
+    assert peak <= plan.budget_bytes + EAGER_LOSS_BYTES, (peak, plan.summary())
+    assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * peak, (peak, plan.summary())
+
+
+@pytest.mark.slow
+def test_inductor_floor_is_the_smallest_peak_its_code_held():
+    """A `budget_mb` below what even the floor plan's code holds names that peak, and it holds:
+    the quick zoo net (NOTE [ Inductor's code is the prediction ])."""
+    from fxckpt.benchmark import zoo
+
+    model, example = zoo.ZOO["quick"].build()
+    with pytest.raises(Exception) as err:
+        compiled_step(model, example, budget_mb=1)
+    floor = infeasible(err.value).min_feasible_bytes
+    assert floor > MIB, err.value
+    torch._dynamo.reset()
+    compiled, be, _, _ = compiled_step(model, example, budget_mb=floor / MIB)
+    (plan,) = fxckpt.compiled_plans(be)
+    peak = measured_peak(compiled, example)
+    assert peak <= floor + EAGER_LOSS_BYTES, (floor, peak, plan.summary())
+    assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * peak, (floor, peak, plan.summary())

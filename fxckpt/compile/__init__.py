@@ -55,11 +55,13 @@ from fxckpt.core.simulate import simulate
 from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
 from fxckpt.core.solvers.registry import is_amount
 
+from .inductor_memory import BufferPlanRecorder, StepBuffers, boundary_names, step_buffers
 from .joint import build_problem, saved_values
 
 log = logging.getLogger(__name__)
 COMPILERS = ("inductor", "aot_eager")
 _OWN = {"budget_mb", "budget", "solver", "compiler", "verify"}
+MAX_REPLANS = 3  # plans whose inductor code exceeds the budget, before the floor plan is tried
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ def with_reserve(problem: RematProblem, nbytes: int) -> RematProblem:
         return problem
     later = Node("graphs after this one", "reserve", transient_bytes=nbytes)
     return dataclasses.replace(problem, nodes=problem.nodes + (later,))
+
+
+def _infeasible(error: BaseException) -> InfeasibleBudgetError | None:
+    """The InfeasibleBudgetError behind an error that inductor or AOTAutograd raised around it."""
+    while error is not None and not isinstance(error, InfeasibleBudgetError):
+        error = getattr(error, "inner_exception", None) or error.__cause__
+    return error
 
 
 def _fxckpt_version() -> str:
@@ -158,8 +167,8 @@ class FxckptBackend:
         """Compile one graph (or one piece of a split graph) under its share of the budget; `frame`
         keys its plan (NOTE [ Graph breaks share the budget in first-run order ])."""
         kept = self._graphs.get(frame)  # a frame compiled again keeps the reserve a later graph asked for
-        partition = _Partitioner(self, frame, reserve=kept.reserve_bytes if kept is not None else 0)
-        compiled = self._compiled[frame] = _Replannable(self, gm, frame, self._compile(gm, example_inputs, partition))
+        fn = self._compile_planned(gm, example_inputs, frame, kept.reserve_bytes if kept is not None else 0)
+        compiled = self._compiled[frame] = _Replannable(self, gm, frame, fn)
         if self.verify:
             from .verify import verified
 
@@ -174,13 +183,65 @@ class FxckptBackend:
                 from torch._inductor.compile_fx import compile_fx
 
                 inner = {"inner_compile": self.inner_compile} if self.inner_compile is not None else {}
-                return compile_fx(gm, example_inputs, **inner,
-                                  config_patches={**self.inductor_options, "custom_partitioner_fn": partitioner})
+                # NOTE [ Inductor's code is the prediction ]: the backward is compiled now, not at its
+                # first call, and never taken from inductor's cache, so that its code can be read.
+                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                    return compile_fx(gm, example_inputs, **inner, config_patches={
+                        **self.inductor_options, "custom_partitioner_fn": partitioner,
+                        "_post_fusion_custom_pass": partitioner.recorder, "fx_graph_cache": False})
             from torch._dynamo.backends.common import aot_autograd
             from torch._dynamo.backends.debugging import boxed_nop
 
             return aot_autograd(fw_compiler=boxed_nop, bw_compiler=boxed_nop, partition_fn=partitioner,
                                 keep_inference_input_mutations=True)(gm, example_inputs)
+
+    def _compile_planned(self, gm, example_inputs, frame, reserve: int):
+        """`gm` compiled with fxckpt's plan, `reserve` bytes left free at its boundary; under
+        inductor, planned again until the code inductor generates holds the budget (NOTE
+        [ Inductor's code is the prediction ])."""
+        if self.compiler != "inductor":
+            return self._compile(gm, example_inputs, _Partitioner(self, frame, reserve=reserve))
+        shave, smallest, tried = 0, None, set()
+        for attempt in range(MAX_REPLANS + 1):
+            floor = attempt == MAX_REPLANS
+            part = _Partitioner(self, frame, reserve=reserve, shave=shave, floor=floor)
+            try:
+                fn = self._compile(gm, example_inputs, part)
+            except Exception as e:
+                if floor or _infeasible(e) is None:
+                    raise
+                part = _Partitioner(self, frame, reserve=reserve, floor=True)
+                fn, floor = self._compile(gm, example_inputs, part), True
+            held = part.held()
+            if held is None:  # no backward: inductor's default partition, nothing planned
+                return fn
+            peak, budget = held.peak(reserve), part.last.budget_bytes
+            smallest = peak if smallest is None else min(smallest, peak)
+            lowest = floor or part.last.recompute in tried  # planning lower changed nothing
+            if peak <= budget or (lowest and self.budget_mb is None):
+                return self._record_inductor(part, frame, reserve, fn)
+            if lowest:
+                break
+            log.info("fxckpt backend: inductor's code holds %d B over the budget of graph %s; planned again",
+                     peak - budget, frame)
+            tried.add(part.last.recompute)
+            shave += peak - budget
+        held_before = self.held_before(frame)
+        raise InfeasibleBudgetError(budget + held_before, smallest + held_before,
+                                    peak_at=f"the code inductor generated for graph {frame} at its lowest plan")
+
+    def _record_inductor(self, part: "_Partitioner", frame, reserve: int, fn):
+        """Record the graph's plan as inductor's code holds it (NOTE [ Inductor's code is the prediction ])."""
+        g, held = self._graphs[frame], part.held()
+        plan = dataclasses.replace(g.plan, predicted_peak_bytes=held.peak(reserve))
+        if plan.budget_bytes is not None and plan.predicted_peak_bytes > plan.budget_bytes:
+            # a fraction below what inductor's code can hold: planned at its smallest peak
+            log.warning("graph %s: planned at its smallest feasible peak under inductor, %d B", frame,
+                        plan.predicted_peak_bytes)
+            plan = dataclasses.replace(plan, budget_bytes=plan.predicted_peak_bytes)
+        self._graphs[frame] = dataclasses.replace(g, plan=plan, boundary_bytes=held.boundary_bytes,
+                                                  peak_bytes=held.peak(0))
+        return fn
 
     def held_before(self, frame) -> int:
         """Bytes that the graphs running before `frame`'s (first-run order) hold across their boundary."""
@@ -203,17 +264,31 @@ class FxckptBackend:
         except InfeasibleBudgetError:
             return make_plan(problem, min_peak_plan(problem), solver="min peak", budget_bytes=None, solve_seconds=0.0)
 
-    def plan(self, problem: RematProblem, frame, reserve: int = 0) -> Plan:
+    def _floor_plan(self, problem: RematProblem) -> Plan:
+        """The plan at the problem's smallest feasible peak."""
+        try:
+            return solve(problem, 0, self.solver)
+        except InfeasibleBudgetError as e:
+            return self._lowest(problem, e.min_feasible_bytes)
+
+    def plan(self, problem: RematProblem, frame, reserve: int = 0, shave: int = 0, floor: bool = False) -> Plan:
         """Solve one graph's problem under its share of the budget, `reserve` bytes kept free at its
-        boundary for the graphs after it (NOTE [ Graph breaks share the budget in first-run order ])."""
+        boundary for the graphs after it (NOTE [ Graph breaks share the budget in first-run order ]),
+        aiming `shave` bytes below it, or at its smallest feasible peak (`floor`): where inductor's
+        code held more than the problem predicts (NOTE [ Inductor's code is the prediction ])."""
         if self.budget_mb is not None:
-            plan = self._within_budget(problem, frame, reserve)
+            plan = self._within_budget(problem, frame, reserve, shave, floor)
         else:
+            budget = max(0, int(self.budget * simulate(problem).peak_bytes))
             try:
-                plan = solve(problem, max(0, int(self.budget * simulate(problem).peak_bytes)), self.solver)
+                plan = self._floor_plan(problem) if floor else solve(problem, max(0, budget - shave), self.solver)
+                plan = dataclasses.replace(plan, budget_bytes=budget)
             except InfeasibleBudgetError as e:  # a fraction asks for that saving where it is possible
-                log.warning("%s: %s; planned at its smallest feasible peak", problem.name, e)
+                if not shave:
+                    log.warning("%s: %s; planned at its smallest feasible peak", problem.name, e)
                 plan = self._lowest(problem, e.min_feasible_bytes)
+                if self.compiler == "inductor":  # judged by inductor's code, which may hold less (`_record_inductor`)
+                    plan = dataclasses.replace(plan, budget_bytes=budget)
         self._record(problem, frame, plan, reserve)
         log.info("%s", plan.summary())
         return plan
@@ -223,18 +298,25 @@ class FxckptBackend:
         self._graphs[frame] = CompiledGraph(problem.name, frame, plan, problem, sim.boundary_bytes, sim.peak_bytes,
                                             reserve)
 
-    def _within_budget(self, problem: RematProblem, frame, reserve: int) -> Plan:
-        """The plan of a graph under `budget_mb` less what the graphs before it hold; where that is
-        below its floor, the graph before it is re-planned to leave the floor free (recursively)."""
+    def _within_budget(self, problem: RematProblem, frame, reserve: int, shave: int = 0, floor: bool = False) -> Plan:
+        """The plan of a graph under `budget_mb` less what the graphs before it hold (and less
+        `shave`, or at its floor: see `plan`); where that is below its floor, the graph before it is
+        re-planned to leave the floor free (recursively)."""
         limit, target = int(self.budget_mb * MIB), with_reserve(problem, reserve)
+
+        def solved() -> Plan:
+            budget = max(0, limit - self.held_before(frame))
+            plan = self._floor_plan(target) if floor else solve(target, max(0, budget - shave), self.solver)
+            return dataclasses.replace(plan, budget_bytes=budget)
+
         try:
-            return solve(target, max(0, limit - self.held_before(frame)), self.solver)
+            return solved()
         except InfeasibleBudgetError as e:
             before = self._frames_before(frame)
             if not before:
                 raise
             self._replan(self._graphs[before[-1]], e.min_feasible_bytes)
-            return solve(target, max(0, limit - self.held_before(frame)), self.solver)
+            return solved()
 
     def _frames_before(self, frame) -> list:
         frames = list(self._graphs)
@@ -318,9 +400,13 @@ class _Partitioner(_custom_partitioner_base()):
     """Inductor's `CustomPartitionerFn` (and AOTAutograd's `partition_fn`): the joint graph to a
     forward and a backward graph that recompute what fxckpt's plan recomputes."""
 
-    def __init__(self, owner: FxckptBackend, frame, recompute_nothing: bool = False, reserve: int = 0):
+    def __init__(self, owner: FxckptBackend, frame, recompute_nothing: bool = False, reserve: int = 0,
+                 shave: int = 0, floor: bool = False):
         self.owner, self.frame, self.recompute_nothing, self.reserve = owner, frame, recompute_nothing, reserve
+        self.shave, self.floor = shave, floor
         self.last: Plan | None = None
+        self.recorder = BufferPlanRecorder()  # inductor's code for the two graphs, read by `held`
+        self._names: tuple[frozenset, frozenset] | None = None  # see `held`
 
     def __deepcopy__(self, memo):  # inductor deep-copies its config: keep pointing at our backend
         return self
@@ -332,19 +418,30 @@ class _Partitioner(_custom_partitioner_base()):
         return (str, (self.uuid(),))
 
     def uuid(self) -> str:
-        return self.owner.uuid() + (":nothing" if self.recompute_nothing else f":{self.reserve}")
+        own = ":nothing" if self.recompute_nothing else f":{self.reserve}:{self.shave}:{self.floor}"
+        return self.owner.uuid() + own
 
     def __call__(self, joint: fx.GraphModule, joint_inputs, *, num_fwd_outputs: int,
                  static_lifetime_input_indices=None, **kwargs):
-        return partition(joint, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static_lifetime_input_indices,
-                         choose=self._choose, fusion=self.owner.compiler == "inductor")
+        fw, bw = partition(joint, num_fwd_outputs=num_fwd_outputs,
+                           static_lifetime_input_indices=static_lifetime_input_indices, choose=self._choose,
+                           fusion=self.owner.compiler == "inductor")
+        if self.last is not None:
+            self._names = boundary_names(fw, bw, num_fwd_outputs)
+        return fw, bw
+
+    def held(self) -> StepBuffers | None:
+        """What inductor's code for the forward and backward holds in the step (None: nothing was planned)."""
+        if self._names is None:
+            return None
+        return step_buffers(self.recorder, *self._names)
 
     def _choose(self, problem: RematProblem) -> Plan:
         if self.recompute_nothing:  # but what the problem forces (NOTE [ Fused copies are replayed, never saved ])
             forced = frozenset(i for i in problem.candidates() if problem.nodes[i].prefer == "recompute")
             self.last = make_plan(problem, forced, solver="none", budget_bytes=None, solve_seconds=0.0)
         else:
-            self.last = self.owner.plan(problem, self.frame, self.reserve)
+            self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
 
 
@@ -362,7 +459,7 @@ class _Replannable:
     def __call__(self, *args):
         if self.reserve is not None:
             reserve, self.reserve = self.reserve, None
-            self.fn = self.owner._compile(self.gm, list(args), _Partitioner(self.owner, self.frame, reserve=reserve))
+            self.fn = self.owner._compile_planned(self.gm, list(args), self.frame, reserve)
         return self.fn(*args)
 
 

@@ -27,6 +27,9 @@ nodes that the joint graph places among the backward ops run where inductor fuse
 (NOTE [ Recomputation inside inductor's kernels ]); its channels-last layout copies inputs and
 changes what convolutions allocate (NOTE [ Inductor's channels-last layout ]); its post-grad
 rewrites move matmuls and write cats' inputs into the cat (NOTE [ Inductor's post-grad rewrites ]).
+These rules only guide the solver close to what inductor does: under inductor, the prediction
+and the budget rest on the code inductor generated (NOTE [ Inductor's code is the prediction ]
+in `fxckpt/compile/inductor_memory.py`).
 """
 
 from __future__ import annotations
