@@ -144,9 +144,31 @@ def read_wrapper(graph, born: frozenset = frozenset(), frees: frozenset = frozen
 
 
 def _scratch(node, graph) -> int:
-    """Scratch of an extern kernel or a fallback: its op probed on real tensors of its shapes, in
-    the layout inductor chose (NOTE [ Inductor's channels-last layout ] in `joint`)."""
-    from .joint import PROBED, op_scratch
+    """Scratch of an extern kernel or a fallback: its op probed on real tensors of its operands'
+    shapes and of the strides inductor gave them (an operand in another layout than the kernel
+    wants is copied: scratch), as the problem probes (`joint.op_scratch`)."""
+    import torch
+    from torch.utils import _pytree as pytree
 
-    origins = [o for o in getattr(node, "origins", ()) if o.op == "call_function" and o.target in PROBED]
-    return max((op_scratch(o, channels_last=bool(getattr(graph, "layout_opt", False))) for o in origins), default=0)
+    from fxckpt.passes import fake_step
+
+    from .joint import PROBED
+
+    origin = next((o for o in getattr(node, "origins", ()) if o.op == "call_function" and o.target in PROBED), None)
+    if origin is None:
+        return 0
+    laid = iter([i for i in getattr(node, "inputs", ()) if hasattr(i, "get_stride")])
+
+    def as_laid(t):
+        ir = next(laid, None)
+        try:
+            size, stride = [int(s) for s in ir.get_size()], [int(s) for s in ir.get_stride()]
+        except (AttributeError, TypeError):  # symbolic, or no operand: the fake value's layout
+            return t
+        if size != list(t.shape):
+            return t
+        return torch.empty_strided(size, stride, dtype=t.dtype, device=t.device)
+
+    args, kwargs = pytree.tree_map_only(fx.Node, lambda n: n.meta.get("val"), (origin.args, origin.kwargs))
+    args, kwargs = pytree.tree_map_only(torch.Tensor, as_laid, (args, kwargs))
+    return fake_step.op_scratch(origin.target, args, kwargs)
