@@ -215,7 +215,8 @@ class FxckptBackend:
             held = part.held()
             if held is None:  # no backward: inductor's default partition, nothing planned
                 return fn
-            peak, budget = held.peak(reserve), part.last.budget_bytes
+            # the larger of the code's figure and the problem's (NOTE [ Inductor's code is the prediction ])
+            peak, budget = max(held.peak(reserve), part.last.predicted_peak_bytes), part.last.budget_bytes
             smallest = peak if smallest is None else min(smallest, peak)
             lowest = floor or part.last.recompute in tried  # planning lower changed nothing
             if peak <= budget or (lowest and self.budget_mb is None):
@@ -233,12 +234,12 @@ class FxckptBackend:
     def _record_inductor(self, part: "_Partitioner", frame, reserve: int, fn):
         """Record the graph's plan as inductor's code holds it (NOTE [ Inductor's code is the prediction ])."""
         g, held = self._graphs[frame], part.held()
+        held_peak = max(held.peak(reserve), g.plan.predicted_peak_bytes)
         plan = dataclasses.replace(g.plan, predicted_peak_bytes=held.peak(reserve))
-        if plan.budget_bytes is not None and plan.predicted_peak_bytes > plan.budget_bytes:
+        if plan.budget_bytes is not None and held_peak > plan.budget_bytes:
             # a fraction below what inductor's code can hold: planned at its smallest peak
-            log.warning("graph %s: planned at its smallest feasible peak under inductor, %d B", frame,
-                        plan.predicted_peak_bytes)
-            plan = dataclasses.replace(plan, budget_bytes=plan.predicted_peak_bytes)
+            log.warning("graph %s: planned at its smallest feasible peak under inductor, %d B", frame, held_peak)
+            plan = dataclasses.replace(plan, budget_bytes=held_peak)
         self._graphs[frame] = dataclasses.replace(g, plan=plan, boundary_bytes=held.boundary_bytes,
                                                   peak_bytes=held.peak(0))
         return fn
