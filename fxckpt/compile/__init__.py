@@ -88,13 +88,6 @@ def with_reserve(problem: RematProblem, nbytes: int) -> RematProblem:
     return dataclasses.replace(problem, nodes=problem.nodes + (later,))
 
 
-def _infeasible(error: BaseException) -> InfeasibleBudgetError | None:
-    """The InfeasibleBudgetError behind an error that inductor or AOTAutograd raised around it."""
-    while error is not None and not isinstance(error, InfeasibleBudgetError):
-        error = getattr(error, "inner_exception", None) or error.__cause__
-    return error
-
-
 def _fxckpt_version() -> str:
     try:
         return version("fxckpt")
