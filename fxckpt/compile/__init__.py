@@ -145,6 +145,7 @@ class FxckptBackend:
         frame = compile_id.frame_id if compile_id is not None else None
         grad_bytes = _parameter_bytes(gm)
         cap = -(-grad_bytes // PIECES)
+        whole = None  # the whole graph's error
         if not any(isinstance(k, tuple) and k[0] == frame for k in self._graphs):  # never split before
             try:
                 return self._compile_graph(gm, example_inputs, frame)
@@ -152,9 +153,21 @@ class FxckptBackend:
                 err = _infeasible(e)
                 if err is None or grad_bytes < SPLIT_SHARE * err.min_feasible_bytes:
                     raise
+                whole = e
         log.warning("fxckpt backend: the budget is below the graph's smallest feasible peak; the graph is split "
                     "into pieces of %.2f MiB of parameters, whose gradients are accumulated piece by piece", cap / MIB)
-        return split_graph(gm, example_inputs, cap, self._compile_graph, frame)
+        try:
+            return split_graph(gm, example_inputs, cap, self._compile_graph, frame)
+        except Exception as e:
+            err = _infeasible(e)
+            if whole is None or err is None or err.min_feasible_bytes < _infeasible(whole).min_feasible_bytes:
+                raise
+            # the pieces need more than the whole graph (Llama: 4,009,992 B against 3,265,160 B): the
+            # whole graph's error names the smaller floor, and the frame is not kept as split
+            for key in [k for k in self._graphs if isinstance(k, tuple) and k[0] == frame]:
+                del self._graphs[key]
+                self._compiled.pop(key, None)
+            raise whole from None
 
     def _compile_graph(self, gm: fx.GraphModule, example_inputs, frame):
         """Compile one graph (or one piece of a split graph) under its share of the budget; `frame`
