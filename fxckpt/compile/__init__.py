@@ -207,9 +207,9 @@ class FxckptBackend:
         [ Inductor's code is the prediction ])."""
         if self.compiler != "inductor":
             return self._compile(gm, example_inputs, _Partitioner(self, frame, reserve=reserve))
-        shave, smallest, tried = 0, None, set()
+        shave, smallest, tried, floor = 0, None, set(), False
         for attempt in range(MAX_REPLANS + 1):
-            floor = attempt == MAX_REPLANS
+            floor = floor or attempt == MAX_REPLANS
             part = _Partitioner(self, frame, reserve=reserve, shave=shave, floor=floor)
             try:
                 fn = self._compile(gm, example_inputs, part)
@@ -224,11 +224,13 @@ class FxckptBackend:
             # the larger of the code's figure and the problem's (NOTE [ Inductor's code is the prediction ])
             peak, budget = max(held.peak(reserve), part.last.predicted_peak_bytes), part.last.budget_bytes
             smallest = peak if smallest is None else min(smallest, peak)
-            lowest = floor or part.last.recompute in tried  # planning lower changed nothing
-            if peak <= budget or (lowest and self.budget_mb is None):
+            if peak <= budget or (floor and self.budget_mb is None):
                 return self._record_inductor(part, frame, reserve, fn)
-            if lowest:
+            if floor:
                 break
+            if part.last.recompute in tried:  # aiming lower changed nothing: the floor plan is next
+                floor = True
+                continue
             log.info("fxckpt backend: inductor's code holds %d B over the budget of graph %s; planned again",
                      peak - budget, frame)
             tried.add(part.last.recompute)
