@@ -225,7 +225,7 @@ class FxckptBackend:
             peak, budget = max(held.peak(reserve), part.last.predicted_peak_bytes), part.last.budget_bytes
             smallest = peak if smallest is None else min(smallest, peak)
             if peak <= budget or (floor and self.budget_mb is None):
-                return self._record_inductor(part, frame, reserve, fn)
+                return self._record_inductor(frame, reserve, held, peak, fn)
             if floor:
                 break
             if part.last.recompute in tried:  # aiming lower changed nothing: the floor plan is next
@@ -239,10 +239,10 @@ class FxckptBackend:
         raise InfeasibleBudgetError(budget + held_before, smallest + held_before,
                                     peak_at=f"the code inductor generated for graph {frame} at its lowest plan")
 
-    def _record_inductor(self, part: "_Partitioner", frame, reserve: int, fn):
-        """Record the graph's plan as inductor's code holds it (NOTE [ Inductor's code is the prediction ])."""
-        g, held = self._graphs[frame], part.held()
-        held_peak = max(held.peak(reserve), g.plan.predicted_peak_bytes)
+    def _record_inductor(self, frame, reserve: int, held: StepBuffers, held_peak: int, fn):
+        """Record the graph's plan as inductor's code holds it (`held`; `held_peak`: the larger of
+        its peak and the problem's, NOTE [ Inductor's code is the prediction ])."""
+        g = self._graphs[frame]
         plan = dataclasses.replace(g.plan, predicted_peak_bytes=held.peak(reserve))
         if plan.budget_bytes is not None and held_peak > plan.budget_bytes:
             # a fraction below what inductor's code can hold: planned at its smallest peak
