@@ -227,3 +227,22 @@ def test_quiet_runs_count_what_recorded_runs_mark(shape, seed):
         assert sim.recompute_cost == simulate(p, R, timeline=True).recompute_cost
         cap = int(0.8 * sim.peak_bytes)
         assert simulate(p, R, cap=cap).peak_bytes >= cap and simulate(p, R, cap=sim.peak_bytes + 1).peak_bytes == sim.peak_bytes
+
+
+def test_a_run_finds_what_each_recipe_holds_once(monkeypatch):
+    # Solvers simulate thousands of plans: a run computes the buffers each needed recipe holds
+    # once (in forward) and lets them go from that, rather than asking again when it releases it.
+    import sys
+
+    from fxckpt.core.simulate import needed_recipes
+    from fxckpt.core.synthetic import random_problem
+
+    run_class = sys.modules["fxckpt.core.simulate"]._Run
+    calls = []
+    original = run_class._held_inputs
+    monkeypatch.setattr(run_class, "_held_inputs", lambda self, q: calls.append(q) or original(self, q))
+    p = random_problem(40, "skip", seed=3)
+    R = frozenset(p.candidates()[::2])
+    assert needed_recipes(p, R)
+    simulate(p, R)
+    assert sorted(calls) == sorted(needed_recipes(p, R))

@@ -44,6 +44,7 @@ moment two copies are live with none of the node's outputs yet, so a replay's st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Iterable
 
 from .problem import RematProblem
@@ -66,15 +67,18 @@ class Simulation:
 def needed_recipes(problem: RematProblem, recompute: frozenset[int]) -> frozenset[int]:
     """Nodes whose recipe the runtime must build: those whose buffers backward saves, and
     the remat inputs of those, transitively."""
-    src, nodes, slots = problem.source, problem.nodes, step_facts(problem).slots
+    src, st = problem.source, step_facts(problem)
+    inputs, slots = st.inputs, st.slots
     stack = [x for r in recompute for x in slots.get(r, ())]
     need: set[int] = set()
-    while stack:
+    while stack:  # every simulation asks: loops, not generators
         p = stack.pop()
         if p in need:
             continue
         need.add(p)
-        stack.extend(a for a in nodes[p].inputs if src[a] in recompute)
+        for a in inputs[p]:
+            if src[a] in recompute:
+                stack.append(a)
     return frozenset(need)
 
 
@@ -165,7 +169,10 @@ class StepFacts:
         saves: per node, the buffers its backward saves (empty without a backward).
         saved_by: per buffer, how many nodes' backwards save it (held while its producer is kept).
         output_holds: per buffer, how many graph outputs hold it (alive to the step's end).
+        holders: per buffer, `saved_by` + `output_holds`: its holders that last into backward
+            when its producer is kept.
         forward_last: per buffer, the last forward step that reads it (any alias), or creates it.
+        ends: per node, the buffers whose `forward_last` it is.
         cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
         inputs: per node, its input nodes without repeats, in order.
         fused: per buffer, whether it is in memory only across the forward/backward boundary.
@@ -182,7 +189,9 @@ class StepFacts:
     saves: list[tuple[int, ...]]
     saved_by: list[int]
     output_holds: list[int]
+    holders: list[int]
     forward_last: list[int]
+    ends: list[tuple[int, ...]]
     cache: list[tuple[int, ...]]
     inputs: list[tuple[int, ...]]
     fused: list[bool]
@@ -222,12 +231,17 @@ def _step_facts(p: RematProblem) -> StepFacts:
     for sv in saves:
         for b in sv:
             slots.setdefault(p.buffers[b].producer, []).append(p.last_writer[b])
+    ends: list[list[int]] = [[] for _ in p.nodes]
+    for b, end in enumerate(last):
+        if end >= 0:
+            ends[end].append(b)
     made: dict[int, list[int]] = {}
     for b, buf in enumerate(p.buffers):
         made.setdefault(buf.producer, []).append(b)
     return StepFacts(
         nbytes=[b.nbytes for b in p.buffers], producer=[b.producer for b in p.buffers], saves=saves,
-        saved_by=saved_by, output_holds=output_holds, forward_last=last,
+        saved_by=saved_by, output_holds=output_holds, holders=[s + o for s, o in zip(saved_by, output_holds)],
+        forward_last=last, ends=[tuple(e) for e in ends],
         cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
         inlined=[bool(n.creates) and all(p.buffers[b].fused for b in n.creates) for n in p.nodes], born=born, dying=dying,
@@ -295,7 +309,8 @@ class _Run:
         self.src, self.last = problem.source, problem.last_writer
         self.need = needed_recipes(problem, R)
         self.alive = [False] * len(problem.buffers)
-        self.rc = [0] * len(problem.buffers)  # holders after forward: autograd, recipes, caches
+        self.rc = list(self.st.holders)  # holders after forward: autograd, recipes, caches
+        self.held: dict[int, set[int]] = {}  # per needed recipe, the buffers it holds (`_held_inputs`)
         self.live = self.peak = self.forward_peak = self.boundary = self.flops = self.cost = 0
         self.seconds = 0.0
         self.peak_event, self.step, self.stop = ("", -1), 0, -1
@@ -309,7 +324,7 @@ class _Run:
     def _mark(self, kind: str, i: int, extra: int = 0) -> None:
         now = self.live + extra
         if self.marks is not None:
-            self.marks.append(Mark(kind, i, now, frozenset(b for b, a in enumerate(self.alive) if a)))
+            self.marks.append(Mark(kind, i, now, frozenset(compress(range(len(self.alive)), self.alive))))
         if self.record:
             self.events.append((now, (kind, i)))
         if now > self.peak:
@@ -350,13 +365,13 @@ class _Run:
     def _forward(self) -> None:
         p, R, st, n = self.p, self.R, self.st, len(self.p.nodes)
         rc, saved_by = self.rc, st.saved_by
-        rc[:] = [s + o for s, o in zip(saved_by, st.output_holds)]  # holders that last into backward
         for x in R:
             for b in st.made.get(x, ()):
                 rc[b] -= saved_by[b]
         self.recipe_rc = recipe_rc = [0] * n
-        for q in self.need:
-            for b in self._held_inputs(q):
+        for q in self.need:  # what each holds is asked again when it lets go (`_drop_inputs`)
+            held = self.held[q] = self._held_inputs(q)
+            for b in held:
                 rc[b] += 1
             for a in st.inputs[q]:
                 if self.src[a] in R:
@@ -364,11 +379,7 @@ class _Run:
         for x in R:
             for y in st.slots.get(x, ()):  # one packed recipe per saved slot
                 recipe_rc[y] += 1
-        frees: list[list[int]] = [[] for _ in range(n)]
-        for b, end in enumerate(st.forward_last):
-            if rc[b] == 0 and end >= 0:
-                frees[end].append(b)
-        alive, nbytes = self.alive, st.nbytes
+        alive, nbytes, ends = self.alive, st.nbytes, st.ends
         fused, need = st.fused, self.need
         quiet = self.marks is None  # a step below the peak then only counts, unless watched
         watch = self.watch
@@ -387,8 +398,8 @@ class _Run:
                 self.step += 1
             else:
                 self._mark("forward", t, node.transient_bytes)
-            for b in frees[t]:
-                if alive[b]:
+            for b in ends[t]:  # no holder past forward (rc is fixed above): freed after its last reader
+                if not rc[b] and alive[b]:
                     alive[b] = False
                     self.live -= nbytes[b]
         self.forward_peak = self.peak
@@ -415,7 +426,7 @@ class _Run:
         self.materialized_inputs_dropped[x] = True
         if x in self.need:
             self.live -= self.p.nodes[x].recipe_bytes
-        for b in self._held_inputs(x):
+        for b in self.held[x]:
             self._drop(b)
         for a in self.st.inputs[x]:
             if self.src[a] in self.R:
