@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import math
 
+from ..peak_bound import peak_lower_bound
 from ..problem import RematProblem
 from ..simulate import simulate
 from .registry import Solved, recompute_of, register_solver
@@ -37,6 +38,8 @@ def has_scipy() -> bool:
 
 @register_solver("auto")
 def solve_auto(problem, budget_bytes):
+    if budget_bytes < peak_lower_bound(problem):  # no plan fits: no search (NOTE [ A floor no plan goes below ])
+        return min_peak_plan(problem)
     answer = _solve_auto(problem, budget_bytes)
     if simulate(problem, recompute_of(answer)).peak_bytes > budget_bytes:
         lowest = min_peak_plan(problem)
@@ -75,15 +78,23 @@ def min_peak_plan(problem: RematProblem) -> frozenset[int]:
 def _lowest(problem: RematProblem, pricings: tuple[RematProblem, ...]) -> frozenset[int]:
     if len(problem.candidates()) <= EXACT_UP_TO:  # exact; ties broken by FLOPs, which do not vary
         return solve_exhaustive(pricings[0], 0)
-    plans = [plan for q in pricings for plan in (descend(q, 0), solve_mincut(q, 0))]
-    return _polished(problem, min(plans, key=lambda R: (simulate(problem, R).peak_bytes, sorted(R))))
+    bound = peak_lower_bound(problem)  # a plan there is the floor: the search stops
+    key = lambda R: (simulate(problem, R).peak_bytes, sorted(R))
+    best = None
+    for search in (descend, solve_mincut):  # the descent first: the cheaper one
+        for q in pricings:
+            R = search(q, 0)
+            best = R if best is None else min(best, R, key=key)
+            if key(best)[0] <= bound:
+                return best
+    return _polished(problem, best, bound)
 
 
 POLISH_ROUNDS = 4
 
 
-def _polished(problem: RematProblem, best: frozenset[int]) -> frozenset[int]:
-    """`best` lowered further (NOTE [ The descent goes on from a cut ]).
+def _polished(problem: RematProblem, best: frozenset[int], bound: int) -> frozenset[int]:
+    """`best` lowered further (NOTE [ The descent goes on from a cut ]), down to `bound` at most.
 
     NOTE [ The descent goes on from a cut ]
     The greedy descent stops where no single recomputation lowers the peak, and where it stops
@@ -95,6 +106,8 @@ def _polished(problem: RematProblem, best: frozenset[int]) -> frozenset[int]:
     """
     peak = simulate(problem, best).peak_bytes
     for _ in range(POLISH_ROUNDS):
+        if peak <= bound:
+            break
         tried = [descend(problem, 0, start=best), descend(problem, 0, start=solve_mincut(problem, peak))]
         lower = min(tried, key=lambda R: (simulate(problem, R).peak_bytes, sorted(R)))
         if simulate(problem, lower).peak_bytes >= peak:
