@@ -99,6 +99,14 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
 # (16x64x64, fp32) took 262,144 B beyond its outputs, twice. Probed for such operands, and in
 # reduced precision (see NOTE [ Scratch under autocast ]).
 MATMUL_OPS = frozenset((aten.mm.default, aten.addmm.default, aten.bmm.default))
+# NOTE [ Inductor's fallbacks are probed ]
+# Under inductor the ops above are mostly fused into generated kernels; what runs as an eager
+# kernel is an inductor fallback, and a fallback may allocate beyond its outputs where no survey
+# of eager steps looked: the pooling CNN of tests/test_compile.py on a channels-last input, its
+# `_adaptive_avg_pool2d_backward` held a second 262,144 B buffer beside its 262,144 B output (the
+# allocator 2,398,476 B at the floor plan, inductor's code read as 2,159,628 B). So the code walk
+# (`fxckpt.compile.inductor_memory`) probes every aten op it finds run as a fallback, once per
+# signature and strides; the eager paths keep to the surveyed ops, which keeps their probes few.
 _MAYBE_PROBED = SCRATCH_OPS | MATMUL_OPS
 _SCRATCH: dict[str, int] = {}  # signature -> scratch bytes
 # id(op) -> 1: in _MAYBE_PROBED, 2: pointwise, 0: never probed. By id: an OpOverload's __hash__ is
@@ -149,10 +157,12 @@ def transposed_contiguous(t: torch.Tensor) -> bool:
     return True
 
 
-def op_scratch(func, args: tuple, kwargs: dict) -> int:
+def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
     """Bytes `func` allocates beyond its outputs while it runs on real tensors shaped like (fake)
     `args`, per signature (NOTE [ Op scratch the fake values do not show ]); 0 for ops not in
     `SCRATCH_OPS` (nor a matrix product with an operand it must copy) and for symbolic shapes.
+    With `fallback` (an eager kernel that inductor's code calls), every other aten op is probed
+    too (NOTE [ Inductor's fallbacks are probed ]).
 
     Example:
         >>> x, w = torch.randn(2, 8, 32, 32), torch.randn(16, 8, 3, 3)
@@ -165,12 +175,12 @@ def op_scratch(func, args: tuple, kwargs: dict) -> int:
     kind = _KINDS.get(id(func))
     if kind is None:
         kind = _KINDS[id(func)] = 1 if func in _MAYBE_PROBED else 2 if torch.Tag.pointwise in func.tags else 0
-    if kind == 0:
+    if kind == 0 and not (fallback and func.namespace == "aten"):
         return 0
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if kind == 2 and len(tensors) < 2:
         return 0
-    if not _probed(func, tensors) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
+    if (kind and not _probed(func, tensors)) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
         return 0
     key = _signature(func, False, args, kwargs)
     if key not in _SCRATCH:

@@ -670,7 +670,12 @@ def test_inductor_replans_to_the_floor_plan_before_giving_up_a_fraction(caplog):
     """At 70%, planning lower twice gave the same plan, whose code held 2,624,756 B over the
     fraction's 2,617,022 B; the backend then gave up the fraction (planned at that peak, with a
     warning) although the floor plan's code holds 2,155,508 B. Now the floor plan is tried before
-    a fraction is given up, and the 70% budget holds as asked."""
+    a fraction is given up, and the 70% budget holds as asked. And the prediction is the
+    allocator's peak within 5% (to the eager loss's 4 B): before the code walk counted what its
+    fallback kernels allocate (NOTE [ Inductor's fallbacks are probed ], NOTE [ A fallback's
+    outputs exist while it runs ]), the floor plan was predicted at 1,884,020 B for 2,155,512 B
+    measured: 271,488 B, a `convolution_backward`'s three outputs, counted after its call, not
+    beside its scratch while it runs."""
     torch.manual_seed(0)
     model = _PoolCNN().train()
     example = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
@@ -680,3 +685,28 @@ def test_inductor_replans_to_the_floor_plan_before_giving_up_a_fraction(caplog):
     assert not [r for r in caplog.records if "smallest feasible peak" in r.getMessage()], plan.summary()
     peak = measured_peak(compiled, example)
     assert peak <= plan.budget_bytes, (peak, plan.summary())
+    assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * peak, (peak, plan.summary())
+
+
+
+@pytest.mark.slow
+def test_inductor_floor_counts_what_its_fallback_kernels_allocate():
+    """At the pooling CNN's floor `budget_mb` (2,166,196 B), the plan read from inductor's code
+    without its fallbacks' allocations (NOTE [ Inductor's fallbacks are probed ], NOTE [ A
+    fallback's outputs exist while it runs ]) was predicted at 2,159,628 B and the allocator
+    measured 2,398,476 B, over the budget, at an `_adaptive_avg_pool2d_backward` that holds
+    262,144 B beside its output on a channels-last input; now the prediction is the allocator's
+    2,155,508 B (another plan: the walk no longer takes that one for the smallest).
+    (The same miss at 70%: `test_inductor_replans_to_the_floor_plan_before_giving_up_a_fraction`.)"""
+    torch.manual_seed(0)
+    model = _PoolCNN().train()
+    example = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    with pytest.raises(Exception) as err:
+        compiled_step(model, example, budget_mb=0.01)
+    floor = infeasible(err.value).min_feasible_bytes
+    torch._dynamo.reset()
+    compiled, be, _, _ = compiled_step(model, example, budget_mb=floor / MIB)
+    (plan,) = fxckpt.compiled_plans(be)
+    peak = measured_peak(compiled, example)
+    assert peak <= floor, (floor, peak, plan.summary())
+    assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * peak, (floor, peak, plan.summary())
