@@ -106,12 +106,35 @@ MATMUL_OPS = frozenset((aten.mm.default, aten.addmm.default, aten.bmm.default))
 # `_adaptive_avg_pool2d_backward` held a second 262,144 B buffer beside its 262,144 B output (the
 # allocator 2,398,476 B at the floor plan, inductor's code read as 2,159,628 B). So the code walk
 # (`fxckpt.compile.inductor_memory`) probes every aten op it finds run as a fallback, once per
-# signature and strides; the eager paths keep to the surveyed ops, which keeps their probes few.
+# signature and strides; the eager paths keep to the surveyed ops (and strided operands: NOTE
+# [ Kernels that copy strided operands ]), which keeps their probes few.
 _MAYBE_PROBED = SCRATCH_OPS | MATMUL_OPS
 _SCRATCH: dict[str, int] = {}  # signature -> scratch bytes
-# id(op) -> 1: in _MAYBE_PROBED, 2: pointwise, 0: never probed. By id: an OpOverload's __hash__ is
-# a Python call, and every op of a fake step asks (ops live as long as the process).
+# id(op) -> 1: in _MAYBE_PROBED, 2: pointwise, 3: strided (NOTE [ Kernels that copy strided
+# operands ]), 0: never probed. By id: an OpOverload's __hash__ is a Python call, and every op of
+# a fake step asks (ops live as long as the process).
 _KINDS: dict[int, int] = {}
+
+# NOTE [ Kernels that copy strided operands ]
+# Many CPU kernels outside TensorIterator read their input as contiguous memory and copy an
+# operand that is not (`expect_contiguous`): layer norm, softmax, roll, each a temporary of the
+# operand's size beyond its outputs (65,536 B for a 2x16x16x32 view of a permuted
+# convolution output). None of them is in SCRATCH_OPS, nor was it charged. A Swin-like
+# net (patch embedding permuted to B, H, W, C: every block's residual stream is a strided
+# tensor) recomputes a layer norm in backward at budget 0.5 under aot_eager, and its copy was the
+# whole gap: predicted 2,799,720 B, allocator 2,848,360 B, budget 2,810,612 B. So an aten op
+# that returns a tensor of its own (no view, no in-place op; pointwise ops are TensorIterator's,
+# strided reads without copies) is probed when a tensor operand of more than one element is not
+# contiguous; with contiguous operands it keeps the survey's answer.
+
+
+def _strided_kind(func) -> int:
+    """3 where `func` may copy a strided operand (NOTE [ Kernels that copy strided operands ]), else 0."""
+    schema = getattr(func, "_schema", None)
+    if getattr(func, "namespace", None) != "aten" or schema is None:
+        return 0
+    returns = [r for r in schema.returns if isinstance(r.type, torch.TensorType)]
+    return 3 if returns and all(r.alias_info is None for r in schema.returns) else 0
 
 # NOTE [ Scratch under autocast ]
 # Under bf16 autocast on CPU two more kinds of op allocate beyond their outputs, which the fp32
@@ -125,8 +148,10 @@ _KINDS: dict[int, int] = {}
 _REDUCED = frozenset((torch.bfloat16, torch.float16))
 
 
-def _probed(func, tensors: list) -> bool:
-    """Whether `func` may allocate scratch on these operands (NOTEs above)."""
+def _probed(func, tensors: list, kind: int) -> bool:
+    """Whether `func` (of `_KINDS` `kind`) may allocate scratch on these operands (NOTEs above)."""
+    if kind == 3:
+        return any(t.numel() > 1 and not t.is_contiguous() for t in tensors)
     if func in SCRATCH_OPS:
         return True
     if func in MATMUL_OPS:
@@ -174,13 +199,16 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
     # than two tensors among them.
     kind = _KINDS.get(id(func))
     if kind is None:
-        kind = _KINDS[id(func)] = 1 if func in _MAYBE_PROBED else 2 if torch.Tag.pointwise in func.tags else 0
-    if kind == 0 and not (fallback and func.namespace == "aten"):
+        kind = _KINDS[id(func)] = 1 if func in _MAYBE_PROBED else 2 if torch.Tag.pointwise in func.tags else (
+            _strided_kind(func))
+    if fallback and kind in (0, 3) and func.namespace == "aten":
+        kind = 0  # probed whatever its operands (NOTE [ Inductor's fallbacks are probed ])
+    elif kind == 0:
         return 0
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if kind == 2 and len(tensors) < 2:
         return 0
-    if (kind and not _probed(func, tensors)) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
+    if (kind and not _probed(func, tensors, kind)) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
         return 0
     key = _signature(func, False, args, kwargs)
     if key not in _SCRATCH:
@@ -190,9 +218,10 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
             with _real_args(args, kwargs, False) as (a, kw):
                 func(*a, **kw)
                 probed = profiled_memory(lambda: func(*a, **kw))
-        except RuntimeError:
+        except (RuntimeError, IndexError):
             # A fake kernel's dtypes can differ from the real one's (bf16 autocast: fake layer
-            # norm statistics in bf16, real in fp32), and the real kernel refuses them: no probe.
+            # norm statistics in bf16, real in fp32), and the real kernel refuses them; the probe's
+            # values are not the step's (an index out of range): no probe.
             _SCRATCH[key] = 0
             return 0
         outputs = {storage_key(t): t.untyped_storage().nbytes() for t in pytree.tree_leaves(probed.result)
