@@ -8,7 +8,8 @@ so `import fxckpt.core` works where torch is not installed.
 from importlib import import_module
 
 from .core import (SOLVERS, BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, Plan, RematProblem,
-                   ShardingError, SolverError, StageError, UncompiledRuntimeWarning, register_solver, simulate, solve)
+                   ShardingError, SolverError, StageError, UncompiledRuntimeWarning, UncountedMemoryWarning, register_solver,
+                   simulate, solve)
 from .core.solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
 
 # name -> module that defines it (imported on first access: these need torch)
@@ -26,7 +27,7 @@ _SUBMODULES = ("profiling", "recipes", "training")
 __all__ = [
     "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
-    "SOLVERS", "ShardingError", "SolverError", "StageError", "UncompiledRuntimeWarning", "auto_checkpoint", "backend",
+    "SOLVERS", "ShardingError", "SolverError", "StageError", "UncompiledRuntimeWarning", "UncountedMemoryWarning", "auto_checkpoint", "backend",
     "compiled_plans", "max_batch_size", "measure_step", "min_feasible_budget", "peak_formula", "register_solver",
     "simulate", "solve", "step_loss",
 ]

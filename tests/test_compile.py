@@ -773,3 +773,46 @@ def test_aot_eager_charges_the_copies_of_strided_operands():
     assert peak <= plan.budget_bytes, (peak, plan.summary())
     assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes, (peak, plan.summary())
 
+
+def _uncounted_warnings(run) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [str(w.message) for w in caught if issubclass(w.category, fxckpt.UncountedMemoryWarning)]
+
+
+def test_eager_history_of_a_compiled_graphs_input_is_reported():
+    """NOTE [ Memory the plans do not see ], (1): a compiled block whose input eager code computed
+    (tanh of a linear layer: addmm saved the 16x32 batch, tanh its 16x64 output) warns once,
+    naming those bytes; the same code compiled with the block, or an input that is a leaf, does not."""
+    torch.manual_seed(0)
+    pre, block, x = nn.Linear(32, 64), nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1)), torch.randn(16, 32)
+    compiled = torch.compile(copy.deepcopy(block), backend=fxckpt.backend(budget=0.5, compiler="aot_eager"))
+
+    def steps():
+        for _ in range(2):
+            compiled(torch.tanh(pre(x))).sum().backward()
+    (message,) = _uncounted_warnings(steps)
+    assert f"saved {(16 * 32 + 16 * 64) * 4:,} B" in message and "TanhBackward0" in message, message
+    torch._dynamo.reset()
+    whole = torch.compile(nn.Sequential(pre, nn.Tanh(), block), backend=fxckpt.backend(budget=0.5, compiler="aot_eager"))
+    assert _uncounted_warnings(lambda: whole(x).sum().backward()) == []
+    torch._dynamo.reset()
+    leaf = torch.randn(16, 64, requires_grad=True)
+    assert _uncounted_warnings(lambda: compiled(leaf).sum().backward()) == []
+
+
+def test_a_graph_run_again_before_its_backward_is_reported():
+    """NOTE [ Memory the plans do not see ], (2): a compiled block run twice before one backward
+    holds two runs' saved bytes where its plan counts one: warned once, naming what a run holds;
+    one run per backward is not warned."""
+    torch.manual_seed(0)
+    block, x, y = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64)), torch.randn(16, 64), torch.randn(16, 64)
+    be = fxckpt.backend(budget=0.5, compiler="aot_eager")
+    compiled = torch.compile(copy.deepcopy(block), backend=be)
+    (message,) = _uncounted_warnings(lambda: [(compiled(x) * compiled(y)).sum().backward() for _ in range(2)])
+    (graph,) = be.graphs
+    assert "ran again" in message and f"holds {graph.boundary_bytes:,} B" in message, message
+    torch._dynamo.reset()
+    compiled = torch.compile(copy.deepcopy(block), backend=fxckpt.backend(budget=0.5, compiler="aot_eager"))
+    assert _uncounted_warnings(lambda: [compiled(x).sum().backward() for _ in range(2)]) == []

@@ -311,7 +311,8 @@ def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
         "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
         "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
-        "SOLVERS", "ShardingError", "SolverError", "StageError", "UncompiledRuntimeWarning", "auto_checkpoint", "backend",
+        "SOLVERS", "ShardingError", "SolverError", "StageError", "UncompiledRuntimeWarning", "UncountedMemoryWarning", "auto_checkpoint",
+        "backend",
         "compiled_plans", "max_batch_size", "measure_step",
         "min_feasible_budget",
         "peak_formula", "register_solver", "simulate", "solve", "step_loss"])

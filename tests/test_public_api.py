@@ -18,13 +18,13 @@ TOP_LEVEL = {
     "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError",
     "InfeasibleBudgetError", "LayerProfile", "OptimalCheckpointer", "Plan", "RematProblem", "SOLVERS",
     "SegmentedCheckpointing", "SelectiveCheckpoint", "ShardingError", "SolverError", "StageError",
-    "UncompiledRuntimeWarning", "auto_checkpoint", "backend", "checkpoint", "compiled_plans", "max_batch_size",
+    "UncompiledRuntimeWarning", "UncountedMemoryWarning", "auto_checkpoint", "backend", "checkpoint", "compiled_plans", "max_batch_size",
     "measure_step", "min_feasible_budget", "peak_formula", "register_solver", "simulate", "solve", "step_loss",
 }
 CORE = {
     "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost",
     "Plan", "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "StageError",
-    "UncompiledRuntimeWarning", "random_problem", "register_solver", "simulate", "solve",
+    "UncompiledRuntimeWarning", "UncountedMemoryWarning", "random_problem", "register_solver", "simulate", "solve",
 }
 
 # (module, name) -> its signature without annotations

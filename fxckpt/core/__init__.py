@@ -12,7 +12,7 @@ Example:
 
 from .costs import NodeCost
 from .errors import (BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, ShardingError, SolverError,
-                     StageError, UncompiledRuntimeWarning)
+                     StageError, UncompiledRuntimeWarning, UncountedMemoryWarning)
 from .plan import Plan
 from .problem import Buffer, Grad, Node, RematProblem
 from .simulate import Simulation, simulate
@@ -21,6 +21,6 @@ from .synthetic import random_problem
 
 __all__ = [
     "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost", "Plan",
-    "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "StageError", "UncompiledRuntimeWarning",
+    "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "StageError", "UncompiledRuntimeWarning", "UncountedMemoryWarning",
     "random_problem", "register_solver", "simulate", "solve",
 ]

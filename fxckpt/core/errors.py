@@ -88,6 +88,12 @@ class UncompiledRuntimeWarning(UserWarning):
     hooks) runs uncompiled there; `torch.compile(model, backend="fxckpt")` compiles with a plan."""
 
 
+class UncountedMemoryWarning(UserWarning):
+    """A compiled step holds memory its plans do not count: eager code whose autograd history a
+    compiled graph's inputs carry, or a compiled graph run again before its earlier run's backward
+    (NOTE [ Memory the plans do not see ] in fxckpt/compile/uncounted.py)."""
+
+
 class BudgetWarning(UserWarning):
     """A call planned again (a new input shape) was planned above its share of the budget: at its
     smallest feasible peak, which is within the bytes the budget granted the example input."""
