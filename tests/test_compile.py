@@ -816,3 +816,24 @@ def test_a_graph_run_again_before_its_backward_is_reported():
     torch._dynamo.reset()
     compiled = torch.compile(copy.deepcopy(block), backend=fxckpt.backend(budget=0.5, compiler="aot_eager"))
     assert _uncounted_warnings(lambda: [compiled(x).sum().backward() for _ in range(2)]) == []
+
+
+def test_reporting_eager_history_unpacks_nothing():
+    """NOTE [ Memory the plans do not see ]: the saved tensors behind a graph's input are read
+    without their unpack hooks; a non-reentrant checkpoint region before the compiled graph ran
+    its forward again for every saved tensor the report unpacked (BatchNorm statistics too)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from fxckpt.compile.uncounted import eager_saved_bytes
+
+    torch.manual_seed(0)
+    pre, x, calls = nn.Linear(32, 64), torch.randn(16, 32), []
+
+    def region(v):
+        calls.append(1)
+        return torch.tanh(pre(v))
+
+    out = checkpoint(region, x, use_reentrant=False)
+    assert eager_saved_bytes([out]) == (0, []) and len(calls) == 1  # only the placeholders: nothing held
+    plain = torch.tanh(pre(x))
+    assert eager_saved_bytes([plain])[0] == (16 * 32 + 16 * 64) * 4

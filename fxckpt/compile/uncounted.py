@@ -35,16 +35,18 @@ COMPILED = "CompiledFunctionBackward"
 
 
 def _saved(node) -> list[torch.Tensor]:
-    """The tensors an autograd node saved (C++ nodes' `_saved_*` attributes, custom Functions'
-    `saved_tensors`); none once its backward freed them."""
-    names = [n for n in dir(node) if n.startswith("_saved_")] + ["saved_tensors"]
+    """The tensors an autograd node holds for its backward, read without unpacking them: an
+    unpack runs the saved-tensor hooks (a non-reentrant `torch.utils.checkpoint` region would run
+    its forward again, BatchNorm statistics included; `save_on_cpu` would copy back). What a hook
+    packed counts where it is a tensor (not a checkpoint's placeholder); none once freed."""
     out = []
-    for name in names:
+    for name in [n for n in dir(node) if n.startswith("_raw_saved_")]:
         try:
             value = getattr(node, name, None)
-        except RuntimeError:  # freed by a backward, or a custom Function's ctx outside its backward
+            packed = [s.data for s in pytree.tree_leaves(value) if isinstance(s, torch._C._autograd.SavedTensor)]
+        except RuntimeError:  # freed by a backward
             continue
-        out.extend(t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor))
+        out.extend(t for t in packed if isinstance(t, torch.Tensor))
     return out
 
 
