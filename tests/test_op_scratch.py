@@ -211,3 +211,19 @@ def test_transposed_contiguity_is_read_off_sizes_and_strides():
     answers = [transposed_contiguous(t) for t in cases]
     assert answers == [t.transpose(-1, -2).is_contiguous() for t in cases]
     assert True in answers and False in answers
+
+
+
+def test_no_probe_of_an_index_op_off_the_cpu(monkeypatch):
+    # The probe's integer operands hold 0/1, which may be out of range for the step's op: on the
+    # CPU that raises (caught), on an accelerator a device-side assert ends the process. `gather`
+    # on a strided operand (NOTE [ Kernels that copy strided operands ]) is probed on the CPU
+    # only; "meta" stands in for an accelerator here.
+    probes = []
+    real_args = fake_step._real_args
+    monkeypatch.setattr(fake_step, "_real_args", lambda *a: probes.append(a[0][0].device.type) or real_args(*a))
+    for device in ("meta", "cpu"):
+        x = torch.randn(8, 5, device=device).t()
+        index = torch.zeros(5, 2, dtype=torch.long, device=device)
+        fake_step.op_scratch(torch.ops.aten.gather.default, (x, 1, index), {})
+    assert probes == ["cpu"]
