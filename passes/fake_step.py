@@ -201,16 +201,15 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
     if kind is None:
         kind = _KINDS[id(func)] = 1 if func in _MAYBE_PROBED else 2 if torch.Tag.pointwise in func.tags else (
             _strided_kind(func))
-    if fallback and kind in (0, 3) and func.namespace == "aten":
-        kind = 0  # probed whatever its operands (NOTE [ Inductor's fallbacks are probed ])
-    elif kind == 0:
+    always = fallback and kind in (0, 3) and func.namespace == "aten"  # NOTE [ Inductor's fallbacks are probed ]
+    if kind == 0 and not always:
         return 0
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if kind == 2 and len(tensors) < 2:
         return 0
-    if kind in (0, 3) and any(t.device.type != "cpu" and not (t.is_floating_point() or t.is_complex()) for t in tensors):
+    if (always or kind == 3) and any(t.device.type != "cpu" and not (t.is_floating_point() or t.is_complex()) for t in tensors):
         return 0  # the probe's 0/1 indices may be out of range, and off the CPU that is no catchable error
-    if (kind and not _probed(func, tensors, kind)) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
+    if (not always and not _probed(func, tensors, kind)) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
         return 0
     key = _signature(func, False, args, kwargs)
     if key not in _SCRATCH:
