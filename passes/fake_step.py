@@ -24,28 +24,78 @@ aten = torch.ops.aten
 # returns an empty one. A fake step missed it: the zoo's rnn measured 0.552 MiB at a floor planned
 # at 0.375 MiB. Inside a fake step such an op runs once per signature on real tensors of its
 # arguments' shapes, in the grad mode in force (the kernel returns its workspace only with grad
-# enabled; the tensors require no grad), and the fake output gets the real kernel's shape: annotation
-# charges the node what autograd really saves, the dry run holds it as the real step does.
-# Values are not involved: the real step runs the real kernel.
-_REAL_SHAPES = {aten.mkldnn_rnn_layer.default: (3,)} if hasattr(aten, "mkldnn_rnn_layer") else {}
-_SHAPES: dict[str, list] = {}  # signature -> the real kernel's output shapes
+# enabled; the tensors require no grad), and the fake outputs get the real kernel's shapes and
+# dtypes: annotation charges the node what autograd really saves, the dry run holds it as the
+# real step does. Values are not involved: the real step runs the real kernel.
+# A fake kernel's dtypes can be wrong too, where operands mix floating dtypes (NOTE [ Fake
+# dtypes of mixed-type kernels ]): such ops are run for real as well.
+_ALWAYS_REAL = frozenset((aten.mkldnn_rnn_layer.default,)) if hasattr(aten, "mkldnn_rnn_layer") else frozenset()
+_OUTPUTS: dict[str, list] = {}  # signature -> the real kernel's outputs: (shape, stride, dtype), or None
+
+# NOTE [ Fake dtypes of mixed-type kernels ]
+# Under bf16 autocast on CPU a norm runs on a bf16 activation with fp32 weights (autocast leaves
+# layer and group norm alone), and the CPU kernels' "mixed type" path returns the mean and rstd in
+# fp32, the weights' dtype; torch's fake kernels (torch._refs) return them in the input's dtype.
+# Autograd saves both for backward: a ConvNeXt-like net (8x16x16x16 activations) held 8,192 B
+# per statistic where the fake step counted 4,096, 26,624 B more at its peak (a depthwise conv's
+# backward) than the plan: predicted 3,667,808 B, allocator 3,694,272 B, budget 3,678,147 B. The
+# group norm's backward errs the other way (its fake gradient fp32, the real one bf16). So an
+# aten op returning tensors of its own (no view, no in-place op: `_strided_kind`) that is not
+# pointwise (TensorIterator's dtypes, which fake kernels compute alike) and whose floating
+# operands have more than one dtype is run once per signature on real tensors, and its fake
+# outputs take the real ones' shapes, strides and dtypes; the norms' backward then sees the
+# fp32 statistics the real step passes it (and its scratch is probed on them: the real kernel
+# refuses bf16 ones, and refused the probe). A real kernel that refuses the run leaves the fake
+# outputs as they are.
+# Ops whose operands share one dtype keep their fake kernels' answer.
+
+
+def _real_kind(func) -> int:
+    """1: always run for real (`_ALWAYS_REAL`), 2: run for real when its floating operands mix
+    dtypes (NOTE [ Fake dtypes of mixed-type kernels ]), 0: never."""
+    if func in _ALWAYS_REAL:
+        return 1
+    return 2 if torch.Tag.pointwise not in func.tags and _strided_kind(func) else 0
+
+
+def _mixed_floating(tensors: list) -> bool:
+    return len({t.dtype for t in tensors if t.is_floating_point() and t.numel() > 1}) > 1
+
+
+def _index_off_cpu(tensors: list) -> bool:
+    """Whether an integer operand lies off the CPU: the probe's 0/1 indices may be out of range
+    for the step's op, and there that is a device-side assert, no catchable error."""
+    return any(t.device.type != "cpu" and not (t.is_floating_point() or t.is_complex()) for t in tensors)
 
 
 class _FakeMode(FakeTensorMode):
-    """A FakeTensorMode whose outputs in `_REAL_SHAPES` have the shape the real kernel gives them
-    (NOTE above). It is the fake mode itself rather than a dispatch mode above it: a mode of its
-    own put one more Python layer on every op of every fake step (about 10% of annotation's and
-    the dry run's time on GPT-2 small) to look for one op."""
+    """A FakeTensorMode whose outputs of the ops in NOTE [ Outputs fake kernels undersize ] have
+    the shapes and dtypes the real kernel gives them. It is the fake mode itself rather than a
+    dispatch mode above it: a mode of its own put one more Python layer on every op of every fake
+    step (about 10% of annotation's and the dry run's time on GPT-2 small) to look for a few ops."""
 
     def dispatch(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = super().dispatch(func, types, args, kwargs)
-        positions = _REAL_SHAPES.get(func)
-        if positions is None:
+        kind = _REAL_KINDS.get(id(func))
+        if kind is None:
+            kind = _REAL_KINDS[id(func)] = _real_kind(func)
+        if kind == 0:
             return out
-        shapes = real_shapes(func, args, kwargs)
-        return tuple(o.new_empty(shapes[i]) if i in positions and shapes[i] not in (None, o.shape) else o
-                     for i, o in enumerate(out))
+        if kind == 2:
+            tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            if not _mixed_floating(tensors) or _index_off_cpu(tensors):
+                return out
+        real = real_outputs(func, args, kwargs, strict=kind == 1)
+        if real is None:
+            return out
+        flat, spec = pytree.tree_flatten(out)
+        flat = [o if r is None or not isinstance(o, torch.Tensor) or (tuple(o.shape), o.stride(), o.dtype) == r
+                else o.new_empty_strided(r[0], r[1], dtype=r[2]) for o, r in zip(flat, real)]
+        return pytree.tree_unflatten(flat, spec)
+
+
+_REAL_KINDS: dict[int, int] = {}  # id(op) -> `_real_kind` (by id: see `_KINDS`)
 
 
 def _signature(func, grad: bool, args: tuple, kwargs: dict) -> str:
@@ -66,16 +116,23 @@ def _real_args(args: tuple, kwargs: dict, grad: bool):
         yield pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))  # not requiring grad
 
 
-def real_shapes(func, args: tuple, kwargs: dict) -> list:
-    """Output shapes of `func` run once on real tensors shaped like (fake) `args`, per signature
-    and grad mode (kernels read it: the LSTM returns no workspace under no_grad); None where the
-    real kernel returns no tensor."""
+def real_outputs(func, args: tuple, kwargs: dict, strict: bool = True) -> list | None:
+    """(shape, stride, dtype) of each output leaf of `func` run once on real tensors shaped like
+    (fake) `args`, per signature and grad mode (kernels read it: the LSTM returns no workspace
+    under no_grad); None for a leaf that is no tensor. Not `strict`: None where the real kernel
+    refuses the arguments (NOTE [ Fake dtypes of mixed-type kernels ])."""
     grad = torch.is_grad_enabled()
     key = _signature(func, grad, args, kwargs)
-    if key not in _SHAPES:
-        with _real_args(args, kwargs, grad) as (a, kw):
-            _SHAPES[key] = [None if o is None else tuple(o.shape) for o in func(*a, **kw)]
-    return _SHAPES[key]
+    if key not in _OUTPUTS:
+        try:
+            with _real_args(args, kwargs, grad) as (a, kw):
+                _OUTPUTS[key] = [(tuple(o.shape), o.stride(), o.dtype) if isinstance(o, torch.Tensor) else None
+                                 for o in pytree.tree_leaves(func(*a, **kw))]
+        except (RuntimeError, IndexError):
+            if strict:
+                raise
+            _OUTPUTS[key] = None
+    return _OUTPUTS[key]
 
 
 # NOTE [ Op scratch the fake values do not show ]
@@ -157,7 +214,7 @@ def _probed(func, tensors: list, kind: int) -> bool:
     if func in MATMUL_OPS:
         return any(t.dtype in _REDUCED for t in tensors) or not all(
             t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or transposed_contiguous(t) for t in tensors)
-    return len({t.dtype for t in tensors if t.is_floating_point() and t.numel() > 1}) > 1
+    return _mixed_floating(tensors)
 
 
 def transposed_contiguous(t: torch.Tensor) -> bool:
@@ -207,8 +264,8 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if kind == 2 and len(tensors) < 2:
         return 0
-    if (always or kind == 3) and any(t.device.type != "cpu" and not (t.is_floating_point() or t.is_complex()) for t in tensors):
-        return 0  # the probe's 0/1 indices may be out of range, and off the CPU that is no catchable error
+    if (always or kind == 3) and _index_off_cpu(tensors):
+        return 0
     if (not always and not _probed(func, tensors, kind)) or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape):
         return 0
     key = _signature(func, False, args, kwargs)
@@ -220,9 +277,10 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
                 func(*a, **kw)
                 probed = profiled_memory(lambda: func(*a, **kw))
         except (RuntimeError, IndexError):
-            # A fake kernel's dtypes can differ from the real one's (bf16 autocast: fake layer
-            # norm statistics in bf16, real in fp32), and the real kernel refuses them; the probe's
-            # values are not the step's (an index out of range): no probe.
+            # A fake kernel's dtypes can differ from the real one's (the compile path's graphs,
+            # made by torch's fake kernels: NOTE [ Fake dtypes of mixed-type kernels ]), and the
+            # real kernel refuses them; the probe's values are not the step's (an index out of
+            # range): no probe.
             _SCRATCH[key] = 0
             return 0
         outputs = {storage_key(t): t.untyped_storage().nbytes() for t in pytree.tree_leaves(probed.result)
