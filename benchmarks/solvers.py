@@ -6,6 +6,7 @@
     python benchmarks/solvers.py --gap              # zoo models at 70/50/30%: cost, proven lower bound, gap
     python benchmarks/solvers.py --gap --fracs 0.5  # only at 50%
     python benchmarks/solvers.py --gap --auto-only  # auto alone: its cost, its own bound, CPU and wall s
+    python benchmarks/solvers.py --gap --tight --seconds 600  # the bound's tight models too
 
 Cost is recompute FLOPs (the simulator's; --gap: estimated seconds). Budgets are fractions of each graph's
 un-checkpointed peak. The ILP is run with a 60 s limit; a gap is counted against its answer
@@ -118,13 +119,14 @@ def times(sizes, gpt2: bool, blocks48: bool, frac: float = 0.6) -> None:
                   flush=True)
 
 
-def real_gaps(fracs=(0.7, 0.5, 0.3), seconds: float = 60, auto_only: bool = False) -> None:
+def real_gaps(fracs=(0.7, 0.5, 0.3), seconds: float = 60, auto_only: bool = False, tight: bool = False) -> None:
     """Each solver's recompute cost and solve time on the zoo's captured models, priced in
     estimated seconds at the tests' pinned device rates (tests/conftest.py, so the table is the
     same on every machine), against the best proven lower bound (the `proven` solver's, HiGHS
     limited to `seconds`); gap = (cost - bound) / cost. With `auto_only`, `auto` alone, against
     the bound it reports itself (the LP's, weaker), with its CPU seconds (process time: what
-    the solve costs on one quiet core; the machine's load inflates wall seconds)."""
+    the solve costs on one quiet core; the machine's load inflates wall seconds). With `tight`,
+    `proven` adds the model of values replayed before their step (`lower_bound`'s `tight`)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fxckpt import passes
     from fxckpt.benchmark.zoo import ZOO, llama
@@ -157,7 +159,7 @@ def real_gaps(fracs=(0.7, 0.5, 0.3), seconds: float = 60, auto_only: bool = Fals
                 _auto_row(name, p, frac, b)
                 continue
             t0 = time.perf_counter()
-            proven = solve_proven(p, b, seconds=seconds)
+            proven = solve_proven(p, b, seconds=seconds, tight=tight)
             proven_s = time.perf_counter() - t0
             bound = proven.lower_bound
             rows = []
@@ -216,10 +218,11 @@ def main() -> None:
     ap.add_argument("--gap", action="store_true", help="only the zoo models' table (needs transformers, diffusers for U-Net)")
     ap.add_argument("--seconds", type=float, default=60, help="HiGHS time limit of the lower bound (--gap)")
     ap.add_argument("--auto-only", action="store_true", help="--gap for auto alone, with its own bound and CPU s")
+    ap.add_argument("--tight", action="store_true", help="--gap: the bound's tight models too (minutes of CPU to pay)")
     ap.add_argument("--fracs", type=float, nargs="*", default=[0.7, 0.5, 0.3], help="budgets of --gap, as fractions")
     args = ap.parse_args()
     if args.gap:
-        return real_gaps(tuple(args.fracs), seconds=args.seconds, auto_only=args.auto_only)
+        return real_gaps(tuple(args.fracs), seconds=args.seconds, auto_only=args.auto_only, tight=args.tight)
     if not args.times_only:
         gaps(args.gap_sizes, args.seeds)
     if not args.gaps_only:

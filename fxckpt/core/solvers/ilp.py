@@ -331,11 +331,32 @@ def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=No
 # recompute than `auto`'s; at 70%, 11% in 20 s. CP-SAT (OR-Tools, 2 workers, same model, 20 s)
 # bounded 68 and 193 ms where HiGHS bounds 120 and 347 ms: no new dependency.
 
+# NOTE [ Values replayed before their step ]
+# A replay materializes its recomputed inputs first, and each stays cached while a saved slot of
+# a later backward step still holds it: on ResNet-50, conv2d_14's backward replays the residual
+# chain of stage 0 (relu_9, add__13, batch_norm_10, conv2d_10, ...) for the steps after it. The
+# projected model counted none of those values at the step that replays them, so its optimum at
+# 50% (97.10 ms at pinned rates) peaks at 1.10 times the budget there, and its bound (96.99 ms
+# after 82 CPU s) stood 14% below `auto`'s plan. With `cached`, a column per recipe x and backward
+# step k bounds "x materialized by step k" from both sides (>= r_p of each slot of x at or
+# before k and >= D_u + r_src(x) - 1 for each consumer u; <= their sum and <= m_x), so that each
+# value of x is live at k where it is and a slot after k still holds it (g >= D), and a recipe's
+# inputs stay held past its first step until it is materialized (g >= m_x - r_src - D). The
+# columns are shared by the steps where their bounds are the same. On ResNet-50 at 50% its model
+# peak equals the simulated peak of `auto`'s plan and of its perturbations, its LP bounds 91.02
+# against 85.97 ms, and its MILP proves 102.23 ms in 187 CPU s; but it has 30k columns against 486
+# (U-Net: 95k against 1.2k), so it runs only when asked (`tight`), after the small model and
+# only where the small one's optimum does not fit: with 60 s each on the shared 2-core machine
+# (4-10 CPU s) it moved no zoo bound. Still left out: the transient of a replay (it runs before
+# the backward step's mark, whose own transient is counted).
 
-def lower_bound(problem, budget_bytes: int, seconds: float = SECONDS) -> float | None:
+
+def lower_bound(problem, budget_bytes: int, seconds: float = SECONDS, tight: bool = False) -> float | None:
     """A proven lower bound on the recompute cost (`RematProblem.cost`) of every plan whose
     simulated peak fits `budget_bytes` (NOTE [ A lower bound for graphs the ILP cannot take ]);
-    inf when none can fit, None when `seconds` ran out before any bound.
+    inf when none can fit, None when `seconds` ran out before any bound. With `tight`, also the
+    model that counts values replayed before their step (NOTE [ Values replayed before their
+    step ]): higher, but it pays only with minutes of CPU on real graphs.
 
     Example:
         >>> from fxckpt.core.synthetic import random_problem
@@ -345,27 +366,42 @@ def lower_bound(problem, budget_bytes: int, seconds: float = SECONDS) -> float |
         >>> lower_bound(p, budget) <= simulate(p, solve_ilp(p, budget).recompute).recompute_cost
         True
     """
-    return _bound_solve(problem, budget_bytes, seconds)[0]
+    return _bound_solve(problem, budget_bytes, seconds, tight)[0]
 
 
-def _bound_solve(problem, budget_bytes: int, seconds: float):
-    """(lower bound, the relaxation's best choice or None). HiGHS through scipy reports no dual
-    bound when time runs out before a first solution; then the LP relaxation's optimum is the
-    bound (weaker: 105 against 120 ms of recompute after 20 s on GPT-2 small at 70%)."""
-    m, r = _bound_model(problem, budget_bytes)
+def _bound_solve(problem, budget_bytes: int, seconds: float, tight: bool = False):
+    """(lower bound, the relaxation's best choice or None): the projected model; with `tight`, in
+    half the time, then, unless its proven optimum fits, the model with early replays (NOTE
+    [ Values replayed before their step ]) in the time left: the higher of their bounds."""
+    deadline = time.perf_counter() + seconds
+    bound, choice, done = _bound_milp(problem, budget_bytes, seconds / 2 if tight else seconds, cached=False)
+    if not tight or done and (choice is None or simulate(problem, choice).peak_bytes <= budget_bytes):
+        return bound, choice  # infeasible, or an optimum that fits: the optimum
+    higher, other, _ = _bound_milp(problem, budget_bytes, deadline - time.perf_counter(), cached=True)
+    if higher is not None and (bound is None or higher > bound):
+        bound = higher
+    return bound, choice if other is None else other
+
+
+def _bound_milp(problem, budget_bytes: int, seconds: float, cached: bool):
+    """(lower bound, best choice or None, whether proven optimal or infeasible) of one projected
+    model. HiGHS through scipy reports no dual bound when time runs out before a first solution;
+    then the LP relaxation's optimum is the bound (weaker: 105 against 120 ms of recompute after
+    20 s on GPT-2 small at 70%)."""
+    m, r = _bound_model(problem, budget_bytes, cached=cached)
     if not m.rows:
-        return 0.0, frozenset()
+        return 0.0, frozenset(), True
     deadline = time.perf_counter() + seconds
     res = _milp(m, seconds)
     if res.status == 2:
-        return float("inf"), None
+        return float("inf"), None, True
     choice = None if res.x is None else frozenset(c for c, j in r.items() if res.x[j] > 0.5)
     dual = getattr(res, "mip_dual_bound", None)
     if dual is not None and math.isfinite(dual):
-        return max(0.0, float(dual)), choice
+        return max(0.0, float(dual)), choice, res.status == 0
     m.integer = [0] * len(m.integer)
     lp = _milp(m, max(1.0, deadline - time.perf_counter()))
-    return (float(lp.fun) if lp.status == 0 else None), choice
+    return (float(lp.fun) if lp.status == 0 else None), choice, False
 
 
 def bound_cost(problem, recompute, budget_bytes: int) -> float | None:
@@ -376,11 +412,11 @@ def bound_cost(problem, recompute, budget_bytes: int) -> float | None:
 
 
 @register_solver("proven")
-def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=None) -> Solved:
+def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=None, tight: bool = False) -> Solved:
     """`auto`'s plan (or `incumbent`), or the projected relaxation's best choice (repaired by
     `rounding.repaired` where it does not fit) where that fits and costs less, with the
-    relaxation's proven lower bound: the exact reference for graphs the ILP cannot take, minutes
-    at most, off the default path.
+    relaxation's proven lower bound (`lower_bound`, `tight` as there): the exact reference for
+    graphs the ILP cannot take, minutes at most, off the default path.
 
     Example:
         >>> from fxckpt.core.synthetic import repeated_blocks
@@ -392,7 +428,7 @@ def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=No
     plan = recompute_of(solve_auto(problem, budget_bytes)) if incumbent is None else frozenset(incumbent)
     sim = simulate(problem, plan)
     fits = sim.peak_bytes <= budget_bytes
-    bound, choice = _bound_solve(problem, budget_bytes, seconds)
+    bound, choice = _bound_solve(problem, budget_bytes, seconds, tight)
     if choice is not None and simulate(problem, choice).peak_bytes > budget_bytes:
         choice = repaired(problem, budget_bytes, choice)  # it ignores transients: repaired by the simulator
     if choice is not None:
@@ -404,21 +440,21 @@ def solve_proven(problem, budget_bytes: int, seconds: float = 60.0, incumbent=No
     return Solved(plan, None if bound is None else min(bound, float(sim.recompute_cost)))
 
 
-def _bound_model(p, budget_bytes: int):
-    """The projected relaxation as a `_Model`, and the column of r_x per candidate."""
+def _bound_model(p, budget_bytes: int, cached: bool = True):
+    """The projected relaxation as a `_Model`, and the column of r_x per candidate; with `cached`,
+    the values backward materializes early held at every later step (NOTE [ Values replayed
+    before their step ])."""
     m = _Model()
     st = step_facts(p)
     r = _choice_columns(m, p)
-    mat, first = _materialized_columns(m, p, st, r)
-    held: dict[int, list[tuple[int, int, int | None]]] = defaultdict(list)  # b -> (until, m_x, r_src) of recipes x holding it
+    mat, first, consumers = _materialized_columns(m, p, st, r)
+    held: dict[int, list[tuple[int, int, int | None]]] = defaultdict(list)  # b -> (first, x, r_src): x holds b
     for x in mat:
         for a in st.inputs[x]:
             if p.source[a] is not None:
                 for b in p.nodes[a].value:
-                    held[b].append((first[x], mat[x], r.get(p.source[a])))
-    for hs in held.values():
-        hs.sort()  # those still holding b at backward step k: the suffix after every until <= k
-    untils = {b: [h[0] for h in hs] for b, hs in held.items()}
+                    held[b].append((first[x], x, r.get(p.source[a])))
+    early = _Early(m, p, st, r, mat, consumers) if cached else None
     pinned = {b for b in range(len(p.buffers)) if r.get(st.producer[b]) is None or st.output_holds[b]}
     g_cols: dict[tuple, int] = {}
     fwd = 0
@@ -428,30 +464,41 @@ def _bound_model(p, budget_bytes: int):
         fixed, row = mk.live_bytes - budget_bytes, {}
         own = set(st.saves[mk.node]) if mk.kind == "backward" else set()
         live = mk.live_buffers
-        for b in sorted((live - pinned - own) | (held.keys() - live)):  # a live pinned or own buffer is held in every plan
-            alive = b in live
-            pc = r.get(st.producer[b])
+        lows: dict[int, list[tuple]] = defaultdict(list)  # b -> (c0, terms): g_b >= c0 + sum(terms)
+        for b in (live - pinned - own) | (held.keys() - live):  # a live pinned or own buffer is held in every plan
             if mk.kind == "forward" and mk.node <= st.forward_last[b]:
                 continue  # live in every plan (counted in live_bytes), or not yet created
-            hs = held.get(b, ())
-            start = bisect_right(untils[b], k) if hs else 0
-            nb = float(st.nbytes[b])
-            if start == len(hs):
-                if alive:
-                    row[pc] = row.get(pc, 0.0) + nb  # freed when its producer is recomputed
+            if b in live:
+                lows[b].append((1.0, ((r[st.producer[b]], -1.0),)))  # held for backward unless recomputed
+            for f, x, s in held.get(b, ()):
+                terms = ((mat[x], 1.0),) + (((s, -1.0),) if s is not None else ())
+                if f > k:  # no holder of x can have let go of it yet
+                    lows[b].append((0.0, terms))
+                elif early is not None:  # still held unless materialized by step k
+                    lows[b].append((0.0, terms + ((("d", x), -1.0),)))
+        for x, qs in early.cached_at(k) if early is not None and k >= 0 else ():
+            for b in st.cache[x]:
+                if b not in pinned and b not in own and not st.fused[b]:
+                    lows[b].extend((0.0, ((("d", x), 1.0),)) if q is None else (-1.0, ((("d", x), 1.0), (q, 1.0)))
+                                   for q in qs)
+        if mk.live_bytes + sum(st.nbytes[b] for b in lows if b not in live) <= budget_bytes:
+            continue  # it holds whatever is chosen
+        for b in sorted(lows):
+            cs, nb = lows[b], float(st.nbytes[b])
+            if len(cs) == 1 and cs[0][0] == 1.0:  # live, freed when its producer is recomputed
+                pc = cs[0][1][0][0]
+                row[pc] = row.get(pc, 0.0) + nb
                 continue
-            key = (b, start, alive)
-            if key not in g_cols:  # g >= 1 - r_p (held for backward) and >= m_x - r_src (held by a recipe)
-                g = g_cols[key] = m.var()
-                if alive:
-                    m.ge({g: 1, pc: 1}, 1)
-                for _, mx, s in hs[start:]:
-                    m.ge({g: 1, mx: -1, **({s: 1} if s is not None else {})}, 0)
-            if alive:
+            if b in live:
                 fixed -= nb
-            row[g_cols[key]] = -nb
-        if fixed > sum(w for w in row.values() if w < 0):  # else it holds whatever is chosen
-            m.ge(row, fixed)
+            key = tuple(sorted({(c0, tuple((early.col(v[1], k) if isinstance(v, tuple) else v, w) for v, w in terms))
+                                for c0, terms in cs}))
+            if key not in g_cols:
+                g = g_cols[key] = m.var()
+                for c0, terms in key:
+                    m.ge({g: 1.0, **{v: -w for v, w in terms}}, c0)
+            row[g_cols[key]] = row.get(g_cols[key], 0.0) - nb
+        m.ge(row, fixed)
     return m, r
 
 
@@ -487,7 +534,82 @@ def _materialized_columns(m: _Model, p, st, r: dict[int, int]):
             m.ge({mat[a]: 1, mat[u]: -1, s: -1}, -1)
     for x in sorted(mat, reverse=True):  # consumers run after their inputs
         first[x] = min([first.get(x, K)] + [first[u] for u in consumers[x]])
-    return mat, first
+    return mat, first, consumers
+
+
+class _Early:
+    """Per recipe x and backward step k, a column bounding "x materialized by step k" from both
+    sides (NOTE [ Values replayed before their step ]), shared by the steps where its bounds
+    are the same."""
+
+    def __init__(self, m: _Model, p, st, r: dict[int, int], mat: dict[int, int], consumers: dict[int, list[int]]):
+        K = len(p.backward_order)
+        pos = {c: k for k, c in enumerate(p.backward_order)}
+        self.m, self.r, self.mat, self.consumers, self.src = m, r, mat, consumers, p.source
+        self.slots: dict[int, list[tuple[int, int]]] = defaultdict(list)  # x -> (saver position or K, r_p)
+        for c in range(len(p.nodes)):
+            for b in st.saves[c]:
+                pc = r.get(st.producer[b])
+                if pc is not None and p.last_writer[b] in mat:
+                    self.slots[p.last_writer[b]].append((pos.get(c, K), pc))
+        self.steps: dict[int, list[int]] = {}  # x -> sorted steps where its bounds change
+        for x in sorted(mat, reverse=True):  # consumers run after their inputs
+            own = {k for k, _ in self.slots.get(x, ()) if k < K}
+            self.steps[x] = sorted(own.union(*(self.steps[u] for u in consumers.get(x, ()))))
+        self.cols: dict[tuple[int, int], int] = {}
+        self.at: dict[int, list] = {}
+
+    def col(self, x: int, k: int) -> int | None:
+        """The column of "x materialized by step k"; None where nothing can materialize it yet."""
+        stack = [x]  # its consumers' columns first: a loop, as chains of recipes run deep
+        while stack:
+            y = stack[-1]
+            i = bisect_right(self.steps[y], k)
+            if i == 0 or (y, i) in self.cols:
+                stack.pop()
+                continue
+            todo = [u for u in self.consumers.get(y, ()) if (u, bisect_right(self.steps[u], k)) not in self.cols
+                    and bisect_right(self.steps[u], k)]
+            if todo:
+                stack.extend(todo)
+                continue
+            self.cols[y, i] = self._new(y, k)
+            stack.pop()
+        i = bisect_right(self.steps[x], k)
+        return self.cols[x, i] if i else None
+
+    def _new(self, x: int, k: int) -> int:
+        m, r = self.m, self.r
+        d = m.var()
+        m.le({d: 1.0, self.mat[x]: -1.0}, 0)  # materialized at all
+        upper = {d: 1.0}
+        for kk, pc in self.slots.get(x, ()):
+            if kk <= k:  # its saver's backward unpacks it
+                m.ge({d: 1, pc: -1}, 0)
+                upper[pc] = upper.get(pc, 0.0) - 1
+        s = r.get(self.src[x])
+        for u in self.consumers.get(x, ()):
+            i = bisect_right(self.steps[u], k)
+            if i:  # replayed as an input of u
+                du = self.cols[u, i]
+                m.ge({d: 1, du: -1, s: -1}, -1)
+                upper[du] = upper.get(du, 0.0) - 1
+        m.le(upper, 0)  # nothing else replays it
+        return d
+
+    def cached_at(self, k: int) -> list[tuple[int, set[int | None]]]:
+        """(x, r_p of its slots still held after step k, or {None} where one is its source's) for
+        each recipe that may be materialized by step k and held past it."""
+        if k not in self.at:
+            out = []
+            for x in sorted(self.mat, reverse=True):
+                qs = {pc for kk, pc in self.slots.get(x, ()) if kk > k}
+                if self.r.get(self.src[x]) in qs:  # materialized means its source is recomputed: held
+                    qs = {None}
+                if qs and bisect_right(self.steps[x], k):
+                    out.append((x, qs))
+            self.at[k] = out
+        return self.at[k]
 
 
 # NOTE [ The projected bound first ]

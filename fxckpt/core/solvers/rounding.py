@@ -46,7 +46,7 @@ def lp_rounded(problem, budget_bytes: int, most: float | None = None,
     """
     from .ilp import SECONDS, _bound_model, _milp
 
-    m, r = _bound_model(problem, int(below * budget_bytes))
+    m, r = _bound_model(problem, int(below * budget_bytes), cached=False)  # fast: a seed, not the bound
     if not m.rows:  # every step fits whatever is chosen
         return (0.0 if below == 1 else None), [frozenset()]
     m.integer = [0] * len(m.integer)
