@@ -344,7 +344,9 @@ def solve_ilp(problem, budget_bytes: int, seconds: float = SECONDS, incumbent=No
 # inputs stay held past its first step until it is materialized (g >= m_x - r_src - D). The
 # columns are shared by the steps where their bounds are the same. On ResNet-50 at 50% its model
 # peak equals the simulated peak of `auto`'s plan and of its perturbations, its LP bounds 91.02
-# against 85.97 ms, and its MILP proves 102.23 ms in 187 CPU s; but it has 30k columns against 486
+# against 85.97 ms, and its MILP proves 102.81 ms in 470 CPU s, with a plan of 108.03 ms that
+# fits (`auto`: 113.19); at 70% it closes in 83 CPU s on a plan that fits, the optimum (52.80 ms,
+# `auto` 53.49; benchmarks/results/2026-12-01/resnet50_bound.md). But it has 30k columns against 486
 # (U-Net: 95k against 1.2k), so it runs only when asked (`tight`), after the small model and
 # only where the small one's optimum does not fit: with 60 s each on the shared 2-core machine
 # (4-10 CPU s) it moved no zoo bound. Still left out: the transient of a replay (it runs before
