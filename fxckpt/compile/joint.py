@@ -198,8 +198,11 @@ def _prefer(node: fx.Node) -> str | None:
     return None
 
 
-# Ops inductor lowers to pointwise code that carry no pointwise tag (`lowering.slice_scatter`, ...).
-_SCATTERS = frozenset({torch.ops.aten.slice_scatter.default, torch.ops.aten.select_scatter.default})
+# Ops inductor lowers to pointwise code that carry no pointwise tag (`lowering.slice_scatter`, ...,
+# and the constructors `full` and `iota`, inlined into their readers like any constant: a causal
+# mask's `full` was saved, 16,384 B, where torch's partitioner makes it again in backward).
+_UNTAGGED_POINTWISE = frozenset({torch.ops.aten.slice_scatter.default, torch.ops.aten.select_scatter.default,
+                                 torch.ops.aten.full.default, torch.ops.prims.iota.default})
 
 
 def _fusible(node: fx.Node) -> bool:
@@ -207,7 +210,7 @@ def _fusible(node: fx.Node) -> bool:
     numbers are drawn in the kernel that uses them), rather than as an extern kernel or fallback."""
     tags = getattr(node.target, "tags", ())
     return node.op == "call_function" and (torch.Tag.pointwise in tags or torch.Tag.reduction in tags
-                                           or node.target in _SCATTERS or _inductor_random(node.target))
+                                           or node.target in _UNTAGGED_POINTWISE or _inductor_random(node.target))
 
 
 def _readers(node: fx.Node) -> list[fx.Node]:
@@ -246,7 +249,7 @@ def fused_values(graph_nodes: list[fx.Node]) -> tuple[set[fx.Node], dict[fx.Node
         if n.op != "call_function" or is_view(n):
             continue
         if torch.Tag.pointwise not in getattr(n.target, "tags", ()) and not _inductor_random(n.target) and (
-                n.target not in _SCATTERS):
+                n.target not in _UNTAGGED_POINTWISE):
             continue  # extern kernels, fallbacks and reductions write their outputs
         inputs = [_base(a) for a in n.all_input_nodes]
         r = reads[n] = frozenset().union(*(reads[a] if a in fused else {a} for a in inputs))
@@ -386,7 +389,9 @@ def _fused_copy(node: fx.Node, fused: set[fx.Node], fwd_outputs: set[fx.Node]) -
 # Not yet under inductor (`fusion`): there a replayed `full` is the buffer its reader writes
 # into (the zero gradient `index_put` accumulates into), which the problem would count twice;
 # forced, the tied-head net of tests/test_compile.py predicted 516,872 B for 483,468 B measured
-# at 90% (6.9% over, 3.2% before).
+# at 90% (6.9% over, 3.2% before). There a `full` or `iota` that only fusible kernels read is a
+# fused value instead (`_UNTAGGED_POINTWISE`), free to replay, and replayed where the simulator
+# says it holds less (NOTE [ Free recomputations break ties by memory ] in fxckpt.core.solvers).
 
 
 def constants(graph_nodes: list[fx.Node]) -> set[fx.Node]:
@@ -576,7 +581,7 @@ def _kernel_run_starts(backward: list[fx.Node], extern: set[fx.Node]) -> list[in
 # cat's buffer exists from the kernel of its first such input (a SiLU-gate's gradient,
 # 393,216 B, was allocated in the kernel that computes its first half, with that kernel's inputs).
 # And `slice_scatter` / `select_scatter` (the gradient of a slice) are lowered to pointwise code
-# though untagged (`_SCATTERS`): inlined like any pointwise value, never a buffer of their own.
+# though untagged (`_UNTAGGED_POINTWISE`): inlined like any pointwise value, never a buffer of their own.
 # Predicted / allocator B after (budget), with (4) of NOTE [ Recomputation inside inductor's
 # kernels ]: that net at 90% 4,862,472 / 4,662,028 (4,918,125), at 50% 2,703,880 / 2,601,740
 # (2,732,292); before, 4,550,936 / 4,858,636 (4,561,358) and 2,533,912 / 3,040,520 (2,534,088).

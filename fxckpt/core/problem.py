@@ -91,6 +91,12 @@ class RematProblem:
     # materializes (`fxckpt.core.simulate.recompute_cost`), not over the nodes it names: a node
     # no backward needs costs nothing, an in-place op replayed with its base costs its share.
     # Integers keep the exact solvers exact (the chain DP's fronts, the min cut's capacities).
+    # A node whose buffers are all fused (NOTE [ Fused buffers ] in the simulator: a compiler
+    # computes it inside the kernels that read it) costs 0 to replay: the replay is a few more
+    # instructions in a backward kernel that runs anyway, as torch's own partitioner prices it.
+    # Its FLOPs are still counted (`Simulation.recompute_flops`, the plan's): only the price
+    # changes. Plans of equal cost are then told apart by memory (NOTE [ Free recomputations
+    # break ties by memory ] in `fxckpt.core.solvers`).
 
     @cached_property
     def timed(self) -> bool:
@@ -100,8 +106,9 @@ class RematProblem:
     @cached_property
     def cost(self) -> tuple[int, ...]:
         """What replaying each node once costs (see NOTE [ One recompute cost ]); 0 for nodes
-        that allocate and write nothing (views: replaying them is no work)."""
-        work = [bool(n.creates or n.writes) for n in self.nodes]
+        that allocate and write nothing (views: replaying them is no work) and for fused ones."""
+        fused = [bool(n.creates) and all(self.buffers[b].fused for b in n.creates) for n in self.nodes]
+        work = [bool(n.creates or n.writes) and not f for n, f in zip(self.nodes, fused)]
         if self.timed:
             return tuple(round(n.seconds * 1e9) if w else 0 for n, w in zip(self.nodes, work))
         return tuple(n.flops if w else 0 for n, w in zip(self.nodes, work))

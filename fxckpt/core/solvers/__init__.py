@@ -10,12 +10,12 @@ import time
 from ..errors import InfeasibleBudgetError, SolverError
 from ..plan import Plan, make_plan
 from ..problem import RematProblem
-from ..simulate import recompute_cost, simulate
+from ..simulate import recompute_cost, simulate, step_facts
 from . import auto, baselines, block_dp, chain, exhaustive, greedy, ilp, mincut  # noqa: F401  (the built-in solvers register)
 from .auto import min_peak_plan
 from .registry import SOLVERS, Solved, Solver, check_budget, recompute_of, register_solver
 
-__all__ = ["SOLVERS", "Solved", "Solver", "check_budget", "infeasible", "min_peak_plan", "recompute_of", "register_solver", "solve"]
+__all__ = ["SOLVERS", "Solved", "Solver", "check_budget", "free_recomputations", "infeasible", "min_peak_plan", "recompute_of", "register_solver", "solve"]
 
 
 def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Plan:
@@ -33,10 +33,11 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
         raise ValueError(f"unknown solver {method!r}; registered: {sorted(SOLVERS)}") from None
     t0 = time.perf_counter()
     chosen = fn(problem, budget)
-    seconds = time.perf_counter() - t0
     bound = None
     if isinstance(chosen, Solved):
         chosen, bound = chosen.recompute, chosen.lower_bound
+    chosen = free_recomputations(problem, chosen)
+    seconds = time.perf_counter() - t0
     plan = make_plan(problem, chosen, solver=method, budget_bytes=budget, solve_seconds=seconds)
     if plan.predicted_peak_bytes > budget:
         raise _why_not(problem, budget, method, plan.predicted_peak_bytes)
@@ -45,6 +46,67 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
         gap = (cost - bound) / cost if cost else 0.0
         plan = dataclasses.replace(plan, optimality_gap=max(0.0, gap))
     return plan
+
+
+# NOTE [ Free recomputations break ties by memory ]
+# Where replaying a node costs nothing (a value a compiler fuses into its readers: NOTE [ One
+# recompute cost ]), many plans share the solver's cost, and which of them the solver returns is
+# an accident of its search: at a budget the plan with nothing recomputed already fits, it saved
+# every fused value backward reads, where inductor's own partitioner replays them in the
+# backward kernels (a tiny transformer's saved values: 1,756,164 B, against torch's 1,312,256 B;
+# 1,273,856 B so: tests/test_compile.py).
+# So after any solver, the plan's free part is chosen again by memory, its costly part fixed:
+# a minimum cut of the held bytes (`mincut.flow_graph`, every free node at cost 0, the others
+# as the plan has them) finds the chains worth replaying together, which one replay at a time
+# never finds (a dropout's float mask saved where its bool mask and a cast replayed together
+# hold a quarter); then free replays the cut made that lower nothing are dropped, and single ones
+# added, while the simulated (peak, boundary bytes) drops. The lowest of that and the plan itself
+# is kept, never a plan of higher cost (a free node whose replay needs a recomputed matmul is
+# not free): the prediction stays the simulator's, and the plan never holds more than the
+# solver's. A no-op where nothing is fused (the eager runtime and aot_eager).
+def free_recomputations(problem: RematProblem, recompute: frozenset[int]) -> frozenset[int]:
+    """`recompute` with its free part chosen for the lowest simulated peak and, at an equal
+    peak, what it holds across the forward/backward boundary (NOTE [ Free recomputations break
+    ties by memory ])."""
+    fused = step_facts(problem).inlined  # free by NOTE [ One recompute cost ]; not every 0-FLOP node
+    free = [i for i in problem.candidates() if fused[i] and problem.nodes[i].prefer != "save"]
+    if not any(i not in recompute for i in free):
+        return recompute
+    R, price = frozenset(recompute), recompute_cost(problem, recompute)
+
+    def key(T: frozenset[int], cap: int | None = None) -> tuple[int, int, int]:
+        sim = simulate(problem, T, cap=cap)  # stopped at `cap`: over it, never chosen
+        return sim.peak_bytes, sim.boundary_bytes, len(T)
+
+    best = min((R, _cut_free(problem, R, set(free))), key=lambda T: (recompute_cost(problem, T) > price, key(T)))
+    now = key(best)
+    for x in sorted(best - R, reverse=True):  # the cut's replays that lower nothing
+        T = best - {x}
+        k = key(T, cap=now[0] + 1)
+        if k[:2] <= now[:2]:
+            best, now = T, k
+    improved = True
+    while improved:
+        improved = False
+        for x in free:
+            T = best | {x}
+            if x in best or recompute_cost(problem, T) != price:
+                continue
+            k = key(T, cap=now[0] + 1)
+            if k < now:
+                best, now, improved = T, k, True
+    return best
+
+
+def _cut_free(problem: RematProblem, recompute: frozenset[int], free: set[int]) -> frozenset[int]:
+    """The minimum cut of held bytes over the free nodes, the others fixed as `recompute` has them."""
+    from .mincut import flow_graph
+
+    cands = set(problem.candidates())
+    nodes = tuple(dataclasses.replace(n, prefer="recompute") if i in recompute
+                  else dataclasses.replace(n, ban="fixed by the plan") if i in cands and i not in free else n
+                  for i, n in enumerate(problem.nodes))
+    return flow_graph(dataclasses.replace(problem, nodes=nodes)).plan(1.0, {})
 
 
 def _why_not(problem: RematProblem, budget: int, method: str, got: int) -> Exception:
