@@ -260,7 +260,8 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=No
     with in_stage("dry run", lambda e: failed_at(gm, e)), FakeStep(gm, args, kwargs) as step:
         step.leaves()
         loss = step.loss(loss_fn or step_loss)
-        with LiveBytesMode(scratch=op_scratch) as live:
+        live = LiveBytesMode(scratch=op_scratch)
+        with live.booking(), step.observe(live.book):  # NOTE [ Observers inside the fake mode ]
             with gm.fxckpt_runtime.active():
                 out = gm(*step.args, **step.kwargs)
             loss(out).backward()

@@ -130,6 +130,14 @@ class LiveBytesMode(TorchDispatchMode):
             self._open[key] = alloc = Allocation(nbytes, len(self.timeline))
             self.allocations.append(alloc)
 
+    @contextlib.contextmanager
+    def booking(self):
+        """The meter without the mode: within the block it counts the ops handed to `book` (by a
+        fake step's observer, NOTE [ Observers inside the fake mode ] in passes/fake_step.py) and
+        the runtime's RNG-state copies, as it does while entered."""
+        with watch_rng_states(self._rng_state):
+            yield self
+
     def __enter__(self):
         self._watching = watch_rng_states(self._rng_state)
         self._watching.__enter__()
@@ -178,6 +186,12 @@ class LiveBytesMode(TorchDispatchMode):
             return func(*args)
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self.book(func, args, kwargs, out)
+        return out
+
+    def book(self, func, args, kwargs: dict, out) -> None:
+        """Count what `func` did, called on (args, kwargs) and returning `out`: what the mode does
+        after each op it dispatches."""
         grew, inputs = 0, None
         for s in _storages(out):
             key, n = s._cdata, s.nbytes()
@@ -199,7 +213,6 @@ class LiveBytesMode(TorchDispatchMode):
             grew += n
         extra = self.scratch(func, args, kwargs) if self.scratch is not None else 0
         self._after_op(func, grew, extra)
-        return out
 
 
 @dataclass(frozen=True)

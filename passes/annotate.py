@@ -50,6 +50,13 @@ class _OpRecorder(TorchDispatchMode):
         if func is DEVICE_QUERY:  # NOTE [ Device queries under fake tensors ] in ops.py
             return func(*args)
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.book(func, args, kwargs, out)
+        return out
+
+    def book(self, func, args, kwargs: dict, out) -> None:
+        """Record what `func`, called on (args, kwargs), did and returned (`out`): the mode's work
+        after each op, or a fake step's observer (NOTE [ Observers inside the fake mode ])."""
         self.decomposes |= _counter_decomposes(func)
         random = draws_random(func, args, kwargs)
         self.random |= random
@@ -59,7 +66,6 @@ class _OpRecorder(TorchDispatchMode):
                 if arg.alias_info is not None and arg.alias_info.is_write:
                     val = args[i] if i < len(args) else kwargs.get(arg.name)
                     self.written.extend(tensor_leaves(val))
-        out = func(*args, **kwargs)
         written = tensor_leaves(out)
         if written and not func.is_view:  # views move no data; metadata queries return no tensor
             self.ops += 1
@@ -76,7 +82,6 @@ class _OpRecorder(TorchDispatchMode):
                 self.new[k] = (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
         live = sum(n for ref, n in self.new.values() if not ref.expired())
         self.peak = max(self.peak, live + op_scratch(func, args, kwargs))
-        return out
 
 
 # NOTE [ The loss in the plan ]
@@ -90,7 +95,7 @@ class _OpRecorder(TorchDispatchMode):
 LOSS = "<loss>"
 
 
-class _BackwardTrace(TorchDispatchMode):
+class _BackwardTrace:
     """Follows backward on fake tensors: which fx node's backward runs, the storages backward
     allocates (gradients, temporaries), and in which node's backward each of them dies.
 
@@ -102,7 +107,6 @@ class _BackwardTrace(TorchDispatchMode):
     """
 
     def __init__(self, known):
-        super().__init__()
         self.known = known
         self.current: str | None = None
         self.order: list[str] = []
@@ -184,10 +188,8 @@ class _BackwardTrace(TorchDispatchMode):
         for ref, nbytes, born in self.live.values():
             self.grads.append((nbytes, born, None))
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is DEVICE_QUERY:  # NOTE [ Device queries under fake tensors ] in ops.py
-            return func(*args)
-        out = func(*args, **(kwargs or {}))
+    def book(self, func, args, kwargs: dict, out) -> None:
+        """After each op of backward: the fake step's observer (NOTE [ Observers inside the fake mode ])."""
         self._sweep(ending=self.current)
         for t in tensor_leaves(out):
             k = storage_key(t)
@@ -197,11 +199,10 @@ class _BackwardTrace(TorchDispatchMode):
                 nbytes = t.untyped_storage().nbytes()
                 self.live[k] = (StorageWeakRef(t.untyped_storage()), nbytes, self.current)
                 self.level += nbytes
-        scratch = op_scratch(func, args, kwargs or {})
+        scratch = op_scratch(func, args, kwargs)
         if self.level + self.held_bytes + scratch > self.peak[self.current]:
             self._sweep_held()
             self.peak[self.current] = max(self.peak[self.current], self.level + self.held_bytes + scratch)
-        return out
 
 
 # NOTE [ FLOPs counted once per signature ]
@@ -292,9 +293,10 @@ def _saved_attributes(fn) -> tuple[str, ...]:
 
 
 class _Annotator(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, external: dict[int, str], memoize: bool = True):
+    def __init__(self, gm: torch.fx.GraphModule, step: FakeStep, memoize: bool = True):
         super().__init__(gm, garbage_collect_values=True)
-        self.external = external  # storage -> name of the parameter, buffer or input
+        self.step = step
+        self.external = step.external  # storage -> name of the parameter, buffer or input
         self.owner: dict[int, tuple[str, StorageWeakRef]] = {}  # storage -> activation buffer
         self.writers: dict[str, list[str]] = {}  # activation buffer -> nodes writing it in place
         self.costs: dict[str, NodeCost] = {}
@@ -343,7 +345,10 @@ class _Annotator(torch.fx.Interpreter):
             counter = None if key in self.memo else FlopCounterMode(display=False)
         with counter if counter is not None else contextlib.nullcontext():
             flops = self.flops.get_total_flops() if self.memo is None else 0
-            with torch.autograd.graph.saved_tensors_hooks(pack, unpack), rec:
+            # The recorder as a mode above a FLOP counter (which may decompose ops), else inside
+            # the fake mode (NOTE [ Observers inside the fake mode ]): the same ops either way.
+            watched = rec if counter is not None or self.memo is None else self.step.observe(rec.book)
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack), watched:
                 out = super().run_node(n)
         if self.memo is None:
             counted = self.flops.get_total_flops() - flops
@@ -479,10 +484,10 @@ def annotate_with(captured: Captured, loss_fn=None, *, memoize: bool = True) -> 
     (NOTE [ FLOPs counted once per signature ]), which tests compare against."""
     gm = derive(captured.gm, copy_graph(captured.gm.graph)[0])
     with FakeStep(gm, captured.args, captured.kwargs) as step:
-        runner = _Annotator(gm, step.external, memoize=memoize and captured.frontend == "export")
+        runner = _Annotator(gm, step, memoize=memoize and captured.frontend == "export")
         with in_stage("annotate", lambda e: runner.current):
             out = runner.run(*step.flat)
-        trace = _trace_backward(runner, out, step.leaves(), step.loss(loss_fn or step_loss))
+        trace = _trace_backward(runner, out, step, loss_fn or step_loss)
     _in_place_reads(gm, runner)
     gm.meta[META] = {}  # marks the graph annotated (`to_problem` checks)
     rank = {name: i for i, name in enumerate(trace.order)}
@@ -500,9 +505,9 @@ def annotate_with(captured: Captured, loss_fn=None, *, memoize: bool = True) -> 
     return gm, runner
 
 
-def _trace_backward(runner: _Annotator, out, leaves, loss_fn) -> _BackwardTrace:
+def _trace_backward(runner: _Annotator, out, step: FakeStep, loss_fn) -> _BackwardTrace:
     """Backward of the step on fake tensors, gradients of leaves preallocated as in a real step."""
-    output = out  # Interpreter.run already rebuilt the output structure
+    output, leaves, loss_fn = out, step.leaves(), step.loss(loss_fn)  # Interpreter.run rebuilt the output
     grads = {storage_key(t.grad) for t in leaves}  # accumulating into .grad allocates nothing
     known = lambda k: k in grads or runner._known(k)  # noqa: E731
     trace = _BackwardTrace(known)
@@ -513,7 +518,7 @@ def _trace_backward(runner: _Annotator, out, leaves, loss_fn) -> _BackwardTrace:
         trace.hold(runner.storages)
         trace.begin_loss(rec.new, rec.peak)
         runner.on_unpack = trace.unpacked
-        with in_stage("annotate", lambda e: trace.current and f"backward of {trace.current}"), trace:
+        with in_stage("annotate", lambda e: trace.current and f"backward of {trace.current}"), step.observe(trace.book):
             loss.backward()
         trace.finish()
     finally:

@@ -2,9 +2,13 @@
 in passes/annotate.py): the costs are those of counting every node, and a signature tells apart
 everything the count could depend on."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+import fxckpt
 import fxckpt.passes as P
 from fxckpt.passes.annotate import META, annotate_with, node_flop_key
 from fxckpt.passes.capture import Captured, adopt_state
@@ -90,3 +94,54 @@ def test_signatures_tell_apart_constants_and_refuse_what_they_cannot_describe():
     assert node_flop_key(aten.sum.dim_IntList, (x, [0]), {}, True) != node_flop_key(aten.sum.dim_IntList, (x, (0,)), {}, True)
     assert key(x, object(), True) is None  # an object it cannot describe: not cached
     assert node_flop_key(torch.add, (x, x), {}, True) is None  # not an ATen op
+
+
+def _mode_dispatches(fn) -> int:
+    """Calls of fxckpt's own dispatch modes (`__torch_dispatch__` in fxckpt's code) while `fn` runs."""
+    root = str(Path(fxckpt.__file__).parent.parent)
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        code = frame.f_code
+        if event == "call" and code.co_name == "__torch_dispatch__" and code.co_filename.startswith(root) \
+                and ".venv" not in code.co_filename:
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_fake_steps_book_ops_inside_the_fake_mode():
+    # NOTE [ Observers inside the fake mode ]: the dry run's meter and annotation's backward trace
+    # (and its recorder, on nodes whose FLOPs are not counted afresh) book ops from inside the fake
+    # mode, with no dispatch mode of their own above it; the plan and its costs are unchanged
+    # (tests above; the dry run's peak below is a LiveBytesMode's above the fake mode).
+    from fxckpt.api import dry_run_peak
+    from fxckpt.measure import LiveBytesMode
+    from fxckpt.passes.capture import step_loss
+    from fxckpt.passes.fake_step import FakeStep, op_scratch
+
+    model, example = ZOO["gpt2"]()
+    captured = P.capture(model, example)
+    memo_dispatches = _mode_dispatches(lambda: annotate_with(captured))
+    plain_dispatches = _mode_dispatches(lambda: annotate_with(captured, memoize=False))
+    plan = fxckpt.auto_checkpoint(model, example, budget=0.5)
+    gm, args, kwargs = plan.graph_module, captured.args, captured.kwargs
+    got = []
+    dry_dispatches = _mode_dispatches(lambda: got.append(dry_run_peak(gm, args, kwargs)))
+    # before: 1,671 in the dry run, and 1,357 in annotation either way (every op passed a mode)
+    assert dry_dispatches == 0
+    assert 0 < memo_dispatches < plain_dispatches  # 256 < 496: the backward and memoized nodes pass none
+    with FakeStep(gm, args, kwargs) as step:
+        step.leaves()
+        with LiveBytesMode(scratch=op_scratch) as live:
+            with gm.fxckpt_runtime.active():
+                out = gm(*step.args, **step.kwargs)
+            step.loss(step_loss)(out).backward()
+            del out
+    assert got == [live.peak_bytes] == [plan.plan.dry_run_peak_bytes] and live.peak_bytes > 0
