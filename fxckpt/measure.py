@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
-from .passes.ops import DEVICE_QUERY, memory_owners
+from .passes.ops import DEVICE_QUERY, memory_owners, plain_tensors
 from .passes.runtime import watch_rng_states
 
 __all__ = ["Allocation", "AllocatorEvent", "LiveBytesMode", "StepMeasurement", "allocator_events", "allocator_step_peak",
@@ -37,6 +37,10 @@ _FRESH = (torch.ops.aten.lift_fresh.default,)
 
 def _tensors(tree):
     """Every tensor in a pytree; mappings that are not registered pytrees are walked too."""
+    found = plain_tensors(tree)  # NOTE [ Tensors of an op's arguments ] in passes/ops.py
+    if found is not None:
+        yield from found
+        return
     for leaf in pytree.tree_leaves(tree):
         if isinstance(leaf, torch.Tensor):
             yield leaf

@@ -14,7 +14,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from .capture import flat_inputs
-from .ops import DEVICE_QUERY, real_like, storage_key
+from .ops import DEVICE_QUERY, real_like, storage_key, tensors_of
 from .runtime import uncached_casts
 
 aten = torch.ops.aten
@@ -112,7 +112,7 @@ class _FakeMode(FakeTensorMode):
         if kind == 0:
             return out
         if kind == 2:
-            tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            tensors = tensors_of((args, kwargs))
             if not _mixed_floating(tensors) or _index_off_cpu(tensors):
                 return out
         real = real_outputs(func, args, kwargs, strict=kind == 1)
@@ -290,7 +290,7 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
     always = fallback and kind in (0, 3) and func.namespace == "aten"  # NOTE [ Inductor's fallbacks are probed ]
     if kind == 0 and not always:
         return 0
-    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    tensors = tensors_of((args, kwargs))
     if kind == 2 and len(tensors) < 2:
         return 0
     if (always or kind == 3) and _index_off_cpu(tensors):

@@ -175,7 +175,60 @@ def memory_owners(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def tensor_leaves(tree) -> list[torch.Tensor]:
     """The tensors of a pytree, each as its `memory_owners`."""
-    return [o for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor) for o in memory_owners(t)]
+    return [o for t in tensors_of(tree) for o in memory_owners(t)]
+
+
+# NOTE [ Tensors of an op's arguments ]
+# Every op of a fake step has its arguments or outputs walked for tensors, several times (the
+# dry run's meter, annotation's recorder and backward trace, `op_scratch`), and pytree's general
+# walk (a registry lookup and a namedtuple check per node, a generator per level) cost more than
+# the work done with what it found. An op's (args, kwargs) and outputs are tuples, lists and
+# dicts of tensors and constants: `tensors_of` walks exactly those types itself, in pytree's
+# order, and leaves any other tree (torch.Size, a namedtuple, a registered class, a SymInt) to
+# pytree, so it returns what pytree's leaves give in every case.
+_CONSTANTS = frozenset((type(None), bool, int, float, complex, str, torch.dtype, torch.device, torch.layout,
+                        torch.memory_format))
+
+
+def tensors_of(tree) -> list[torch.Tensor]:
+    """The tensors among `tree`'s pytree leaves, in their order (NOTE [ Tensors of an op's arguments ]).
+
+    Example:
+        >>> x = torch.ones(2)
+        >>> [t is x for t in tensors_of(((x, 1.0), {"out": [x, None]}))]
+        [True, True]
+    """
+    found = plain_tensors(tree)
+    return found if found is not None else [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+def plain_tensors(tree) -> list[torch.Tensor] | None:
+    """The tensors of a tree of tuples, lists, dicts, tensors and constants, in pytree's order;
+    None where it has a part of another type (NOTE [ Tensors of an op's arguments ])."""
+    found: list[torch.Tensor] = []
+    return found if _walk(tree, found) else None
+
+
+def _walk(tree, found: list) -> bool:
+    """Append the tensors of a tree of tuples, lists, dicts, tensors and constants to `found`;
+    False at the first part of another type."""
+    kind = type(tree)
+    if kind is tuple or kind is list:
+        for x in tree:
+            if not _walk(x, found):
+                return False
+        return True
+    if kind is dict:
+        for x in tree.values():
+            if not _walk(x, found):
+                return False
+        return True
+    if kind in _CONSTANTS:
+        return True
+    if isinstance(tree, torch.Tensor) and kind not in pytree.SUPPORTED_NODES:
+        found.append(tree)
+        return True
+    return False
 
 
 def real_like(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch.fx.node import map_aggregate
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
-from .ops import storage_key
+from .ops import storage_key, tensors_of
 
 log = logging.getLogger(__name__)
 _EMPTY = object()
@@ -37,7 +37,7 @@ def _tensors(value) -> list[torch.Tensor]:
     """A node's output tensors, in pytree leaf order (a lone tensor without pytree)."""
     if isinstance(value, torch.Tensor):
         return [value]
-    return [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
+    return tensors_of(value)
 
 
 @dataclass(frozen=True)
