@@ -21,6 +21,15 @@ from fxckpt.measure import measure_step
 
 from tests.models import SWEEP_ZOO, call_model, clone_model, scalar_loss
 
+# Hugging Face models branch on being traced (`is_tracing`: fake tensors, torch.export), and
+# torch.export records the traced branch: since transformers 5.18 a T5's masks and a Mixtral's
+# experts (a loop instead of `grouped_mm`) differ there, and the captured program's gradients
+# differ from eager's in the last bits with nothing recomputed (T5: logits 9.5e-7, gradients
+# 6.0e-8 at a largest gradient of 0.233; Mixtral: gradients 1.5e-8). What fxckpt owns is the
+# rewrite: gradients bitwise equal to the captured program's; against eager, this tolerance,
+# relative to the largest gradient where that is above 1 (outputs, the
+# logits, are compared too).
+_TRACED_TOLERANCE = 1e-5
 FLOOR = "floor"  # the budget named by the InfeasibleBudgetError of a 1% budget
 BUDGETS = (0.9, 0.7, 0.5, 0.3, FLOOR)
 
@@ -33,6 +42,8 @@ class Outcome:
     budget: float | str
     status: str  # "ok", or what went wrong: see `Outcome.ok`
     grad_diff: float | None = None  # max abs difference over every parameter's and input's gradient
+    capture_diff: float | None = None  # the same against the captured program run with nothing recomputed,
+    # where the model's traced branch differs from its eager one (see `_TRACED_TOLERANCE`)
     buffers_equal: bool | None = None
     budget_bytes: int | None = None
     predicted_bytes: int | None = None
@@ -158,7 +169,9 @@ def run_case(name: str, budget: float | str, *, measure_original: bool = True, c
         diff, buffers_equal = compare_step(model, ckpt, ref_model, example, ref_example)
     except Exception as e:
         return Outcome(name, budget, "step error", **common, error=_first_line(e))
-    if diff != 0.0:
+    capture_diff = _capture_diff(name, model) if diff != 0.0 and common["frontend"] == "export" else None
+    traced = capture_diff == 0.0 and diff <= _TRACED_TOLERANCE * _largest_gradient(ref_model, ref_example)
+    if diff != 0.0 and not traced:
         status = "wrong gradients"
     elif not buffers_equal:
         status = "wrong buffers"
@@ -168,5 +181,21 @@ def run_case(name: str, budget: float | str, *, measure_original: bool = True, c
         status = "above original"
     else:
         status = "ok"
-    return Outcome(name, budget, status, grad_diff=diff, buffers_equal=buffers_equal, measured_bytes=measured,
-                   **common)
+    return Outcome(name, budget, status, grad_diff=diff, capture_diff=capture_diff, buffers_equal=buffers_equal,
+                   measured_bytes=measured, **common)
+
+
+def _largest_gradient(model, example) -> float:
+    tensors = [p.grad for p in model.parameters()] + [x.grad for x in _tensors(example)]
+    return max([1.0] + [t.abs().max().item() for t in tensors if t is not None and t.numel()])
+
+
+def _capture_diff(name: str, planned) -> float:
+    """The largest gradient difference between `planned` (after its step) and the captured program
+    with nothing recomputed, one step from the same RNG state."""
+    model, example = SWEEP_ZOO[name]()
+    captured = fxckpt.auto_checkpoint(model, example, budget=1.0)
+    assert not captured.plan.recompute, captured.plan.summary()
+    _step(captured, example)
+    grads = dict(model.named_parameters())
+    return max(_max_diff(p.grad, grads[n].grad) for n, p in planned.named_parameters())
