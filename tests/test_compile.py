@@ -278,18 +278,112 @@ def test_cache_key_names_budget_and_solver():
     assert be.uuid() == fxckpt.backend(budget_mb=2.6, compiler="aot_eager").uuid()
 
 
-def test_verify_checks_once_and_falls_back_on_a_mismatch(monkeypatch):
+def zero_outputs(gm: torch.fx.GraphModule) -> None:
+    """A fault: `gm` (a backward graph) returns its tensor outputs (the gradients) multiplied by 0."""
+    out = gm.graph.output_node()
+    with gm.graph.inserting_before(out):
+        zeroed = []
+        for a in out.args[0]:
+            if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor):
+                z = gm.graph.call_function(torch.ops.aten.mul.Tensor, (a, 0.0))
+                z.meta = dict(a.meta)
+                a = z
+            zeroed.append(a)
+    out.args = (tuple(zeroed),)
+    gm.recompile()
+
+
+def test_verify_checks_once_and_falls_back_to_the_eager_reference(monkeypatch):
+    """aot_eager: our plan's gradients equal the reference's bitwise; where our backward graph is
+    wrong (its gradients zeroed), verify warns, says how many differ, and runs the reference:
+    gradients bitwise eager's, dropout included (the check draws no extra random numbers).
+    Failed before: the reference was our own partition with nothing recomputed, zeroed as well."""
+    import fxckpt.compile as compile_mod
     import fxckpt.compile.verify as verify
 
     model, x = make_dropout_mlp()
     ref_grads, _ = step(copy.deepcopy(model), x)
-    calls = []
-    real = verify.same_gradients
-    monkeypatch.setattr(verify, "same_gradients", lambda a, b, exact: calls.append(real(a, b, exact)) or False)
-    with pytest.warns(RuntimeWarning, match="falling back to torch's default partitioner"):
-        _, _, grads, _ = compiled_step(model, x, budget=0.7, compiler="aot_eager", verify=True)
-    assert calls == [True]  # our plan's gradients equal the no-recompute graph's; the mismatch is forced
-    assert_same(grads, ref_grads)  # the fallback, from the same RNG state
+    runs = []  # the check's runs: ours and the reference's
+    real = verify.gradients
+    monkeypatch.setattr(verify, "gradients", lambda *a: runs.append(a[0]) or real(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # equal bitwise: no warning
+        compiled, be, grads, _ = compiled_step(model, x, budget=0.7, compiler="aot_eager", verify=True)
+    assert len(runs) == 2 and fxckpt.compiled_plans(be)[0].recompute
+    assert_same(grads, ref_grads)
+
+    def faulty(joint, **kwargs):
+        fw, bw = partition(joint, **kwargs)
+        zero_outputs(bw)
+        return fw, bw
+    partition = compile_mod.partition
+    monkeypatch.setattr(compile_mod, "partition", faulty)
+    torch._dynamo.reset()
+    runs.clear()
+    with pytest.warns(RuntimeWarning, match=r"10 of 10 gradients \(largest difference 1 .*fell back to eager kernels"):
+        compiled, _, grads, _ = compiled_step(model, x, budget=0.7, compiler="aot_eager", verify=True)
+    assert_same(grads, ref_grads)
+    assert_same(step(compiled, x)[0], ref_grads)  # the second step: no second check
+    assert len(runs) == 2
+
+
+def test_inductor_fault_is_caught_and_falls_back_without_layout_optimization():
+    """Inductor computes wrong gradients where its layout optimization is on (as on the diffusers
+    U-Net, NOTE [ Why verify compiled gradients ]; here injected: the backward's gradients zeroed
+    while `layout_optimization` is on). verify warns and falls back to inductor compiled with
+    `layout_optimization=False`: the step's gradients and BatchNorm statistics equal eager's
+    within tolerance, dropout included (inductor draws aten's random numbers under verify).
+    Failed before: the reference was compiled by the same inductor, so the check saw no
+    difference and the step's gradients were zeros."""
+    cnn, x = make_cnn()
+    model = nn.Sequential(cnn, nn.Dropout(0.3)).train()
+    ref_grads, ref_buffers = step(copy.deepcopy(model), x)
+    layouts = []
+
+    def faulty_inductor(gm, example_inputs, **kwargs):
+        from torch._inductor.compile_fx import compile_fx_inner
+
+        layout = torch._inductor.config.layout_optimization
+        if kwargs.get("is_backward"):
+            layouts.append(layout)
+            if layout:
+                zero_outputs(gm)
+        return compile_fx_inner(gm, example_inputs, **kwargs)
+
+    m = copy.deepcopy(model)
+    be = fxckpt.backend(budget=0.9, verify=True)
+    be.inner_compile = faulty_inductor
+    with pytest.warns(RuntimeWarning, match="differ from the same graph run with eager kernels.*fell back to "
+                                            "inductor with layout_optimization=False"):
+        grads, buffers = step(torch.compile(m, backend=be), x)
+    assert layouts == [True, False]  # ours, then the fallback
+    for g, r in zip(grads + buffers, ref_grads + ref_buffers, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_verify_runs_the_reference_where_layout_optimization_off_differs_too(monkeypatch):
+    """The last fallback: where inductor without layout optimization differs too, the eager
+    reference runs, and the warning says both (no inductor compile: the compiles are stand-ins)."""
+    import fxckpt.compile.verify as verify
+
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 8), torch.randn(8, 8, requires_grad=True)
+
+    def f(x, w):
+        return (torch.tanh(x @ w),)
+
+    def wrong(x, w):  # w's gradient zero
+        return (torch.tanh(x @ w.detach()) + 0 * w.sum(),)
+    fallbacks = []
+    monkeypatch.setattr(verify, "fallback_compile", lambda *a: fallbacks.append(a) or wrong)
+    gm = torch.fx.symbolic_trace(f)
+    run = verify.verified(gm, [x, w], wrong, verify.reference_compile(gm, [x, w]), "inductor", {})
+    with pytest.warns(RuntimeWarning, match=r"1 of 1 gradients .*with layout_optimization=False, 1 of 1 gradients "
+                                            r".*fell back to eager kernels"):
+        (out,) = run(x, w)
+    assert len(fallbacks) == 1
+    (grad,) = torch.autograd.grad(out.sum(), w)
+    assert torch.equal(grad, torch.autograd.grad(f(x, w)[0].sum(), w)[0])
 
 
 def test_bad_arguments():
@@ -303,6 +397,8 @@ def test_bad_arguments():
         fxckpt.backend(budget=0.5, compiler="aot_eager", max_autotune=True)
     with pytest.raises(TypeError, match="fxckpt backend"):
         fxckpt.compiled_plans(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="fallback_random"):
+        fxckpt.backend(budget=0.5, verify=True, fallback_random=False)
 
 
 # Metadata that names fxckpt without the entry point shadows the installed one (importlib.metadata

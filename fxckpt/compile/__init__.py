@@ -116,6 +116,10 @@ class FxckptBackend:
         if inductor_options and compiler != "inductor":
             raise ValueError(f"options {sorted(inductor_options)} are inductor's, but compiler={compiler!r}")
         self.budget_mb, self.budget, self.solver, self.compiler = budget_mb, budget, solver, compiler
+        if verify and compiler == "inductor":  # NOTE [ Why verify compiled gradients ]: eager's random numbers
+            if not inductor_options.setdefault("fallback_random", True):
+                raise ValueError("verify=True compares with eager kernels' random numbers, which inductor draws only "
+                                 "with fallback_random=True: drop fallback_random=False or verify=True")
         self.verify, self.inductor_options = bool(verify), dict(inductor_options)
         self._graphs: dict[int | None, CompiledGraph] = {}  # per frame, latest; in first-run order
         self._compiled: dict[int | None, _Replannable] = {}
@@ -176,14 +180,16 @@ class FxckptBackend:
     def _compile_graph(self, gm: fx.GraphModule, example_inputs, frame):
         """Compile one graph (or one piece of a split graph) under its share of the budget; `frame`
         keys its plan (NOTE [ Graph breaks share the budget in first-run order ])."""
+        from . import verify
+
+        # the reference first, from `gm` as Dynamo made it: inductor's pre-grad passes rewrite it in place
+        reference = verify.reference_compile(gm, example_inputs) if self.verify else None
         kept = self._graphs.get(frame)  # a frame compiled again keeps the reserve a later graph asked for
         fn = self._compile_planned(gm, example_inputs, frame, kept.reserve_bytes if kept is not None else 0)
         compiled = self._compiled[frame] = _Replannable(self, gm, frame, fn)
         if self.verify:
-            from .verify import verified
-
-            reference = self._compile(gm, example_inputs, _Partitioner(self, frame, recompute_nothing=True))
-            return verified(gm, example_inputs, compiled, reference, self.compiler, self.inductor_options)
+            return verify.verified(gm, example_inputs, compiled, reference, self.compiler, self.inductor_options,
+                                   self.inner_compile)
         return compiled
 
     def _compile(self, gm, example_inputs, partitioner):
@@ -413,9 +419,8 @@ class _Partitioner(_custom_partitioner_base()):
     """Inductor's `CustomPartitionerFn` (and AOTAutograd's `partition_fn`): the joint graph to a
     forward and a backward graph that recompute what fxckpt's plan recomputes."""
 
-    def __init__(self, owner: FxckptBackend, frame, recompute_nothing: bool = False, reserve: int = 0,
-                 shave: int = 0, floor: bool = False):
-        self.owner, self.frame, self.recompute_nothing, self.reserve = owner, frame, recompute_nothing, reserve
+    def __init__(self, owner: FxckptBackend, frame, reserve: int = 0, shave: int = 0, floor: bool = False):
+        self.owner, self.frame, self.reserve = owner, frame, reserve
         self.shave, self.floor = shave, floor
         self.last: Plan | None = None
         self.recorder = BufferPlanRecorder()  # inductor's code for the two graphs, read by `held`
@@ -431,8 +436,7 @@ class _Partitioner(_custom_partitioner_base()):
         return (str, (self.uuid(),))
 
     def uuid(self) -> str:
-        own = ":nothing" if self.recompute_nothing else f":{self.reserve}:{self.shave}:{self.floor}"
-        return self.owner.uuid() + own
+        return self.owner.uuid() + f":{self.reserve}:{self.shave}:{self.floor}"
 
     def __call__(self, joint: fx.GraphModule, joint_inputs, *, num_fwd_outputs: int,
                  static_lifetime_input_indices=None, **kwargs):
@@ -450,11 +454,7 @@ class _Partitioner(_custom_partitioner_base()):
         return step_buffers(self.recorder, *self._names)
 
     def _choose(self, problem: RematProblem) -> Plan:
-        if self.recompute_nothing:  # but what the problem forces (NOTE [ Fused copies are replayed, never saved ])
-            forced = frozenset(i for i in problem.candidates() if problem.nodes[i].prefer == "recompute")
-            self.last = make_plan(problem, forced, solver="none", budget_bytes=None, solve_seconds=0.0)
-        else:
-            self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
+        self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
 
 
@@ -534,8 +534,11 @@ def backend(budget_mb: float | None = None, budget: float | None = None, solver:
             cannot reach it is planned at its smallest feasible peak, with a warning).
         solver: a name in `fxckpt.SOLVERS`.
         compiler: "inductor" (default) or "aot_eager" (AOTAutograd's graphs run op by op).
-        verify: on the first call of each graph, compare gradients with the same graphs with
-            nothing recomputed; on a mismatch, warn and use torch's default partitioner.
+        verify: on the first call of each graph, compare gradients with the same graph run with
+            eager kernels and nothing recomputed; on a mismatch, warn and fall back to inductor
+            with `layout_optimization` off and torch's default partitioner where that matches,
+            else to the eager reference. Under inductor, random numbers are aten's
+            (`fallback_random`), so that dropout can be compared.
         **inductor_options: passed on to inductor's config.
 
     Example:
