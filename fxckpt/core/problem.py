@@ -104,11 +104,16 @@ class RematProblem:
         return any(n.seconds is not None for n in self.nodes if n.creates or n.writes)
 
     @cached_property
+    def inlined(self) -> tuple[bool, ...]:
+        """Per node, whether it creates buffers and all of them are fused: a compiler computes it
+        inside the kernels that read it (NOTE [ Fused buffers ] in fxckpt.core.simulate)."""
+        return tuple(bool(n.creates) and all(self.buffers[b].fused for b in n.creates) for n in self.nodes)
+
+    @cached_property
     def cost(self) -> tuple[int, ...]:
         """What replaying each node once costs (see NOTE [ One recompute cost ]); 0 for nodes
-        that allocate and write nothing (views: replaying them is no work) and for fused ones."""
-        fused = [bool(n.creates) and all(self.buffers[b].fused for b in n.creates) for n in self.nodes]
-        work = [bool(n.creates or n.writes) and not f for n, f in zip(self.nodes, fused)]
+        that allocate and write nothing (views: replaying them is no work) and for `inlined` ones."""
+        work = [bool(n.creates or n.writes) and not f for n, f in zip(self.nodes, self.inlined)]
         if self.timed:
             return tuple(round(n.seconds * 1e9) if w else 0 for n, w in zip(self.nodes, work))
         return tuple(n.flops if w else 0 for n, w in zip(self.nodes, work))

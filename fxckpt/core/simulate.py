@@ -176,8 +176,8 @@ class StepFacts:
         cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
         inputs: per node, its input nodes without repeats, in order.
         fused: per buffer, whether it is in memory only across the forward/backward boundary.
-        inlined: per node, whether it creates buffers and all are fused (a replay computed in its
-            readers' kernels, reading its inputs there).
+        inlined: `RematProblem.inlined` (a replay computed in its readers' kernels, reading its
+            inputs there).
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
         slots: per producer of a saved buffer, the last writer of that buffer once per saved
             slot (the recipe each slot packs when the producer is recomputed).
@@ -195,7 +195,7 @@ class StepFacts:
     cache: list[tuple[int, ...]]
     inputs: list[tuple[int, ...]]
     fused: list[bool]
-    inlined: list[bool]
+    inlined: tuple[bool, ...]
     born: list[int]
     dying: list[int]
     slots: dict[int, list[int]]
@@ -244,7 +244,7 @@ def _step_facts(p: RematProblem) -> StepFacts:
         forward_last=last, ends=[tuple(e) for e in ends],
         cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
-        inlined=[bool(n.creates) and all(p.buffers[b].fused for b in n.creates) for n in p.nodes], born=born, dying=dying,
+        inlined=p.inlined, born=born, dying=dying,
         slots=slots, made=made)
 
 

@@ -10,7 +10,7 @@ import time
 from ..errors import InfeasibleBudgetError, SolverError
 from ..plan import Plan, make_plan
 from ..problem import RematProblem
-from ..simulate import recompute_cost, simulate, step_facts
+from ..simulate import recompute_cost, simulate
 from . import auto, baselines, block_dp, chain, exhaustive, greedy, ilp, mincut  # noqa: F401  (the built-in solvers register)
 from .auto import min_peak_plan
 from .registry import SOLVERS, Solved, Solver, check_budget, recompute_of, register_solver
@@ -68,7 +68,7 @@ def free_recomputations(problem: RematProblem, recompute: frozenset[int]) -> fro
     """`recompute` with its free part chosen for the lowest simulated peak and, at an equal
     peak, what it holds across the forward/backward boundary (NOTE [ Free recomputations break
     ties by memory ])."""
-    fused = step_facts(problem).inlined  # free by NOTE [ One recompute cost ]; not every 0-FLOP node
+    fused = problem.inlined  # free by NOTE [ One recompute cost ]; not every 0-FLOP node
     free = [i for i in problem.candidates() if fused[i] and problem.nodes[i].prefer != "save"]
     if not any(i not in recompute for i in free):
         return recompute
