@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils import _pytree as pytree
 
 from fxckpt.core.errors import MIB, UncountedMemoryWarning
@@ -93,7 +94,7 @@ class RunWatch:
         self.done = False
 
     def before(self, args) -> None:
-        if self.done or not torch.is_grad_enabled():
+        if self.done or not torch.is_grad_enabled() or _fake(args):
             return
         if "eager" not in self.warned:
             nbytes, names = eager_saved_bytes(args)
@@ -116,7 +117,7 @@ class RunWatch:
                 "torch._dynamo.config.allow_rnn = True)"), stacklevel=3)
 
     def after(self, outputs) -> None:
-        if self.done or not torch.is_grad_enabled():
+        if self.done or not torch.is_grad_enabled() or _fake(outputs):
             return
         nodes = [t.grad_fn for t in pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
         if not nodes:
@@ -124,6 +125,12 @@ class RunWatch:
         node = next((n for n in nodes if n.name() == COMPILED), nodes[0])  # not a view regenerated outside
         self.pending += 1
         node.register_prehook(_Started(self))
+
+
+def _fake(tree) -> bool:
+    """Whether a run is on fake tensors: a compiler's, not the step's (Dynamo's graph split runs
+    each piece on fake tensors while it compiles the next; counted, it was a run "again")."""
+    return any(isinstance(t, FakeTensor) for t in pytree.tree_leaves(tree))
 
 
 class _Started:
