@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,6 +40,21 @@ class _Model:
     def __init__(self):
         self.lb, self.ub, self.integer, self.cost = [], [], [], []
         self.rows: list[tuple[dict[int, float], float, float]] = []
+        self._matrix = None  # (rows, columns, A, lo, hi) as last built: rows and columns are only added
+
+    def matrix(self):
+        """The rows as a sparse matrix with their bounds, built again only after rows or columns were added."""
+        from scipy.sparse import csr_matrix
+
+        if self._matrix is None or self._matrix[:2] != (len(self.rows), len(self.lb)):
+            data, ri, ci, lo, hi = [], [], [], [], []
+            for j, (terms, a, b) in enumerate(self.rows):
+                for v, w in terms.items():
+                    ri.append(j), ci.append(v), data.append(w)
+                lo.append(a), hi.append(b)
+            A = csr_matrix((data, (ri, ci)), shape=(len(self.rows), len(self.lb)))
+            self._matrix = (len(self.rows), len(self.lb), A, lo, hi)
+        return self._matrix[2:]
 
     def var(self, lb=0.0, ub=1.0, integer=False, cost=0.0) -> int:
         self.lb.append(lb), self.ub.append(ub), self.integer.append(int(integer)), self.cost.append(cost)
@@ -235,21 +251,22 @@ def _budget_rows(m: _Model, st, marks, conds, const, budget_bytes: int) -> None:
         m.le(row, budget_bytes - fixed)
 
 
-def _milp(m: _Model, seconds: float):
+def _milp(m: _Model, seconds: float, nodes: int | None = None):
+    """HiGHS on `m`, for `seconds` of wall time; with `nodes`, at most that many branch-and-bound
+    nodes (1: the root alone, whose bound does not depend on the machine's speed)."""
     try:
         import numpy as np
         from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import csr_matrix
     except ImportError as e:
         raise ImportError("the 'ilp' solver needs scipy: pip install 'fxckpt[ilp]'") from e
-    data, ri, ci, lo, hi = [], [], [], [], []
-    for j, (terms, a, b) in enumerate(m.rows):
-        for v, w in terms.items():
-            ri.append(j), ci.append(v), data.append(w)
-        lo.append(a), hi.append(b)
-    A = csr_matrix((data, (ri, ci)), shape=(len(m.rows), len(m.lb)))
-    return milp(np.array(m.cost), integrality=np.array(m.integer), bounds=Bounds(m.lb, m.ub),
-                constraints=LinearConstraint(A, lo, hi), options={"time_limit": max(0.01, seconds)})
+    A, lo, hi = m.matrix()
+    options = {"time_limit": max(0.01, seconds)}
+    if nodes is not None:  # HiGHS's own option, passed through by scipy (with a warning): the root's heuristics
+        options.update(node_limit=nodes, mip_heuristic_effort=0.0)  # cost CPU s and found no better choice on the zoo
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
+        return milp(np.array(m.cost), integrality=np.array(m.integer), bounds=Bounds(m.lb, m.ub),
+                    constraints=LinearConstraint(A, lo, hi), options=options)
 
 
 def _cost_fixed_at(m, r, recompute) -> float | None:
