@@ -510,7 +510,8 @@ def _bound_model(p, budget_bytes: int, cached: bool = True):
                 continue
             if b in live:
                 fixed -= nb
-            key = tuple(sorted({(c0, tuple((early.col(v[1], k) if isinstance(v, tuple) else v, w) for v, w in terms))
+            key = tuple(sorted(set(cs) if early is None else  # without early replays every term is a column
+                               {(c0, tuple((early.col(v[1], k) if isinstance(v, tuple) else v, w) for v, w in terms))
                                 for c0, terms in cs}))
             if key not in g_cols:
                 g = g_cols[key] = m.var()
