@@ -38,3 +38,18 @@ def test_no_garbage_collection_while_planning(monkeypatch):
     finally:
         gc.enable()
 
+
+def test_projected_model_builds_each_key_once(monkeypatch):
+    # NOTE [ Rows of the projected model without early replays ]: before, a key per buffer and
+    # step where it is bounded (565 here), now one per distinct list of bounds (36)
+    from fxckpt.core.simulate import simulate
+    from fxckpt.core.solvers import ilp
+    from fxckpt.core.synthetic import repeated_blocks
+
+    problem = repeated_blocks(6, size=6, seed=3)
+    budget = int(0.5 * simulate(problem).peak_bytes)
+    built, key = [], ilp._bounds_key
+    monkeypatch.setattr(ilp, "_bounds_key", lambda cs, early, k: built.append(tuple(cs)) or key(cs, early, k))
+    m, _ = ilp._bound_model(problem, budget, cached=False)
+    assert m.rows and built
+    assert len(built) == len(set(built))

@@ -467,15 +467,18 @@ def _bound_model(p, budget_bytes: int, cached: bool = True):
     st = step_facts(p)
     r = _choice_columns(m, p)
     mat, first, consumers = _materialized_columns(m, p, st, r)
-    held: dict[int, list[tuple[int, int, int | None]]] = defaultdict(list)  # b -> (first, x, r_src): x holds b
+    held: dict[int, list[tuple[int, int, tuple]]] = defaultdict(list)  # b -> (first, x, terms): x holds b
     for x in mat:
         for a in st.inputs[x]:
             if p.source[a] is not None:
+                s = r.get(p.source[a])
+                terms = ((mat[x], 1.0),) + (((s, -1.0),) if s is not None else ())
                 for b in p.nodes[a].value:
-                    held[b].append((first[x], x, r.get(p.source[a])))
+                    held[b].append((first[x], x, terms))
     early = _Early(m, p, st, r, mat, consumers) if cached else None
     pinned = {b for b in range(len(p.buffers)) if r.get(st.producer[b]) is None or st.output_holds[b]}
     g_cols: dict[tuple, int] = {}
+    keys: dict[tuple, tuple] = {}  # the lower bounds of a g column -> its key, without `early`
     fwd = 0
     for mk in step_marks(p):
         k = -1 if mk.kind == "forward" else fwd
@@ -489,8 +492,7 @@ def _bound_model(p, budget_bytes: int, cached: bool = True):
                 continue  # live in every plan (counted in live_bytes), or not yet created
             if b in live:
                 lows[b].append((1.0, ((r[st.producer[b]], -1.0),)))  # held for backward unless recomputed
-            for f, x, s in held.get(b, ()):
-                terms = ((mat[x], 1.0),) + (((s, -1.0),) if s is not None else ())
+            for f, x, terms in held.get(b, ()):
                 if f > k:  # no holder of x can have let go of it yet
                     lows[b].append((0.0, terms))
                 elif early is not None:  # still held unless materialized by step k
@@ -510,9 +512,13 @@ def _bound_model(p, budget_bytes: int, cached: bool = True):
                 continue
             if b in live:
                 fixed -= nb
-            key = tuple(sorted(set(cs) if early is None else  # without early replays every term is a column
-                               {(c0, tuple((early.col(v[1], k) if isinstance(v, tuple) else v, w) for v, w in terms))
-                                for c0, terms in cs}))
+            if early is None:  # NOTE [ Rows of the projected model without early replays ]
+                bounds = tuple(cs)
+                key = keys.get(bounds)
+                if key is None:
+                    key = keys[bounds] = _bounds_key(cs, None, k)
+            else:
+                key = _bounds_key(cs, early, k)
             if key not in g_cols:
                 g = g_cols[key] = m.var()
                 for c0, terms in key:
@@ -520,6 +526,22 @@ def _bound_model(p, budget_bytes: int, cached: bool = True):
             row[g_cols[key]] = row.get(g_cols[key], 0.0) - nb
         m.ge(row, fixed)
     return m, r
+
+
+def _bounds_key(cs: list[tuple], early: _Early | None, k: int) -> tuple:
+    """The key of the g column with lower bounds `cs` at backward step `k` (-1: forward): its
+    bounds with their columns resolved, de-duplicated and sorted.
+
+    NOTE [ Rows of the projected model without early replays ]
+    Without `early` (the model `lp_rounded` builds on `auto`'s path), a bound names its columns
+    directly, so a key depends on the bounds alone, and the same bounds of a buffer recur over
+    the many steps where it is live or held: the key is built once per distinct list of bounds.
+    GPT-2 small at 50% (548 nodes, 1,014 steps): 52,237 keys built before, 258 after; the model
+    is the same, row for row; building it took 0.48 -> 0.26 CPU s on a loaded machine."""
+    if early is None:
+        return tuple(sorted(set(cs)))
+    return tuple(sorted({(c0, tuple((early.col(v[1], k) if isinstance(v, tuple) else v, w) for v, w in terms))
+                         for c0, terms in cs}))
 
 
 def _materialized_columns(m: _Model, p, st, r: dict[int, int]):
