@@ -22,7 +22,11 @@ in backward allocates nothing (the replay fuses into the backward kernels that r
 those kernels read its inputs: a recomputed node whose buffers are all fused keeps its inputs
 until its recipe is released, not only until it is materialized (the tiny CNN's ReLU output, the
 input of a recomputed mask inlined into a kernel 43 ops later, was held 1 MiB past the
-prediction). This
+prediction). The two sides are compiled as two graphs and fused apart: a value may be written
+in forward (an extern kernel reads it there, or its forward readers make inductor realize it)
+and still be computed inside the backward kernels that read it when replayed. Such a buffer is
+marked `Buffer.inlined`: allocated in forward as any other, but replayed as a fused one (no
+buffer, its inputs held by its recipe, and free: NOTE [ One recompute cost ]). This
 is the one difference between the eager runtime's memory model and the fused compiled step's,
 so both are this simulator, chosen per buffer by the problem's builder (`fxckpt.compile.joint`
 marks buffers for inductor, never for the eager runtime or `aot_eager`): every solver, the
@@ -176,6 +180,8 @@ class StepFacts:
         cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
         inputs: per node, its input nodes without repeats, in order.
         fused: per buffer, whether it is in memory only across the forward/backward boundary.
+        replay_free: per buffer, whether a replay of its producer writes it nowhere (`fused` or
+            `Buffer.inlined`).
         inlined: `RematProblem.inlined` (a replay computed in its readers' kernels, reading its
             inputs there).
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
@@ -195,6 +201,7 @@ class StepFacts:
     cache: list[tuple[int, ...]]
     inputs: list[tuple[int, ...]]
     fused: list[bool]
+    replay_free: list[bool]
     inlined: tuple[bool, ...]
     born: list[int]
     dying: list[int]
@@ -244,6 +251,7 @@ def _step_facts(p: RematProblem) -> StepFacts:
         forward_last=last, ends=[tuple(e) for e in ends],
         cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
+        replay_free=[b.fused or b.inlined for b in p.buffers],
         inlined=p.inlined, born=born, dying=dying,
         slots=slots, made=made)
 
@@ -442,7 +450,7 @@ class _Run:
         for b in self.st.cache[x]:
             self.rc[b] += 1
         before = self.live
-        self._alloc(b for b in node.creates if not self.st.fused[b])  # NOTE [ Fused buffers ]
+        self._alloc(b for b in node.creates if not self.st.replay_free[b])  # NOTE [ Fused buffers ]
         self.cached[x] = True
         if node.creates or node.writes:
             self.flops += node.flops

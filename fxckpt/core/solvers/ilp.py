@@ -499,7 +499,7 @@ def _bound_model(p, budget_bytes: int, cached: bool = True):
                     lows[b].append((0.0, terms + ((("d", x), -1.0),)))
         for x, qs in early.cached_at(k) if early is not None and k >= 0 else ():
             for b in st.cache[x]:
-                if b not in pinned and b not in own and not st.fused[b]:
+                if b not in pinned and b not in own and not st.replay_free[b]:
                     lows[b].extend((0.0, ((("d", x), 1.0),)) if q is None else (-1.0, ((("d", x), 1.0), (q, 1.0)))
                                    for q in qs)
         if mk.live_bytes + sum(st.nbytes[b] for b in lows if b not in live) <= budget_bytes:
