@@ -199,6 +199,25 @@ def _as_leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_(t.requires_grad)
 
 
+def _warn_repeated_casts(captured) -> None:
+    """Under autocast, say which leaves the step casts more than once: their gradients differ
+    from eager autocast's by rounding (NOTE [ Casts autocast's cache would share ])."""
+    from .passes.fake_step import repeated_casts
+    from .passes.runtime import autocast_state
+
+    if not autocast_state():
+        return
+    casts = repeated_casts(captured.gm, captured.args, captured.kwargs)
+    if casts:
+        named = ", ".join(f"{name} ({n} casts)" for name, n in list(casts.items())[:5])
+        warnings.warn(
+            f"fxckpt runs autocast without its cast cache, so each read of a weight casts it again: {named}"
+            f"{' and more' if len(casts) > 5 else ''}. Eager autocast casts each once and sums its gradients in "
+            f"{torch.get_autocast_dtype(autocast_state()[0][0])}; fxckpt sums them in the weight's dtype, so these "
+            f"gradients differ from eager's by rounding (they equal eager's under "
+            f"torch.autocast(..., cache_enabled=False))", stacklevel=3)
+
+
 def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted) -> _Planned:
     # Under the caller's autocast, as the step will run: torch.export records the dtypes it
     # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
@@ -207,6 +226,7 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_f
         captured = passes.capture(model, args, kwargs)
     with in_stage("annotate"):
         gm = passes.annotate(captured, loss_fn)
+        _warn_repeated_casts(captured)
     with in_stage("to_problem"):
         problem = passes.to_problem(gm, name=type(model).__name__, **node_seconds(model, captured, gm, timing))
     baseline = simulate(problem).peak_bytes
