@@ -129,7 +129,8 @@ def test_reduced_precision_matrix_products_and_mixed_dtype_operands_are_probed()
     a, b = torch.randn(384, 256).t().to(torch.bfloat16), torch.randn(384, 64).to(torch.bfloat16)
     probed = profiled_memory(lambda: torch.mm(a, b))
     real = probed.peak_bytes - probed.result.untyped_storage().nbytes()
-    assert real > 0  # what the fix is about: without it, no scratch was charged here
+    # Whether it packs depends on the CPU (seen on AVX-512 machines, not on an AVX2-only EPYC):
+    # the probe must charge what this machine's kernel allocates, scratch or none.
     assert fake_step.op_scratch(aten.mm.default, (a, b), {}) == real
     x, y = torch.randn(8, 48, 64), torch.randn(8, 48, 64).to(torch.bfloat16)
     assert fake_step.op_scratch(aten.add.Tensor, (x, y), {}) == y.numel() * 4
