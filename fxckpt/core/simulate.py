@@ -22,15 +22,23 @@ in backward allocates nothing (the replay fuses into the backward kernels that r
 those kernels read its inputs: a recomputed node whose buffers are all fused keeps its inputs
 until its recipe is released, not only until it is materialized (the tiny CNN's ReLU output, the
 input of a recomputed mask inlined into a kernel 43 ops later, was held 1 MiB past the
-prediction). The two sides are compiled as two graphs and fused apart: a value may be written
-in forward (an extern kernel reads it there, or its forward readers make inductor realize it)
-and still be computed inside the backward kernels that read it when replayed. Such a buffer is
-marked `Buffer.inlined`: allocated in forward as any other, but replayed as a fused one (no
-buffer, its inputs held by its recipe, and free: NOTE [ One recompute cost ]). This
+prediction). This
 is the one difference between the eager runtime's memory model and the fused compiled step's,
 so both are this simulator, chosen per buffer by the problem's builder (`fxckpt.compile.joint`
 marks buffers for inductor, never for the eager runtime or `aot_eager`): every solver, the
 infeasibility error and the plan's prediction then judge one model of the step that runs.
+
+NOTE [ Tuple elements die alone ]
+The eager runtime's recipe of a node holds the node's whole output until its last holder lets
+go. A compiled backward is plain code: a replayed multi-output op (a training-mode batch norm:
+output, mean, rstd and new running statistics) is one tuple whose elements the code reads
+through getitems and frees each after its own last reader. The compile path marks such
+buffers `Buffer.element`; a materialized recipe of the getitem that reads one keeps it (its
+*keeper*, which saved slots unpack), not the op's, and an element no pending keeper will take is
+freed right after the op runs. Held together, the tiny CNN's recomputed batch-norm output stayed
+live through the next convolution's backward until the norm's backward, which reads only its
+64-byte statistics: predicted 623,664 B, measured 572,400 B (an AVX2 CPU, whose convolution
+scratch gave that plan).
 
 NOTE [ RNG states are activation memory ]
 A recipe of a random node (dropout, attention with dropout) keeps the generator state the node
@@ -90,7 +98,7 @@ def materialized(problem: RematProblem, recompute: frozenset[int]) -> frozenset[
     """Nodes backward replays for plan `recompute`: the last writers of the saved buffers of
     recomputed producers (for the backwards that run) and the remat inputs of those,
     transitively. The simulator replays exactly these, once each."""
-    src, last = problem.source, problem.last_writer
+    src, last = problem.source, step_facts(problem).keeper
     nodes, buffers = problem.nodes, problem.buffers
     stack = [last[b] for c in problem.backward_order for b in nodes[c].saves if buffers[b].producer in recompute]
     seen: set[int] = set()
@@ -177,11 +185,12 @@ class StepFacts:
             when its producer is kept.
         forward_last: per buffer, the last forward step that reads it (any alias), or creates it.
         ends: per node, the buffers whose `forward_last` it is.
-        cache: per node, the buffers a materialized recipe of it keeps (its value and creations).
+        cache: per node, the buffers a materialized recipe of it keeps (its value and creations,
+            less tuple elements another node keeps: NOTE [ Tuple elements die alone ]).
+        keeper: per buffer, the node whose recipe a saved slot of it unpacks (its last writer,
+            or for a tuple element the getitem that reads it).
         inputs: per node, its input nodes without repeats, in order.
         fused: per buffer, whether it is in memory only across the forward/backward boundary.
-        replay_free: per buffer, whether a replay of its producer writes it nowhere (`fused` or
-            `Buffer.inlined`).
         inlined: `RematProblem.inlined` (a replay computed in its readers' kernels, reading its
             inputs there).
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
@@ -199,9 +208,9 @@ class StepFacts:
     forward_last: list[int]
     ends: list[tuple[int, ...]]
     cache: list[tuple[int, ...]]
+    keeper: list[int]
     inputs: list[tuple[int, ...]]
     fused: list[bool]
-    replay_free: list[bool]
     inlined: tuple[bool, ...]
     born: list[int]
     dying: list[int]
@@ -234,10 +243,16 @@ def _step_facts(p: RematProblem) -> StepFacts:
             born[g.born] += g.nbytes
             if g.dies >= 0:  # -1: lives to the end of the step
                 dying[g.dies] += g.nbytes
+    keeper = list(p.last_writer)
+    for v, node in enumerate(p.nodes):  # NOTE [ Tuple elements die alone ]
+        if not node.creates and len(node.value) == 1:
+            b = node.value[0]
+            if p.buffers[b].element and keeper[b] == p.buffers[b].producer:
+                keeper[b] = v
     slots: dict[int, list[int]] = {}
     for sv in saves:
         for b in sv:
-            slots.setdefault(p.buffers[b].producer, []).append(p.last_writer[b])
+            slots.setdefault(p.buffers[b].producer, []).append(keeper[b])
     ends: list[list[int]] = [[] for _ in p.nodes]
     for b, end in enumerate(last):
         if end >= 0:
@@ -249,9 +264,9 @@ def _step_facts(p: RematProblem) -> StepFacts:
         nbytes=[b.nbytes for b in p.buffers], producer=[b.producer for b in p.buffers], saves=saves,
         saved_by=saved_by, output_holds=output_holds, holders=[s + o for s, o in zip(saved_by, output_holds)],
         forward_last=last, ends=[tuple(e) for e in ends],
-        cache=[tuple(set(n.value) | set(n.creates)) for n in p.nodes],
+        cache=[tuple(b for b in set(n.value) | set(n.creates) if keeper[b] == v or not p.buffers[b].element)
+               for v, n in enumerate(p.nodes)], keeper=keeper,
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
-        replay_free=[b.fused or b.inlined for b in p.buffers],
         inlined=p.inlined, born=born, dying=dying,
         slots=slots, made=made)
 
@@ -314,7 +329,7 @@ class _Run:
         self.watch = watch if watch is not None else [record] * len(problem.nodes)
         self.marks = marks  # a list to append every step's `Mark` to, or None
         self.st = step_facts(problem)
-        self.src, self.last = problem.source, problem.last_writer
+        self.src, self.last = problem.source, self.st.keeper
         self.need = needed_recipes(problem, R)
         self.alive = [False] * len(problem.buffers)
         self.rc = list(self.st.holders)  # holders after forward: autograd, recipes, caches
@@ -425,7 +440,11 @@ class _Run:
                 self._drop(b)
             if self.st.inlined[x]:  # NOTE [ Fused buffers ]: its readers read its inputs
                 self._drop_inputs(x)
-        else:  # never materialized: let its inputs go
+        else:  # never materialized: let its inputs go, and an element it would have kept
+            for b in self.st.cache[x]:
+                if self.p.buffers[b].element and self.alive[b] and not self.rc[b]:
+                    self.alive[b] = False
+                    self.live -= self.st.nbytes[b]
             self._drop_inputs(x)
 
     def _drop_inputs(self, x: int) -> None:
@@ -450,8 +469,10 @@ class _Run:
         for b in self.st.cache[x]:
             self.rc[b] += 1
         before = self.live
-        self._alloc(b for b in node.creates if not self.st.replay_free[b])  # NOTE [ Fused buffers ]
+        self._alloc(b for b in node.creates if not self.st.fused[b])  # NOTE [ Fused buffers ]
         self.cached[x] = True
+        idle = [b for b in node.creates if self.st.keeper[b] != x and not self.rc[b]
+                and not self.recipe_rc[self.st.keeper[b]]]  # NOTE [ Tuple elements die alone ]
         if node.creates or node.writes:
             self.flops += node.flops
             self.cost += self.p.cost[x]
@@ -459,6 +480,10 @@ class _Run:
             self.recomputed.append(node.name)
         # NOTE [ RNG states are activation memory ]: the state to restore, before any output
         self._mark("recompute", x, max(node.transient_bytes, node.recipe_bytes - (self.live - before)))
+        for b in idle:
+            if self.alive[b]:
+                self.alive[b] = False
+                self.live -= self.st.nbytes[b]
         if not self.st.inlined[x]:
             self._drop_inputs(x)
 
