@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from itertools import chain
 
@@ -398,3 +399,31 @@ class _FakeRealArgs(TorchDispatchMode):
         fake = lambda t: t if isinstance(t, FakeTensor) else self.step.fake(t, "loss input")  # noqa: E731
         args, kwargs = pytree.tree_map_only(torch.Tensor, fake, (args, kwargs or {}))
         return func(*args, **kwargs)
+
+
+def repeated_casts(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> dict[str, int]:
+    """Leaves that require grad (parameters, inputs) that one forward of `gm`, run as the
+    runtime runs it (without autocast's cast cache), casts to a lower precision more than once:
+    {name: number of casts}.
+
+    NOTE [ Casts autocast's cache would share ]
+    Eager autocast caches the low-precision copy of a leaf that requires grad, so a weight read
+    twice (a Linear applied twice, a GRU's hidden weights at every time step) is cast once and
+    its two gradients are summed in low precision before the cast's backward. fxckpt's steps run
+    without the cache (NOTE [ Autocast's cast cache ] in runtime.py): each read has its own cast
+    and the gradients are summed in float32, so they differ from eager's by rounding (a GRU
+    under CPU bf16: hidden biases' gradients off by 16.6 of 2,720). Found here so the plan can
+    say so.
+    """
+    casts: Counter[int] = Counter()
+
+    def book(func, a, kw, out):
+        x = a[0] if a else None
+        if (func is torch.ops.aten._to_copy.default and isinstance(x, torch.Tensor) and x.is_leaf
+                and x.requires_grad and isinstance(out, torch.Tensor) and out.dtype != x.dtype):
+            casts[id(x)] += 1
+
+    with FakeStep(gm, args, kwargs) as step, step.observe(book):
+        gm(*step.args, **step.kwargs)
+    names = {id(t): name for name, t in step.state.items()}
+    return {names.get(key, "an input"): n for key, n in casts.items() if n > 1}

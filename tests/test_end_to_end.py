@@ -2,6 +2,7 @@
 measured activation peak under the budget and close to the prediction."""
 
 import copy
+import warnings
 from collections import Counter
 
 import pytest
@@ -305,6 +306,56 @@ def test_autocast_forward_recomputes_under_the_same_autocast():
         scalar_loss(out).backward()
     for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert torch.equal(p.grad, q.grad), n
+
+
+class _SharedUnderAutocast(torch.nn.Module):
+    """One Linear applied twice, a GRU (its hidden weights read at every step), an embedding tied to
+    the output layer (an embedding reads its weight without a cast)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(32, 16)
+        self.lin = torch.nn.Linear(16, 16)
+        self.gru = torch.nn.GRU(16, 16, batch_first=True)
+        self.out = torch.nn.Linear(16, 32, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.out(self.gru(self.lin(torch.tanh(self.lin(self.emb(ids)))))[0])
+
+
+def test_weights_cast_twice_under_autocast_are_named():
+    """NOTE [ Casts autocast's cache would share ]: a weight read twice under bf16 autocast was
+    cast once by eager's cache and twice by fxckpt's uncached step, and its gradient differed
+    from eager's (0.0078 on the Linear's weight, 0.03 on the GRU's hidden bias) with no word.
+    The plan names each such weight; its gradients equal eager's without the cache, bitwise."""
+    torch.manual_seed(0)
+    model, ids = _SharedUnderAutocast(), torch.randint(0, 32, (2, 6))
+    ref = clone_model(model)
+    with pytest.warns(UserWarning, match=r"cast cache.*: lin\.bias \(2 casts\), lin\.weight \(2 casts\), "
+                      r"gru\.bias_hh_l0 \(6 casts\), gru\.weight_hh_l0 \(6 casts\)\. Eager"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ckpt = fxckpt.auto_checkpoint(model, ids, budget=1.0)
+    for m, cache in ((ckpt, True), (ref, False)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+            out = m(ids)
+        out.float().pow(2).sum().backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+
+
+def test_weights_cast_once_under_autocast_raise_no_warning():
+    """The tied embedding's weight is cast once (by the output layer), the GRU runs one step: nothing to say."""
+    class Once(_SharedUnderAutocast):
+        def forward(self, ids):
+            return self.out(self.gru(self.lin(self.emb(ids)))[0][:, -1:])
+
+    torch.manual_seed(0)
+    model, ids = Once(), torch.randint(0, 32, (2, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fxckpt.auto_checkpoint(model, ids, budget=1.0)
 
 
 def test_public_api():

@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("scipy")
 
 from fxckpt.core.simulate import simulate  # noqa: E402
-from fxckpt.core.solvers import auto  # noqa: E402
+from fxckpt.core.solvers import auto, rounding  # noqa: E402
+from fxckpt.core.solvers.greedy import solve_greedy  # noqa: E402
 from fxckpt.core.solvers.ilp import solve_ilp  # noqa: E402
 from fxckpt.core.solvers.registry import Solved, recompute_of  # noqa: E402
 from fxckpt.core.solvers.rounding import lp_rounded, repaired  # noqa: E402
@@ -20,15 +21,31 @@ def test_rounded_plans_fit_and_never_beat_the_optimum(n, shape, seed, frac):
     p = random_problem(n, shape, seed)
     budget = int(frac * simulate(p).peak_bytes)
     bound, plans = lp_rounded(p, budget)
-    for R in plans:
+    G = simulate(p, solve_greedy(p, budget))  # an incumbent: the MILP's root bounds too (NOTE [ The root's bound ])
+    root, more = lp_rounded(p, budget, most=G.recompute_cost) if G.peak_bytes <= budget else (bound, [])
+    assert (root is None) == (bound is None) and (bound is None or root >= bound)
+    for R in plans + more:
         assert simulate(p, R).peak_bytes <= budget
     ilp = solve_ilp(p, budget, seconds=30)
     if ilp.lower_bound is None:
         return
     opt = simulate(p, ilp.recompute).recompute_cost
     if ilp.lower_bound >= opt * (1 - 1e-4):  # proven optimal
-        assert bound <= opt * (1 + 1e-6)
-        assert all(simulate(p, R).recompute_cost >= opt * (1 - 1e-4) for R in plans)
+        assert bound <= opt * (1 + 1e-6) and root <= opt * (1 + 1e-6)
+        assert all(simulate(p, R).recompute_cost >= opt * (1 - 1e-4) for R in plans + more)
+
+
+@pytest.mark.parametrize("seed,optimum", [(1, 21_233_664), (2, 18_087_936)])
+def test_auto_reaches_and_proves_the_optimum_from_the_root(seed, optimum):
+    # 64 nodes, past ILP_UP_TO; the optimum is the ILP's, proven in 7-12 CPU s. Before the MILP's
+    # root (NOTE [ The root's bound ]), auto planned 21,495,808 / 18,612,224 with the LP's bounds
+    # 17,083,051 / 15,964,570; the root's choice repairs to the optimum, and its bound proves it
+    p = random_problem(64, "diamond", seed)
+    budget = int(0.7 * simulate(p).peak_bytes)
+    got = auto.solve_auto(p, budget)
+    sim = simulate(p, recompute_of(got))
+    assert sim.peak_bytes <= budget and sim.recompute_cost == optimum
+    assert isinstance(got, Solved) and optimum * (1 - 1e-4) <= got.lower_bound <= optimum
 
 
 def test_repair_skips_seeds_no_cheaper_than_the_incumbent():
@@ -62,6 +79,8 @@ def test_auto_rounds_below_its_previous_plan(monkeypatch):
 def test_auto_rounds_the_lps_of_smaller_budgets(monkeypatch):
     # NOTE [ Rounding below the budget ]: 80 nodes at 70%; the budget's LP rounds and repairs to
     # 19,922,944 (as min-cut), the LP at 0.9 of it to 18,612,224; its bound is the budget's LP's
+    # (the MILP's root, which finds 18,612,224 itself, left out)
+    monkeypatch.setattr(rounding, "ROOT_GAP", 1.0)
     p = random_problem(80, "diamond", 0)
     budget = int(0.7 * simulate(p).peak_bytes)
     new = auto.solve_auto(p, budget)

@@ -125,6 +125,34 @@ def test_fused_buffers_exist_only_across_the_boundary():
     assert simulate(problem(True, True), {1}).peak_bytes == 2 * mib  # replayed y fuses into backward
 
 
+def test_inlined_buffers_are_written_in_forward_and_replayed_into_no_buffer():
+    """NOTE [ Fused buffers ], `Buffer.inlined`: a value forward writes (an extern kernel reads it
+    there) but backward computes inside its readers' kernels when replayed is counted in forward
+    as any value, and its replay allocates nothing and costs nothing (its FLOPs still counted),
+    so a plan at a roomy budget replays it rather than hold it across the boundary."""
+    from fxckpt.core.problem import Buffer, Node, RematProblem
+
+    mib = 2**20
+
+    def problem(inlined: bool) -> RematProblem:
+        # x (kept, 1 MiB); y = pointwise(x), 4 MiB, read by the matmul z in forward, saved by z's backward
+        nodes = (Node("x", "mm", creates=(0,), value=(0,), requires_grad=True, saves=(0,), ban="input"),
+                 Node("y", "mul", inputs=(0,), creates=(1,), value=(1,), flops=4, requires_grad=True),
+                 Node("z", "mm", inputs=(1,), creates=(2,), value=(2,), requires_grad=True, saves=(1,), is_output=True))
+        return RematProblem(nodes, (Buffer("x", mib, 0), Buffer("y", 4 * mib, 1, inlined=inlined), Buffer("z", mib, 2)))
+
+    written, inlined = problem(False), problem(True)
+    assert simulate(inlined).forward_peak_bytes == simulate(written).forward_peak_bytes == 6 * mib  # written in forward
+    assert simulate(written, {1}).peak_bytes == 6 * mib  # a replay materializes y
+    replayed = simulate(inlined, {1})
+    assert (replayed.peak_bytes, replayed.boundary_bytes) == (6 * mib, 2 * mib)  # replay fuses into backward
+    assert (inlined.inlined, written.cost, inlined.cost) == ((False, True, False), (0, 4, 0), (0, 0, 0))
+    assert replayed.recompute_flops == 4
+    plan = solve(inlined, 6 * mib, "auto")
+    assert plan.recompute == {"y"} and plan.predicted_peak_bytes == 6 * mib, plan.summary()
+    assert solve(written, 6 * mib, "auto").recompute == frozenset()
+
+
 def test_rng_states_are_held_from_forward_to_replay():
     """NOTE [ RNG states are activation memory ]: a recomputed random node's recipe holds its RNG
     state (`recipe_bytes`) from its forward until its replay, and the replay copies the current

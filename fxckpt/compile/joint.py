@@ -264,6 +264,50 @@ def fused_values(graph_nodes: list[fx.Node]) -> tuple[set[fx.Node], dict[fx.Node
     return fused, reads
 
 
+# NOTE [ Each graph fuses on its own ]
+# Inductor compiles the forward and the backward graph apart, so whether a value is written is
+# decided in each graph by its readers there. `fused_values` judges the forward side on the joint
+# graph; a value that side writes (an extern kernel reads it in forward, or its readers there make
+# inductor realize it) may still be computed, when replayed, inside every backward kernel that
+# reads it: torch's partitioner replays such values for free (`is_materialized_backwards` is
+# false) and never gives them a buffer. Charged a buffer and their FLOPs, the plans at budget=1.0
+# saved them instead: on a 2-layer GPT-2, GELU-tanh's `1 + tanh` and `1 - tanh^2` (4 x 262,144 B,
+# where torch saves the matmul output they come from), the log-softmax's `sub` (512,000 B, where
+# torch saves its max and log-sum, 1,024 B) and the embedding gradient's zero `full` (512,000 B),
+# 4,714,716 B saved against torch's 2,612,628 B (after: 2,610,380 B). Such a value's buffer is `Buffer.inlined`
+# (NOTE [ Fused buffers ] in the simulator): written in forward as before, replayed for free and
+# into no buffer. Its backward readers are the backward ops and the unclaimed nodes reading it
+# (a replayed forward reader reads it in backward too, and an extern one, a matmul, would need it
+# written: not modelled, as torch does not; the code inductor generates is the prediction, NOTE
+# [ Inductor's code is the prediction ]). A reader computes it inline where it is fusible, or
+# where it is the operand an `index_put` copies into its output (`lowering.index_put` clones it:
+# the zero `full` an embedding's gradient accumulates into is written as that gradient's buffer).
+_COPIES_FIRST = frozenset({torch.ops.aten.index_put.default, torch.ops.aten._unsafe_index_put.default,
+                           torch.ops.aten._unsafe_masked_index_put_accumulate.default})
+
+
+def _computes_inline(reader: fx.Node, value: fx.Node) -> bool:
+    """Whether `reader` computes `value` inside its own kernel (NOTE [ Each graph fuses on its own ])."""
+    if _fusible(reader):
+        return True
+    return reader.target in _COPIES_FIRST and isinstance(reader.args[0], fx.Node) and _base(reader.args[0]) is value
+
+
+def inlined_replays(graph_nodes: list[fx.Node], info, fused: set[fx.Node]) -> set[fx.Node]:
+    """The values a replay computes inside every backward kernel that reads them (NOTE [ Each
+    graph fuses on its own ]): pointwise values whose readers outside the forward all compute
+    them inline; the forward's `fused` values among them."""
+    inlined = set(fused)
+    for n in graph_nodes:
+        if n in fused or n.op != "call_function" or is_view(n) or not _fusible(n) or (
+                torch.Tag.reduction in getattr(n.target, "tags", ()) or _ban(n, set()) is not None):
+            continue
+        backward = [u for u in _readers(n) if not info.is_required_fw(u)]
+        if all(_computes_inline(u, n) for u in backward):
+            inlined.add(n)
+    return inlined
+
+
 def _base(node: fx.Node) -> fx.Node:
     """The node owning the storage a view reads."""
     while is_view(node) and node.target is not operator.getitem and isinstance(node.args[0], fx.Node):
@@ -300,7 +344,8 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     backward = [n for n in graph_nodes if n.op == "call_function" and n in info.required_bw_nodes]
     index = {n: i for i, n in enumerate(forward)}
     source = _storage_sources(graph_nodes, [p for p in primals + tangents if p not in copies], index)
-    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, constant, layout, fusion)
+    inlined = inlined_replays(graph_nodes, info, fused) if fusion else set()
+    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, inlined, constant, layout, fusion)
     bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion, fused, layout)
     problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name)
     return JointProblem(problem, forward, backward, primals, source)
@@ -432,7 +477,7 @@ def constants(graph_nodes: list[fx.Node]) -> set[fx.Node]:
 
 
 def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fwd_outputs: set[fx.Node],
-                   fused: set[fx.Node], constant: set[fx.Node], layout: bool, fusion: bool
+                   fused: set[fx.Node], inlined: set[fx.Node], constant: set[fx.Node], layout: bool, fusion: bool
                    ) -> tuple[list[Node], list[Buffer]]:
     """A problem node per forward fx node, and the buffers they create (one per element of a tuple).
     Values of `constant` are forced recomputations (NOTE [ Values that depend on no input are
@@ -449,7 +494,7 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
                 buf_of[owner] = len(buffers)
                 creates.append(len(buffers))
                 buffers.append(Buffer(owner.name, _nbytes(owner.meta["val"]), i,
-                                      fused=owner in fused, element=owner is not n))
+                                      fused=owner in fused, inlined=owner in inlined, element=owner is not n))
         src = source[n]
         value = (buf_of[src],) if src is not None and src in buf_of else ()
         ban = "inductor's channels-last copy of an input" if n.op == "placeholder" else _ban(n, fwd_outputs)

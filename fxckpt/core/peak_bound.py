@@ -55,7 +55,7 @@ def peak_lower_bound(problem: RematProblem) -> int:
     live += problem.loss_bytes
     for c in problem.backward_order:
         node, saves = nodes[c], st.saves[c]
-        own = sum(st.nbytes[b] for b in set(saves) if not pinned[b] and not st.fused[b] and left[b] > 0)
+        own = sum(st.nbytes[b] for b in set(saves) if not pinned[b] and not st.replay_free[b] and left[b] > 0)
         best = max(best, live + own + node.bwd_transient_bytes)
         live += st.born[c] - st.dying[c]
         for b in saves:

@@ -20,6 +20,7 @@ class Buffer:
     nbytes: int
     producer: int  # index of the node that allocates it
     fused: bool = False  # it exists only while held past forward (NOTE [ Fused buffers ] in simulate)
+    inlined: bool = False  # written in forward, but replayed inside its backward readers' kernels (same NOTE)
     element: bool = False  # one tensor of a tuple, freed alone (NOTE [ Tuple elements die alone ] in simulate)
 
 
@@ -106,9 +107,11 @@ class RematProblem:
 
     @cached_property
     def inlined(self) -> tuple[bool, ...]:
-        """Per node, whether it creates buffers and all of them are fused: a compiler computes it
-        inside the kernels that read it (NOTE [ Fused buffers ] in fxckpt.core.simulate)."""
-        return tuple(bool(n.creates) and all(self.buffers[b].fused for b in n.creates) for n in self.nodes)
+        """Per node, whether it creates buffers and a replay of it writes none of them: a compiler
+        computes it inside the backward kernels that read it (`Buffer.fused` or `Buffer.inlined`,
+        NOTE [ Fused buffers ] in fxckpt.core.simulate)."""
+        return tuple(bool(n.creates) and all(self.buffers[b].fused or self.buffers[b].inlined for b in n.creates)
+                     for n in self.nodes)
 
     @cached_property
     def cost(self) -> tuple[int, ...]:

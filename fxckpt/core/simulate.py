@@ -22,7 +22,11 @@ in backward allocates nothing (the replay fuses into the backward kernels that r
 those kernels read its inputs: a recomputed node whose buffers are all fused keeps its inputs
 until its recipe is released, not only until it is materialized (the tiny CNN's ReLU output, the
 input of a recomputed mask inlined into a kernel 43 ops later, was held 1 MiB past the
-prediction). This
+prediction). The two sides are compiled as two graphs and fused apart: a value may be written
+in forward (an extern kernel reads it there, or its forward readers make inductor realize it)
+and still be computed inside the backward kernels that read it when replayed. Such a buffer is
+marked `Buffer.inlined`: allocated in forward as any other, but replayed as a fused one (no
+buffer, its inputs held by its recipe, and free: NOTE [ One recompute cost ]). This
 is the one difference between the eager runtime's memory model and the fused compiled step's,
 so both are this simulator, chosen per buffer by the problem's builder (`fxckpt.compile.joint`
 marks buffers for inductor, never for the eager runtime or `aot_eager`): every solver, the
@@ -191,6 +195,8 @@ class StepFacts:
             or for a tuple element the getitem that reads it).
         inputs: per node, its input nodes without repeats, in order.
         fused: per buffer, whether it is in memory only across the forward/backward boundary.
+        replay_free: per buffer, whether a replay of its producer writes it nowhere (`fused` or
+            `Buffer.inlined`).
         inlined: `RematProblem.inlined` (a replay computed in its readers' kernels, reading its
             inputs there).
         born, dying: per node, the gradient bytes its backward allocates / frees (`Grad`s).
@@ -211,6 +217,7 @@ class StepFacts:
     keeper: list[int]
     inputs: list[tuple[int, ...]]
     fused: list[bool]
+    replay_free: list[bool]
     inlined: tuple[bool, ...]
     born: list[int]
     dying: list[int]
@@ -267,6 +274,7 @@ def _step_facts(p: RematProblem) -> StepFacts:
         cache=[tuple(b for b in set(n.value) | set(n.creates) if keeper[b] == v or not p.buffers[b].element)
                for v, n in enumerate(p.nodes)], keeper=keeper,
         inputs=[tuple(dict.fromkeys(n.inputs)) for n in p.nodes], fused=[b.fused for b in p.buffers],
+        replay_free=[b.fused or b.inlined for b in p.buffers],
         inlined=p.inlined, born=born, dying=dying,
         slots=slots, made=made)
 
@@ -469,7 +477,7 @@ class _Run:
         for b in self.st.cache[x]:
             self.rc[b] += 1
         before = self.live
-        self._alloc(b for b in node.creates if not self.st.fused[b])  # NOTE [ Fused buffers ]
+        self._alloc(b for b in node.creates if not self.st.replay_free[b])  # NOTE [ Fused buffers ]
         self.cached[x] = True
         idle = [b for b in node.creates if self.st.keeper[b] != x and not self.rc[b]
                 and not self.recipe_rc[self.st.keeper[b]]]  # NOTE [ Tuple elements die alone ]

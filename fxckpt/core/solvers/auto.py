@@ -2,7 +2,7 @@
 on node chains, the ILP from the best heuristic plan on small graphs); elsewhere the min-cut
 solver, improved on chains of repeated blocks by composing per-block options (`block_dp`), with
 the greedy descent as fallback, and up to ROUND_UP_TO nodes against plans rounded from the
-projected relaxation's LP, whose bound it reports (`rounding`); and where none of these fits,
+projected relaxation's LP and MILP root, whose bound it reports (`rounding`); and where none of these fits,
 the lowest-peak plan known (`min_peak_plan`), so that every budget at or above its peak has a
 plan."""
 
@@ -149,9 +149,10 @@ def _solve_auto(problem, budget_bytes):
 
 
 def _rounded(problem, budget_bytes, R, sim):
-    """R or a cheaper plan rounded from the projected relaxation's LP optimum (and, on small
-    graphs, from the LPs of smaller budgets: NOTE [ Rounding below the budget ]), with the LP's
-    proven bound where the plan fits (NOTE [ Rounding the relaxation ] in rounding.py)."""
+    """R or a cheaper plan rounded from the projected relaxation's LP optimum or its MILP root's
+    choice (and, on small graphs, from the LPs of smaller budgets: NOTE [ Rounding below the
+    budget ]), with the proven bound of the LP or the root where the plan fits (NOTE [ Rounding
+    the relaxation ] and NOTE [ The root's bound ] in rounding.py)."""
     from .rounding import lp_rounded
     bound = None
     for below in (1.0, *(BELOW if len(problem.nodes) <= BELOW_UP_TO else ())):
