@@ -116,12 +116,50 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
     )
 
 
+def _in_place_operator(name: str):
+    op = getattr(operator, name)
+
+    def call(a, b):
+        return op(a, b)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+# NOTE [ Augmented assignment under symbolic_trace ]
+# torch.fx's Proxy has no in-place operators, so Python falls back to the plain ones: `y += x`
+# was traced as `y + x`, a new tensor. That differs from eager wherever the write matters: the
+# result keeps `y`'s dtype in eager (a bf16 Linear output plus an fp32 embedding under CPU bf16
+# autocast: fp32 in the graph, the loss off by 0.0155), and a view `y` writes through to its
+# base. Our tracer's proxies record the in-place operator itself. Its target is a function of
+# this module rather than `operator.iadd`: fx prints that one as `y += x; out = y`, which would
+# rebind `y` for an int (a size) that later nodes still read.
+IN_PLACE_OPERATORS = {name: _in_place_operator(name) for name in (
+    "iadd", "iand", "ifloordiv", "ilshift", "imod", "imul", "imatmul", "ior", "ipow", "irshift", "isub",
+    "itruediv", "ixor")}
+globals().update(IN_PLACE_OPERATORS)  # where fx's code and pickling find them by name
+
+
+class _Proxy(torch.fx.Proxy):
+    pass
+
+
+for _name, _call in IN_PLACE_OPERATORS.items():
+    setattr(_Proxy, f"__{_name}__",
+            lambda self, other, _call=_call: self.tracer.create_proxy("call_function", _call, (self, other), {}))
+
+
 class _Tracer(torch.fx.Tracer):
-    """symbolic_trace's tracer, marking the nodes of the model's own checkpoint regions."""
+    """symbolic_trace's tracer, marking the nodes of the model's own checkpoint regions, with
+    proxies that trace augmented assignment in place (NOTE [ Augmented assignment under
+    symbolic_trace ])."""
 
     def __init__(self, rec: opaque.Recorder):
         super().__init__()
         self.rec = rec
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _Proxy(node, self)
 
     def create_node(self, *args, **kwargs):
         node = super().create_node(*args, **kwargs)
