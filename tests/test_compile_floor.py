@@ -55,12 +55,12 @@ def test_a_value_that_depends_on_no_input_is_replayed_not_saved():
         assert torch.equal(g, r)
     (graph,) = be.graphs
     assert graph.plan.recompute == frozenset({"full"}), graph.plan.summary()
-    assert (graph.boundary_bytes, graph.peak_bytes) == (2 * MIB, 5 * MIB + 2048), graph.plan.summary()
+    assert (graph.boundary_bytes, graph.peak_bytes) == (2 * MIB, 5 * MIB + 2048 + 8), graph.plan.summary()  # + the eager loss
 
     def run():
         out = compiled(x)
         out.sum().backward()
-    assert profiled_peak_bytes(run) == graph.peak_bytes + 8  # + the eager `sum` and its seed gradient
+    assert profiled_peak_bytes(run) == graph.peak_bytes  # the eager `sum` and its seed gradient included (NOTE [ The eager loss ])
 
 
 class SavedConstant(ScaledByConstant):
@@ -147,4 +147,4 @@ def test_a_budget_below_the_parameter_gradients_splits_the_graph():
         out = compiled(x)
         out.sum().backward()
     peak, predicted = profiled_peak_bytes(run), be.predicted_peak_bytes()
-    assert peak <= budget + 8 and abs(peak - predicted) <= 0.05 * predicted, (peak, predicted, budget)
+    assert peak <= budget and abs(peak - predicted) <= 0.05 * predicted, (peak, predicted, budget)

@@ -24,8 +24,8 @@ MLP of tests/test_compile.py failed before, where 9.5 MiB planned). A re-planned
 compiled again on its next call (`_Replannable`), because the step that compiled the later
 graph has already run its forward: that first step may exceed the budget by what the
 re-planned graph stopped holding; every later step fits the plans.
-Eager code before and between graphs is not counted (nor a loss computed eagerly from the outputs:
-`out.sum()` and its seed gradient, 8 bytes), but what it saves for backward is reported, as is a
+Eager code before and between graphs is not counted (a scalar loss computed from the outputs and
+its seed gradient are: NOTE [ The eager loss ] in joint.py), but what it saves for backward is reported, as is a
 graph run again before its earlier run's backward (NOTE [ Memory the plans do not see ] in
 `uncounted.py`). `budget=` (a fraction) applies to each graph's own peak.
 What a graph holds across its boundary includes its outputs: like `fxckpt.measure_step`, the
@@ -314,8 +314,9 @@ class FxckptBackend:
 
     def _record(self, problem: RematProblem, frame, plan: Plan, reserve: int) -> None:
         sim = simulate(problem, problem.indices(plan.recompute))
-        self._graphs[frame] = CompiledGraph(problem.name, frame, plan, problem, sim.boundary_bytes, sim.peak_bytes,
-                                            reserve)
+        # the eager loss exists only after the last graph's forward (NOTE [ The eager loss ] in joint.py)
+        self._graphs[frame] = CompiledGraph(problem.name, frame, plan, problem, sim.boundary_bytes - problem.loss_bytes,
+                                            sim.peak_bytes, reserve)
 
     def _within_budget(self, problem: RematProblem, frame, reserve: int, shave: int = 0, floor: bool = False) -> Plan:
         """The plan of a graph under `budget_mb` less what the graphs before it hold (and less
@@ -423,6 +424,7 @@ class _Partitioner(_custom_partitioner_base()):
         self.owner, self.frame, self.reserve = owner, frame, reserve
         self.shave, self.floor = shave, floor
         self.last: Plan | None = None
+        self.loss_bytes = 0  # the chosen problem's (NOTE [ The eager loss ] in joint.py)
         self.recorder = BufferPlanRecorder()  # inductor's code for the two graphs, read by `held`
         self._names: tuple[frozenset, frozenset] | None = None  # see `held`
 
@@ -451,9 +453,10 @@ class _Partitioner(_custom_partitioner_base()):
         """What inductor's code for the forward and backward holds in the step (None: nothing was planned)."""
         if self._names is None:
             return None
-        return step_buffers(self.recorder, *self._names)
+        return step_buffers(self.recorder, *self._names, loss_bytes=self.loss_bytes)
 
     def _choose(self, problem: RematProblem) -> Plan:
+        self.loss_bytes = problem.loss_bytes
         self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
 

@@ -95,13 +95,14 @@ def boundary_names(fw: fx.GraphModule, bw: fx.GraphModule, num_fwd_outputs: int)
     return frozenset(tangents), frozenset(frees)
 
 
-def step_buffers(recorder: BufferPlanRecorder, tangents: frozenset, frees: frozenset) -> StepBuffers:
-    """The step of the forward and backward graphs `recorder` saw (NOTE [ Inductor's code is the prediction ])."""
+def step_buffers(recorder: BufferPlanRecorder, tangents: frozenset, frees: frozenset, loss_bytes: int = 0) -> StepBuffers:
+    """The step of the forward and backward graphs `recorder` saw (NOTE [ Inductor's code is the prediction ]),
+    with `loss_bytes` held through backward (NOTE [ The eager loss ] in joint.py)."""
     if len(recorder.graphs) != 2:
         raise RuntimeError(f"expected inductor to compile a forward and a backward graph, saw {len(recorder.graphs)}")
     forward = read_wrapper(recorder.graphs[0])
     backward = read_wrapper(recorder.graphs[1], born=tangents, frees=frees)
-    return StepBuffers(forward.peak, forward.end_bytes, backward.peak)
+    return StepBuffers(forward.peak, forward.end_bytes, backward.peak + loss_bytes)
 
 
 def read_wrapper(graph, born: frozenset = frozenset(), frees: frozenset = frozenset()) -> GraphBuffers:

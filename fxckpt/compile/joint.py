@@ -347,8 +347,26 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     inlined = inlined_replays(graph_nodes, info, fused) if fusion else set()
     nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, inlined, constant, layout, fusion)
     bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion, fused, layout)
-    problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name)
+    problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name,
+                           loss_bytes=eager_loss_bytes(fwd_outputs))
     return JointProblem(problem, forward, backward, primals, source)
+
+
+def eager_loss_bytes(fwd_outputs) -> int:
+    """A scalar loss computed eagerly from the graph's outputs and its seed gradient, held from the
+    end of forward through backward: two elements of the widest floating output dtype.
+
+    NOTE [ The eager loss ]
+    `loss = out.sum(); loss.backward()` runs outside every compiled graph, so no graph sees it,
+    yet the allocator does: the graph's step measured 8 B over its floor budget (a tiny GPT-2 at
+    3,733,504 B: 3,733,512 B), over the budget users check. A scalar's bytes are charged; a loss
+    that allocates more outside the graph (a cross-entropy of its logits) is outside the budget,
+    as the module docstring says. A graph that returns a scalar (its own loss: a Hugging Face model
+    given labels) is backpropagated from it: its seed is a tangent the graph counts."""
+    floats = [t for n in fwd_outputs for t in _tensors(n.meta.get("val")) if t.dtype.is_floating_point]
+    if any(t.ndim == 0 for t in floats):
+        return 0
+    return 2 * max((t.dtype.itemsize for t in floats), default=0)
 
 
 def _early(forward: list[fx.Node], info, fused: set[fx.Node], reads: dict[fx.Node, frozenset]) -> list[fx.Node]:
