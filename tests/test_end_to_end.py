@@ -228,6 +228,28 @@ def test_new_batch_size_replans():
         assert torch.equal(p.grad, q.grad)
 
 
+class _Recurrent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.head = torch.nn.Embedding(100, 32), torch.nn.LSTM(32, 64, 2, batch_first=True), torch.nn.Linear(64, 100)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.emb(x))[0])
+
+
+def test_the_whole_peak_is_a_feasible_fraction():
+    # NOTE [ The baseline a fraction is of ]: the LSTM's dry run is above its simulated peak.
+    torch.manual_seed(0)
+    model, example = _Recurrent(), torch.randint(0, 100, (4, 16))
+    ref = clone_model(model)
+    ckpt = fxckpt.auto_checkpoint(model, example, budget=1.0)
+    assert ckpt.plan.dry_run_peak_bytes <= ckpt.plan.budget_bytes
+    ckpt(example).sum().backward()
+    ref(example).sum().backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
 @pytest.mark.parametrize("bad", [0, -5, float("nan")])
 def test_bad_budget_values(bad):
     model, example = ZOO["mlp"]()
