@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fxckpt.core.costs import NodeCost
 from fxckpt.core.errors import in_stage
 
-from .capture import Captured, copy_graph, derive, step_loss
+from .capture import Captured, copy_graph, derive, has_hooks, step_loss
 from .fake_step import FakeStep, op_scratch
 from .ops import DEVICE_QUERY, RATED_OPS, draws_random, is_batchnorm, op_traffic, storage_key, tensor_leaves
 from .runtime import rng_state_bytes
@@ -443,6 +443,8 @@ class _Annotator(torch.fx.Interpreter):
         ban = None  # random ops stay candidates: the runtime replays their RNG state exactly
         if mutates is not None and not is_batchnorm(n, self.module):
             ban = f"modifies {mutates} in place"
+        elif n.op == "call_module" and has_hooks(self.module.get_submodule(n.target)):
+            ban = "its module has hooks, which run once per forward"  # NOTE [ Modules with hooks ]
         if requires_grad and extra:  # saved internals: a buffer of their own, freed or recomputed with the node
             creates.append((f"{n.name}:saved", extra))
             saves.append(f"{n.name}:saved")

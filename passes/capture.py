@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import operator
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,10 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
     """
     args, named = split_input(example_input)
     kwargs = training_kwargs(model, {**named, **(kwargs or {})})
+    if _global_hooks():  # NOTE [ Modules with hooks ]
+        raise CaptureError("global module hooks are registered (torch.nn.modules.module.register_module_forward_hook "
+                           "and its kin): a captured graph would run them on its leaf modules only. Remove them, "
+                           "or register the hooks on the modules that need them")
     errors = []
     try:
         with opaque.recording() as rec:
@@ -105,6 +110,14 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
         errors.append(f"torch.export.export(strict=False): {type(e).__name__}: {_first_line(e)}")
     else:
         if not rec.functions:
+            hooked = [name or type(model).__name__ for name, m in model.named_modules() if has_hooks(m)]
+            if hooked:  # NOTE [ Modules with hooks ]
+                warnings.warn(
+                    f"torch.export captured {type(model).__name__} and ran the hooks of {', '.join(hooked[:5])}"
+                    f"{' and more' if len(hooked) > 5 else ''} once, while tracing: what they compute on tensors is "
+                    "in the graph, but their Python side effects (storing features, logging) will not happen in "
+                    "training; make the model traceable by torch.fx.symbolic_trace, which keeps such modules whole",
+                    stacklevel=4)
             return _finish(gm, model, rec, "export", args, kwargs)
         names = ", ".join(sorted({f.__qualname__ for f in rec.functions}))
         errors.append(f"torch.export.export(strict=False): the custom autograd Function {names} would lose its "
@@ -170,7 +183,31 @@ class _Tracer(torch.fx.Tracer):
         # torch.fx keeps every torch.nn module whole. A composite one (nn.TransformerEncoder,
         # nn.MultiheadAttention) would be one opaque node with nothing inside to recompute; trace
         # into it, and where its forward does not trace (fast-path checks), export takes over.
-        return super().is_leaf_module(m, qualname) and next(m.children(), None) is None
+        # A module with hooks stays whole (NOTE [ Modules with hooks ]).
+        return has_hooks(m) or (super().is_leaf_module(m, qualname) and next(m.children(), None) is None)
+
+
+# NOTE [ Modules with hooks ]
+# symbolic_trace calls a module it traces into through `forward`, not `__call__`, so the hooks
+# registered on it (forward, pre-forward, backward) were dropped from the graph without a word: a
+# feature-extraction hook never fired, a hook rewriting the output was lost. A module with hooks
+# is kept whole instead: one call_module node that calls the module, hooks and all, at every
+# forward. annotate keeps its value (it is never recomputed: a replay would run the hooks twice
+# per step, and a recomputed BatchNorm bypasses its module). torch.export runs hooks once, while
+# it traces: what they compute on tensors is in its graph, their Python side effects are not,
+# so capture warns there. Global hooks (`nn.modules.module.register_module_forward_hook`) apply
+# to every module and are refused the same way.
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def has_hooks(m: torch.nn.Module) -> bool:
+    return any(getattr(m, name, None) for name in _HOOKS)
+
+
+def _global_hooks() -> bool:
+    module = torch.nn.modules.module
+    return any(getattr(module, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
 def _finish(gm, model, rec: opaque.Recorder, frontend: str, args, kwargs) -> Captured:

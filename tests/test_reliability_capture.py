@@ -400,3 +400,55 @@ def test_augmented_assignment_is_traced_in_place():
         assert torch.equal(a, b), n
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad), n
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.norm = nn.Linear(32, 64), nn.Linear(64, 32), nn.LayerNorm(64)
+
+    def forward(self, x):
+        return x + self.b(F.gelu(self.norm(self.a(x))))
+
+
+def _hooked(calls):
+    """Four blocks; block 1 stores its output and scales it, block 2 counts its backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*(_Block() for _ in range(4)), nn.Linear(32, 4))
+    model[1].register_forward_hook(lambda m, args, out: (calls.append("forward"), out * 0.5)[1])
+    model[2].register_full_backward_hook(lambda m, gin, gout: calls.append("backward"))
+    model[4].register_forward_pre_hook(lambda m, args: calls.append("pre"))
+    return model
+
+
+def test_module_hooks_run_at_every_step():
+    """NOTE [ Modules with hooks ]: symbolic_trace ran the hooks of the modules it traced into
+    once, while tracing, so a hook storing features or counting backward never ran in training.
+    A module with hooks is kept whole and never recomputed: every hook runs once per step, as in
+    eager, while the blocks without hooks are recomputed."""
+    calls, ref_calls = [], []
+    model, ref = _hooked(calls), _hooked(ref_calls)
+    x = torch.randn(64, 32, requires_grad=True)
+    floor = fxckpt.min_feasible_budget(model, x)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=floor / 2**20)
+    recomputed = {r.name for r in ckpt.plan.rows if r.decision == "recompute"}
+    assert recomputed and {"_1", "_2", "_4"}.isdisjoint(recomputed)
+    calls.clear()
+    assert_same_step(ckpt, model, ref, x)
+    assert calls == ref_calls == ["forward", "pre", "backward"]
+
+
+def test_global_module_hooks_are_refused():
+    handle = nn.modules.module.register_module_forward_hook(lambda m, args, out: None)
+    try:
+        with pytest.raises(fxckpt.CaptureError, match="global module hooks"):
+            fxckpt.auto_checkpoint(_Block(), torch.randn(4, 32))
+    finally:
+        handle.remove()
+
+
+def test_hooks_under_export_are_named():
+    model = ExportedDropout()
+    model.register_forward_hook(lambda m, args, out: None)
+    with pytest.warns(UserWarning, match="ran the hooks of ExportedDropout once"):
+        fxckpt.auto_checkpoint(model, torch.randn(8, 16), budget=1.0)

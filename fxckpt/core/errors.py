@@ -110,16 +110,22 @@ class InfeasibleBudgetError(FxckptError, ValueError):
         peak_at: the step where the lowest plan peaks, e.g. "backward lstm".
         largest: (node, bytes) of the largest tensors live there, largest first: what the floor is made of.
         baseline_bytes: the un-checkpointed peak, when the budget was a fraction of it (None otherwise).
+        why: node name -> why it cannot be recomputed, for the pinned nodes that say.
     """
 
     def __init__(self, budget_bytes: int, min_feasible_bytes: int, pinned: tuple[str, ...] = (), *,
-                 peak_at: str = "", largest: tuple[tuple[str, int], ...] = (), baseline_bytes: int | None = None):
+                 peak_at: str = "", largest: tuple[tuple[str, int], ...] = (), baseline_bytes: int | None = None,
+                 why: dict[str, str] | None = None):
         self.budget_bytes = int(budget_bytes)
         self.min_feasible_bytes = int(min_feasible_bytes)
         self.pinned = tuple(pinned)
         self.peak_at, self.largest = peak_at, tuple(largest)
         self.baseline_bytes = baseline_bytes
+        self.why = dict(why or {})
         shown = ", ".join(self.pinned[:8]) + (" ..." if len(self.pinned) > 8 else "")
+        reasons = list(dict.fromkeys(self.why[n] for n in self.pinned[:8] if n in self.why))
+        if reasons:  # the first few, once each: most pins share a reason
+            shown += f": {'; '.join(reasons[:3])}"
         live = ", ".join(f"{name} ({nbytes / MIB:.2f} MiB)" for name, nbytes in self.largest[:4])
         fraction = (f" (budget >= {round_up(self.min_feasible_bytes / baseline_bytes, 4)} of the "
                     f"{baseline_bytes / MIB:.2f} MiB un-checkpointed peak)" if baseline_bytes else "")

@@ -129,11 +129,13 @@ def infeasible(problem: RematProblem, budget_bytes: int, floor_bytes: int | None
     peak, for a budget given as a fraction of it."""
     sim = simulate(problem, min_peak_plan(problem), live_at_peak=True)
     nodes, buffers = problem.nodes, problem.buffers
-    pinned = sorted({nodes[buffers[b].producer].name for b in sim.live_at_peak if nodes[buffers[b].producer].ban is not None})
+    why = {nodes[buffers[b].producer].name: nodes[buffers[b].producer].ban for b in sim.live_at_peak
+           if nodes[buffers[b].producer].ban is not None}
+    pinned = sorted(why)
     by_node: dict[str, int] = {}
     for b in sim.live_at_peak:
         name = nodes[buffers[b].producer].name
         by_node[name] = by_node.get(name, 0) + buffers[b].nbytes
     largest = sorted(by_node.items(), key=lambda kv: (-kv[1], kv[0]))
     return InfeasibleBudgetError(budget_bytes, sim.peak_bytes if floor_bytes is None else floor_bytes, tuple(pinned),
-                                 peak_at=sim.peak_at, largest=tuple(largest), baseline_bytes=baseline_bytes)
+                                 peak_at=sim.peak_at, largest=tuple(largest), baseline_bytes=baseline_bytes, why=why)
