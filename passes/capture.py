@@ -87,6 +87,51 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
     """
     args, named = split_input(example_input)
     kwargs = training_kwargs(model, {**named, **(kwargs or {})})
+    with _python_state_put_back(model) as changed:
+        captured = _capture(model, args, kwargs)
+    if changed:  # NOTE [ Python state forward assigns ]
+        warnings.warn(
+            f"{type(model).__name__}'s forward assigns {', '.join(changed[:5])}{' and more' if len(changed) > 5 else ''}: "
+            "Python state, which a captured graph does not replay. It changed once, while capturing, and was put "
+            "back; training through fxckpt leaves it as it is. Return such a value from forward instead, or update "
+            "it outside the model", stacklevel=4)
+    return captured
+
+
+# NOTE [ Python state forward assigns ]
+# Both front-ends run forward once, on proxies or fake tensors, and record tensor ops only. A
+# forward that stores a value on its module (`self.attn = weights.detach()` for a plot, a call
+# counter) did so once, while capturing: the module then held an fx Proxy or a fake tensor for
+# good, and the counter stopped, without a word. Plain attributes whose value capture replaced
+# with a tensor, a proxy or another number or string are put back and named in a warning;
+# other objects are left alone (Hugging Face models rebuild their plan dicts while export runs).
+def _replaced(before, after) -> bool:
+    if after is before:
+        return False
+    if isinstance(after, (torch.Tensor, torch.fx.Proxy)):
+        return True
+    return isinstance(after, (bool, int, float, str)) and (type(after) is not type(before) or after != before)
+
+
+@contextlib.contextmanager
+def _python_state_put_back(model: torch.nn.Module):
+    before = [(name, m, dict(vars(m))) for name, m in model.named_modules()]
+    changed: list[str] = []
+    try:
+        yield changed
+    finally:
+        for name, m, attrs in before:
+            now = vars(m)
+            for key in [k for k in now if k not in attrs or _replaced(attrs[k], now[k])]:
+                if key in attrs or isinstance(now[key], (torch.Tensor, torch.fx.Proxy, bool, int, float, str)):
+                    changed.append(f"{name + '.' if name else ''}{key}")
+                    if key in attrs:
+                        now[key] = attrs[key]
+                    else:
+                        del now[key]
+
+
+def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     if _global_hooks():  # NOTE [ Modules with hooks ]
         raise CaptureError("global module hooks are registered (torch.nn.modules.module.register_module_forward_hook "
                            "and its kin): a captured graph would run them on its leaf modules only. Remove them, "

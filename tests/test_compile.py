@@ -139,7 +139,9 @@ class LossInGraph(nn.Module):
 def test_seed_gradient_of_a_graph_loss_is_held_to_the_end():
     """The seed `loss.backward()` makes is referenced by `torch.autograd.backward` until backward
     returns: at the smallest feasible budget the allocator's peak equals the prediction, no byte over
-    (it was 4 bytes over: the seed died at its last reader in the model)."""
+    (it was 4 bytes over: the seed died at its last reader in the model), but for the 8 B of an eager
+    loss this step does not make (NOTE [ The eager loss ]: `compiled(x, y).backward()` backpropagates
+    the graph's own scalar)."""
     torch.manual_seed(0)
     model, x, y = LossInGraph(), torch.randn(128, 64), torch.randint(0, 10, (128,))
     with pytest.raises(Exception) as info:
@@ -151,7 +153,7 @@ def test_seed_gradient_of_a_graph_loss_is_held_to_the_end():
 
     def run():
         compiled(x, y).backward()
-    assert profiled_peak_bytes(run) == plan.predicted_peak_bytes <= int(floor / MIB * MIB), plan.summary()
+    assert profiled_peak_bytes(run) + 8 == plan.predicted_peak_bytes <= int(floor / MIB * MIB), plan.summary()
 
 
 @pytest.mark.parametrize("make", [make_transformer, make_cnn], ids=["pre-LN transformer", "cnn with batchnorm"])
@@ -595,9 +597,9 @@ def test_aot_eager_charges_the_eager_kernels_scratch():
         assert_same(eager_grads, grads)
         (plan,) = fxckpt.compiled_plans(be)
         peak = measured_peak(compiled, x)
-        # 4 B over at 0.5 on an AVX2 CPU (833,932 for 833,928), not yet explained: the eager loss
-        # is charged (NOTE [ The eager loss ]); the rest is an open item of issue 8
-        assert peak <= plan.budget_bytes + 4, (fraction, peak, plan.summary())
+        # 4 B over at 0.5 (833,932 for 833,928) while a scalar output was charged no eager loss
+        # (NOTE [ The eager loss ]): `loss_of` sums it into a new scalar
+        assert peak <= plan.budget_bytes, (fraction, peak, plan.summary())
         assert abs(peak - plan.predicted_peak_bytes) <= 0.02 * plan.predicted_peak_bytes, (fraction, peak, plan.summary())
 
 

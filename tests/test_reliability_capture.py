@@ -452,3 +452,27 @@ def test_hooks_under_export_are_named():
     model.register_forward_hook(lambda m, args, out: None)
     with pytest.warns(UserWarning, match="ran the hooks of ExportedDropout once"):
         fxckpt.auto_checkpoint(model, torch.randn(8, 16), budget=1.0)
+
+
+class _Stateful(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 4)
+        self.calls, self.hidden = 0, None
+
+    def forward(self, x):
+        self.calls += 1
+        h = torch.relu(self.a(x))
+        self.hidden = h.detach()
+        return self.b(h)
+
+
+def test_python_state_forward_assigns_is_put_back_and_named():
+    """NOTE [ Python state forward assigns ]: capture left an fx Proxy in `model.hidden` for good
+    and counted one call that never happened."""
+    model = _Stateful()
+    with pytest.warns(UserWarning, match="forward assigns calls, hidden"):
+        ckpt = fxckpt.auto_checkpoint(model, torch.randn(8, 16), budget=1.0)
+    assert model.calls == 0 and model.hidden is None
+    ckpt(torch.randn(8, 16)).sum().backward()
+    assert model.calls == 0 and model.hidden is None
