@@ -365,6 +365,10 @@ class _Annotator(torch.fx.Interpreter):
         self.storages.update(rec.new)
         unhooked = self._unhooked_saved_bytes(self._claim_grad_fns(n.name, out), {storage_key(t) for t in saved})
         self.costs[n.name] = replace(cost, unhooked_saved_bytes=unhooked) if unhooked else cost
+        # Every tensor autograd saved keeps its pack hook, and with it this list, alive: emptied,
+        # each dies when its own autograd node has run, as in a real step. Kept, a GRU's 16 steps
+        # held all of their saved tensors to the end of its backward (its prediction 18% high).
+        saved.clear()
         return out
 
     def _claim_grad_fns(self, name: str, out) -> list:

@@ -132,10 +132,6 @@ def _python_state_put_back(model: torch.nn.Module):
 
 
 def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
-    if _global_hooks():  # NOTE [ Modules with hooks ]
-        raise CaptureError("global module hooks are registered (torch.nn.modules.module.register_module_forward_hook "
-                           "and its kin): a captured graph would run them on its leaf modules only. Remove them, "
-                           "or register the hooks on the modules that need them")
     errors = []
     try:
         with opaque.recording() as rec:
@@ -240,19 +236,14 @@ class _Tracer(torch.fx.Tracer):
 # forward. annotate keeps its value (it is never recomputed: a replay would run the hooks twice
 # per step, and a recomputed BatchNorm bypasses its module). torch.export runs hooks once, while
 # it traces: what they compute on tensors is in its graph, their Python side effects are not,
-# so capture warns there. Global hooks (`nn.modules.module.register_module_forward_hook`) apply
-# to every module and are refused the same way.
+# so capture warns there. Global hooks (`nn.modules.module.register_module_forward_hook`) are
+# left to what each front-end does: they are tools' (FlopCounterMode's module tracker, profilers),
+# active while fxckpt itself plans again inside one.
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def has_hooks(m: torch.nn.Module) -> bool:
     return any(getattr(m, name, None) for name in _HOOKS)
-
-
-def _global_hooks() -> bool:
-    module = torch.nn.modules.module
-    return any(getattr(module, name, None) for name in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
 def _finish(gm, model, rec: opaque.Recorder, frontend: str, args, kwargs) -> Captured:

@@ -324,13 +324,32 @@ class Recurrent(nn.Module):
 
 
 def test_infeasible_error_names_where_the_floor_is():
-    """One LSTM op's backward holds its own saved tensors whatever is recomputed: the error says
-    the peak is at the LSTM's backward, not only which banned node happens to be live."""
+    """One LSTM op holds its own tensors whatever is recomputed: the error says the peak is at
+    the LSTM, not only which banned node happens to be live."""
     with torch.backends.mkldnn.flags(enabled=False):
         with pytest.raises(fxckpt.InfeasibleBudgetError) as e:
             fxckpt.auto_checkpoint(Recurrent(), torch.randn(4, 16, 8), budget=0.05)
-    assert e.value.peak_at.startswith("backward") and "lstm" in str(e.value)
+    assert e.value.peak_at.endswith(" lstm") and "lstm" in str(e.value)
     assert e.value.largest and e.value.largest[0][1] == max(n for _, n in e.value.largest)
+
+
+def test_a_recurrent_backward_frees_as_it_goes():
+    """The native LSTM's 16 steps free their saved tensors step by step in backward; annotate's
+    pack hook held them all to the end of the node's backward, so the floor was predicted at
+    65,544 B (recomputing 2 nodes for it) where the allocator peaked at 57,856 B. Now the floor is
+    the un-checkpointed step, predicted to the byte."""
+    from fxckpt.measure import profiled_peak_bytes
+
+    torch.manual_seed(0)
+    model, x = Recurrent(), torch.randn(4, 16, 8)
+    with torch.backends.mkldnn.flags(enabled=False):
+        ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=fxckpt.min_feasible_budget(model, x) / 2**20)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        ckpt(x).backward()
+        peak = profiled_peak_bytes(lambda: ckpt(x).backward())
+    assert not ckpt.plan.recompute
+    assert peak == ckpt.plan.predicted_peak_bytes, (peak, ckpt.plan.summary())
 
 
 def test_copies_and_saved_modules_train_like_the_model():
@@ -436,15 +455,6 @@ def test_module_hooks_run_at_every_step():
     calls.clear()
     assert_same_step(ckpt, model, ref, x)
     assert calls == ref_calls == ["forward", "pre", "backward"]
-
-
-def test_global_module_hooks_are_refused():
-    handle = nn.modules.module.register_module_forward_hook(lambda m, args, out: None)
-    try:
-        with pytest.raises(fxckpt.CaptureError, match="global module hooks"):
-            fxckpt.auto_checkpoint(_Block(), torch.randn(4, 32))
-    finally:
-        handle.remove()
 
 
 def test_hooks_under_export_are_named():
