@@ -1064,3 +1064,38 @@ def test_replayed_tuple_ops_free_each_element_after_its_last_reader():
     assert len(plan.recompute) > 20
     peak = measured_peak(compiled, x)
     assert abs(peak - plan.predicted_peak_bytes) <= 0.01 * plan.predicted_peak_bytes, (peak, plan.summary())
+
+
+class _CatTail(nn.Module):
+    """A Linear's rows concatenated with a second input of any number of rows: under dynamic shapes
+    that number is a symbol that only pointwise ops read (no matmul's FLOPs guard it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(64, 256), nn.Linear(256, 4)
+
+    def forward(self, x, y):
+        z = torch.cat([self.fc(x), y])
+        return self.out((torch.tanh(z) * torch.sigmoid(z)).mean(0))
+
+
+def test_dynamic_shapes_plan_each_size():
+    """`dynamic=True`: each size is planned for itself (NOTE [ A plan is for the sizes it was made
+    for ]). Before, the second size crashed the partitioner (KeyError: the symbolic size the
+    backward reads), and a plan made for 16 rows ran 1,024 rows at 5,902,360 B under a 1 MiB
+    budget without a word; now a size the budget cannot hold is refused, naming its floor."""
+    torch.manual_seed(0)
+    model, x = _CatTail(), torch.randn(128, 64)
+    budget = MIB
+    compiled = torch.compile(copy.deepcopy(model), backend=fxckpt.backend(budget_mb=1.0, compiler="aot_eager"),
+                             dynamic=True)
+    for rows in (16, 32):
+        y = torch.randn(rows, 256)
+        ref, _ = step(copy.deepcopy(model), (x, y))
+        assert_same(step(compiled, (x, y))[0], ref)
+        (plan,) = fxckpt.compiled_plans(compiled)
+        peak = measured_peak(compiled, (x, y))
+        assert peak <= budget and abs(peak - plan.predicted_peak_bytes) <= 0.05 * peak, (rows, peak, plan.summary())
+    with pytest.raises(Exception) as info:
+        step(compiled, (x, torch.randn(1024, 256)))
+    assert infeasible(info.value).min_feasible_bytes > 5 * MIB, info.value

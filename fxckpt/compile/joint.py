@@ -133,8 +133,34 @@ def _tensors(val) -> list:
     return [t for t in pytree.tree_leaves(val) if isinstance(t, torch.Tensor)]
 
 
+# NOTE [ A plan is for the sizes it was made for ]
+# Under dynamic shapes (`dynamic=True`, or Dynamo's automatic dynamic after a second size) the
+# joint graph's sizes are symbols; the problem is built from their hints, the sizes of the call
+# that compiled it. Dynamo would run that plan for every size, and its bytes grow with the size:
+# a graph planned at 16 rows under a 1 MiB budget ran 1,024 rows at 5,902,360 B, no error. So
+# the partitioner guards every size of the graph's inputs to its hint (`specialize_sizes`): a
+# call of another size compiles, and is planned, again (Dynamo's recompile limit then bounds
+# how many sizes compile; past it Dynamo runs the frame eagerly and says so).
+
+
+def specialize_sizes(joint: fx.GraphModule) -> None:
+    """Guard each symbolic size, stride and offset of the joint graph's inputs to the value it has
+    in this compile (NOTE [ A plan is for the sizes it was made for ])."""
+    from torch.fx.experimental.symbolic_shapes import guard_int
+
+    for n in joint.graph.find_nodes(op="placeholder"):
+        val = n.meta.get("val")
+        if isinstance(val, torch.SymInt):
+            guard_int(val)
+        elif isinstance(val, torch.Tensor):
+            for x in (*val.shape, *val.stride(), val.storage_offset()):
+                if isinstance(x, torch.SymInt):
+                    guard_int(x)
+
+
 def _nbytes(t: torch.Tensor) -> int:
-    """Bytes of a fake tensor's storage (sizes are hints when symbolic: a plan for these sizes)."""
+    """Bytes of a fake tensor's storage (sizes are hints when symbolic; the partitioner guards them:
+    NOTE [ A plan is for the sizes it was made for ])."""
     from torch.fx.experimental.symbolic_shapes import optimization_hint as hint_int
 
     try:
@@ -879,5 +905,7 @@ def saved_values(jp: JointProblem, recompute: frozenset[str]) -> list[fx.Node]:
                     stack.append(a)
             else:
                 saved[a] = None
-    order = {n: i for i, n in enumerate(jp.primals + jp.forward)}
+    # graph order: a symbolic size the backward reads (dynamic shapes: `sym_size_int`) is no
+    # problem node, and is saved as torch's partitioner saves it
+    order = {n: i for i, n in enumerate(next(iter(saved)).graph.nodes)} if saved else {}
     return sorted(saved, key=order.__getitem__)
