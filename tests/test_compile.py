@@ -1099,3 +1099,23 @@ def test_dynamic_shapes_plan_each_size():
     with pytest.raises(Exception) as info:
         step(compiled, (x, torch.randn(1024, 256)))
     assert infeasible(info.value).min_feasible_bytes > 5 * MIB, info.value
+
+
+def test_aot_eager_charges_the_cpu_dropout_noise():
+    """SDPA with attention dropout at its aot_eager floor: AOTAutograd's `native_dropout` draws its
+    noise into a float temporary of the input's size on CPU, the forward's peak here. Before, it
+    was not charged: 393,216 B measured against the 385,676 B floor the error named; now the
+    floor is the measured peak to the byte, gradients bitwise eager's (dropout included)."""
+    from tests.models import make_sdpa_dropout
+
+    model, x = make_sdpa_dropout()
+    ref_grads, _ = step(copy.deepcopy(model), x)
+    with pytest.raises(Exception) as info:
+        compiled_step(model, x, budget_mb=0.01, compiler="aot_eager")
+    floor = infeasible(info.value).min_feasible_bytes
+    torch._dynamo.reset()
+    compiled, be, grads, _ = compiled_step(model, x, budget_mb=floor / MIB, compiler="aot_eager")
+    assert_same(grads, ref_grads)
+    (plan,) = fxckpt.compiled_plans(be)
+    assert measured_peak(compiled, x) == plan.predicted_peak_bytes <= plan.budget_bytes, plan.summary()
+
