@@ -58,7 +58,7 @@ from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
 from fxckpt.core.solvers.registry import is_amount
 
 from .inductor_memory import BufferPlanRecorder, StepBuffers, boundary_names, step_buffers
-from .joint import build_problem, saved_values, specialize_sizes
+from .joint import build_problem, real_values, saved_values, specialize_sizes
 from .uncounted import RunWatch
 
 log = logging.getLogger(__name__)
@@ -517,7 +517,8 @@ def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_in
         return P.default_partition(joint, None, num_fwd_outputs=num_fwd_outputs,
                                    static_lifetime_input_indices=static)
     specialize_sizes(joint)
-    jp = build_problem(joint, info, num_fwd_outputs, fusion=fusion)
+    with real_values(joint, enabled=not fusion):
+        jp = build_problem(joint, info, num_fwd_outputs, fusion=fusion)
     plan = choose(jp.problem)
     saved = saved_values(jp, plan.recompute)
     fw, bw = P._extract_fwd_bwd_modules(

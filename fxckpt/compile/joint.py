@@ -34,6 +34,7 @@ in `fxckpt/compile/inductor_memory.py`).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass
 
@@ -156,6 +157,46 @@ def specialize_sizes(joint: fx.GraphModule) -> None:
             for x in (*val.shape, *val.stride(), val.storage_offset()):
                 if isinstance(x, torch.SymInt):
                     guard_int(x)
+
+
+@contextlib.contextmanager
+def real_values(joint: fx.GraphModule, enabled: bool = True):
+    """The joint graph's values as the eager kernels make them, while the problem is built: where a
+    kernel's real outputs differ from the fake ones (NOTE [ Fake dtypes of mixed-type kernels ] in
+    passes/fake_step.py: a CPU norm on a bf16 activation with fp32 weights returns fp32 statistics,
+    the fake kernel bf16 ones), `meta["val"]` takes the real shapes, strides and dtypes, in graph
+    order, so that readers (the norm's backward and its scratch probe) see them too; restored on
+    exit. Under aot_eager the eager kernels run; inductor's code has its own dtypes (`enabled`)."""
+    swapped = []
+    try:
+        fixed_nodes = set()
+        for n in joint.graph.nodes if enabled else ():
+            if n.target is operator.getitem and n.args[0] in fixed_nodes:  # an element of a fixed tuple
+                swapped.append((n, n.meta["val"]))
+                n.meta["val"] = n.args[0].meta["val"][n.args[1]]
+                continue
+            if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+                continue
+            kind = fake_step._real_kind(n.target)
+            args, kwargs = pytree.tree_map_only(fx.Node, lambda a: a.meta.get("val"), (n.args, n.kwargs))
+            tensors = fake_step.tensors_of((args, kwargs))
+            if kind == 0 or not tensors or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape) or (
+                    kind == 2 and (not fake_step._mixed_floating(tensors) or fake_step._index_off_cpu(tensors))):
+                continue
+            real = fake_step.real_outputs(n.target, args, kwargs, strict=False)
+            flat, spec = pytree.tree_flatten(n.meta.get("val"))
+            if real is None or len(real) != len(flat):
+                continue
+            fixed = [o if r is None or not isinstance(o, torch.Tensor) or (tuple(o.shape), o.stride(), o.dtype) == r
+                     else o.new_empty_strided(r[0], r[1], dtype=r[2]) for o, r in zip(flat, real)]
+            if any(a is not b for a, b in zip(fixed, flat)):
+                swapped.append((n, n.meta["val"]))
+                n.meta["val"] = pytree.tree_unflatten(fixed, spec)
+                fixed_nodes.add(n)
+        yield
+    finally:
+        for n, val in swapped:
+            n.meta["val"] = val
 
 
 def _nbytes(t: torch.Tensor) -> int:
