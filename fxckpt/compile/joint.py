@@ -255,6 +255,44 @@ def _ban(node: fx.Node, outputs: set[fx.Node]) -> str | None:
     return None
 
 
+# NOTE [ A replay reads an input as the graph left it ]
+# AOTAutograd keeps a mutation of a graph input (a buffer updated in forward: an EMA, a counter,
+# BatchNorm's running statistics) in the joint graph as a `copy_` into the input at the end of
+# the forward. A node replayed in backward reads that input after it: the new value. A net
+# adding a buffer to an activation, then updating the buffer in place (eager: correct, the add
+# saves no operand), with every node recomputed, got gradients 19.6 off, silently. So a node
+# reading an input that the graph writes (through a view too) is never replayed; its value is
+# saved. A training-mode batch norm is the exception: of what it returns, only the new running
+# statistics read the old ones, and a replay's are never used.
+
+
+def mutated_inputs(graph: fx.Graph) -> set[fx.Node]:
+    """The placeholders the graph writes in place (through views too)."""
+    written = set()
+    for n in graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is None:
+            continue
+        for arg, a in zip(schema.arguments, n.args):
+            if a.__class__ is fx.Node and arg.alias_info is not None and arg.alias_info.is_write:
+                base = _base(a)
+                if base.op == "placeholder":
+                    written.add(base)
+    return written
+
+
+def _reads_mutated(node: fx.Node, mutated: set[fx.Node]) -> str | None:
+    """Why `node` may not be replayed: it reads an input the graph writes (NOTE [ A replay reads
+    an input as the graph left it ])."""
+    read = {a for a in node.all_input_nodes if _base(a) in mutated}
+    if not read:
+        return None
+    if (node.target is torch.ops.aten._native_batch_norm_legit_functional.default and len(node.args) > 5
+            and node.args[5] is True and read <= set(node.args[3:5])):
+        return None  # training: only the new statistics read the running ones
+    return "reads an input the graph writes in place: a replay would read the new value"
+
+
 def _prefer(node: fx.Node) -> str | None:
     """A user's (or torch's force-save) CheckpointPolicy, on the node or on the getitems of its tuple."""
     policies = [node.meta.get("recompute")] + [u.meta.get("recompute") for u in node.users if u.target is operator.getitem]
@@ -570,6 +608,7 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
     nodes: list[Node] = []
     buffers: list[Buffer] = []
     buf_of: dict[fx.Node, int] = {}  # fx node owning a storage -> buffer index
+    mutated = mutated_inputs(forward[0].graph) if forward else set()
     for i, n in enumerate(forward):
         creates: list[int] = []
         if source[n] is n and n.target is not operator.getitem:
@@ -582,7 +621,8 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
                                       fused=owner in fused, inlined=owner in inlined, element=owner is not n))
         src = source[n]
         value = (buf_of[src],) if src is not None and src in buf_of else ()
-        ban = "inductor's channels-last copy of an input" if n.op == "placeholder" else _ban(n, fwd_outputs)
+        ban = ("inductor's channels-last copy of an input" if n.op == "placeholder" else
+               _ban(n, fwd_outputs) or _reads_mutated(n, mutated))
         replay = ban is None and (n in constant or _fused_copy(n, fused, fwd_outputs))
         nodes.append(Node(
             name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
