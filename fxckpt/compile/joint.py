@@ -141,7 +141,10 @@ def _tensors(val) -> list:
 # a graph planned at 16 rows under a 1 MiB budget ran 1,024 rows at 5,902,360 B, no error. So
 # the partitioner guards every size of the graph's inputs to its hint (`specialize_sizes`): a
 # call of another size compiles, and is planned, again (Dynamo's recompile limit then bounds
-# how many sizes compile; past it Dynamo runs the frame eagerly and says so).
+# how many sizes compile; past it Dynamo runs the frame eagerly and says so). A dimension marked
+# with `torch._dynamo.mark_dynamic` is a promise of one graph for every size, which a plan cannot
+# keep: Dynamo raises its ConstraintViolationError ("your code specialized it"); `maybe_mark_dynamic`
+# compiles.
 
 
 def specialize_sizes(joint: fx.GraphModule) -> None:
