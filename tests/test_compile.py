@@ -1061,9 +1061,7 @@ def test_replayed_tuple_ops_free_each_element_after_its_last_reader():
     assert_same(grads, ref_grads)
     assert_same(buffers, ref_buffers)
     (plan,) = fxckpt.compiled_plans(be)
-    # 20: the six `num_batches_tracked + 1` read an input the graph writes, and are not replayed
-    # (NOTE [ A replay reads an input as the graph left it ]; backward reads none of them)
-    assert len(plan.recompute) >= 20
+    assert len(plan.recompute) > 20
     peak = measured_peak(compiled, x)
     assert abs(peak - plan.predicted_peak_bytes) <= 0.01 * plan.predicted_peak_bytes, (peak, plan.summary())
 

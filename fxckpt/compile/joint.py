@@ -265,13 +265,16 @@ def _ban(node: fx.Node, outputs: set[fx.Node]) -> str | None:
 # adding a buffer to an activation, then updating the buffer in place (eager: correct, the add
 # saves no operand), with every node recomputed, got gradients 19.6 off, silently. So a node
 # reading an input that the graph writes (through a view too) is never replayed; its value is
-# saved. A training-mode batch norm is the exception: of what it returns, only the new running
-# statistics read the old ones, and a replay's are never used.
+# saved. Exceptions: a training-mode batch norm (of what it returns, only the new running
+# statistics read the old ones, and a replay's are never used), and a node whose value only goes
+# into such a write (`num_batches_tracked + 1`: backward never reads it, so it is never replayed;
+# banned, it changed the pooling CNN's inductor floor plan to one 4 B over its budget).
 
 
-def mutated_inputs(graph: fx.Graph) -> set[fx.Node]:
-    """The placeholders the graph writes in place (through views too)."""
-    written = set()
+def mutated_inputs(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
+    """The placeholders the graph writes in place (through views too), and the nodes whose values
+    only go into such writes (a new running statistic: never read by backward, so never replayed)."""
+    written, only_writes = set(), set()
     for n in graph.nodes:
         schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
         if schema is None:
@@ -281,14 +284,19 @@ def mutated_inputs(graph: fx.Graph) -> set[fx.Node]:
                 base = _base(a)
                 if base.op == "placeholder":
                     written.add(base)
-    return written
+    for n in reversed(graph.nodes):
+        if n.users and all(u in only_writes or (u.target is torch.ops.aten.copy_.default and u.args[1] is n
+                                                and _base(u.args[0]) in written) for u in n.users):
+            only_writes.add(n)
+    return written, only_writes
 
 
-def _reads_mutated(node: fx.Node, mutated: set[fx.Node]) -> str | None:
+def _reads_mutated(node: fx.Node, mutated: tuple[set[fx.Node], set[fx.Node]]) -> str | None:
     """Why `node` may not be replayed: it reads an input the graph writes (NOTE [ A replay reads
     an input as the graph left it ])."""
-    read = {a for a in node.all_input_nodes if _base(a) in mutated}
-    if not read:
+    written, only_writes = mutated
+    read = {a for a in node.all_input_nodes if _base(a) in written}
+    if not read or node in only_writes:
         return None
     if (node.target is torch.ops.aten._native_batch_norm_legit_functional.default and len(node.args) > 5
             and node.args[5] is True and read <= set(node.args[3:5])):
@@ -611,7 +619,7 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
     nodes: list[Node] = []
     buffers: list[Buffer] = []
     buf_of: dict[fx.Node, int] = {}  # fx node owning a storage -> buffer index
-    mutated = mutated_inputs(forward[0].graph) if forward else set()
+    mutated = mutated_inputs(forward[0].graph) if forward else (set(), set())
     for i, n in enumerate(forward):
         creates: list[int] = []
         if source[n] is n and n.target is not operator.getitem:
