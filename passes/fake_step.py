@@ -180,7 +180,12 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     "convolution", "convolution_backward", "native_batch_norm_backward", "native_group_norm",
     "native_group_norm_backward", "native_layer_norm_backward", "upsample_nearest2d", "upsample_nearest2d_backward",
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
-    "_safe_softmax", "cumsum", "native_dropout_backward") if hasattr(aten, name))
+    "_safe_softmax", "cumsum", "native_dropout", "native_dropout_backward") if hasattr(aten, name))
+# `native_dropout` is not in eager CPU steps (`F.dropout` there multiplies by a noise tensor it
+# keeps), but AOTAutograd's graphs call it, and its CPU kernel draws the noise into a float
+# temporary of the input's size before the bool mask: an SDPA net with attention dropout at its
+# aot_eager floor measured 393,216 B against a 385,676 B budget, the 65,536 B noise of a
+# 4x4x32x32 attention its forward peak (unseen-model check).
 # Matrix products copy an operand BLAS cannot read in place (a zero stride: the expanded gradient
 # of a sum loss; a slice with a gap) into a contiguous temporary: the tied LM's head gradient
 # (16x64x64, fp32) took 262,144 B beyond its outputs, twice. Probed for such operands, and in

@@ -34,6 +34,7 @@ in `fxckpt/compile/inductor_memory.py`).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from dataclasses import dataclass
 
@@ -133,8 +134,80 @@ def _tensors(val) -> list:
     return [t for t in pytree.tree_leaves(val) if isinstance(t, torch.Tensor)]
 
 
+# NOTE [ A plan is for the sizes it was made for ]
+# Under dynamic shapes (`dynamic=True`, or Dynamo's automatic dynamic after a second size) the
+# joint graph's sizes are symbols; the problem is built from their hints, the sizes of the call
+# that compiled it. Dynamo would run that plan for every size, and its bytes grow with the size:
+# a graph planned at 16 rows under a 1 MiB budget ran 1,024 rows at 5,902,360 B, no error. So
+# the partitioner guards every size of the graph's inputs to its hint (`specialize_sizes`): a
+# call of another size compiles, and is planned, again (Dynamo's recompile limit then bounds
+# how many sizes compile; past it Dynamo runs the frame eagerly and says so). A dimension marked
+# with `torch._dynamo.mark_dynamic` is a promise of one graph for every size, which a plan cannot
+# keep: Dynamo raises its ConstraintViolationError ("your code specialized it"); `maybe_mark_dynamic`
+# compiles.
+
+
+def specialize_sizes(joint: fx.GraphModule) -> None:
+    """Guard each symbolic size, stride and offset of the joint graph's inputs to the value it has
+    in this compile (NOTE [ A plan is for the sizes it was made for ])."""
+    from torch.fx.experimental.symbolic_shapes import guard_int
+
+    for n in joint.graph.find_nodes(op="placeholder"):
+        val = n.meta.get("val")
+        if isinstance(val, torch.SymInt):
+            guard_int(val)
+        elif isinstance(val, torch.Tensor):
+            for x in (*val.shape, *val.stride(), val.storage_offset()):
+                if isinstance(x, torch.SymInt):
+                    guard_int(x)
+
+
+@contextlib.contextmanager
+def real_values(joint: fx.GraphModule, enabled: bool = True):
+    """The joint graph's values as the eager kernels make them, while the problem is built: where a
+    kernel's real outputs differ from the fake ones (NOTE [ Fake dtypes of mixed-type kernels ] in
+    passes/fake_step.py: a CPU norm on a bf16 activation with fp32 weights returns fp32 statistics,
+    the fake kernel bf16 ones), `meta["val"]` takes the real shapes, strides and dtypes, in graph
+    order, so that readers (the norm's backward and its scratch probe) see them too; restored on
+    exit. Under aot_eager the eager kernels run; inductor's code has its own dtypes (`enabled`)."""
+    swapped = []
+    try:
+        fixed_nodes = set()
+        for n in joint.graph.nodes if enabled else ():
+            if n.target is operator.getitem and n.args[0] in fixed_nodes:  # an element of a fixed tuple
+                swapped.append((n, n.meta["val"]))
+                n.meta["val"] = n.args[0].meta["val"][n.args[1]]
+                continue
+            if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+                continue
+            kind = fake_step._real_kind(n.target)
+            args, kwargs = pytree.tree_map_only(fx.Node, lambda a: a.meta.get("val"), (n.args, n.kwargs))
+            tensors = fake_step.tensors_of((args, kwargs))
+            if kind == 0 or not tensors or any(isinstance(x, torch.SymInt) for t in tensors for x in t.shape) or (
+                    kind == 2 and (not fake_step._mixed_floating(tensors) or fake_step._index_off_cpu(tensors))):
+                continue
+            try:
+                real = fake_step.real_outputs(n.target, args, kwargs, strict=False)
+            except Exception:  # a kernel the probe cannot run (an argument no real tensor stands for): as before
+                continue
+            flat, spec = pytree.tree_flatten(n.meta.get("val"))
+            if real is None or len(real) != len(flat):
+                continue
+            fixed = [o if r is None or not isinstance(o, torch.Tensor) or (tuple(o.shape), o.stride(), o.dtype) == r
+                     else o.new_empty_strided(r[0], r[1], dtype=r[2]) for o, r in zip(flat, real)]
+            if any(a is not b for a, b in zip(fixed, flat)):
+                swapped.append((n, n.meta["val"]))
+                n.meta["val"] = pytree.tree_unflatten(fixed, spec)
+                fixed_nodes.add(n)
+        yield
+    finally:
+        for n, val in swapped:
+            n.meta["val"] = val
+
+
 def _nbytes(t: torch.Tensor) -> int:
-    """Bytes of a fake tensor's storage (sizes are hints when symbolic: a plan for these sizes)."""
+    """Bytes of a fake tensor's storage (sizes are hints when symbolic; the partitioner guards them:
+    NOTE [ A plan is for the sizes it was made for ])."""
     from torch.fx.experimental.symbolic_shapes import optimization_hint as hint_int
 
     try:
@@ -186,6 +259,52 @@ def _ban(node: fx.Node, outputs: set[fx.Node]) -> str | None:
     if schema is not None and any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
         return "mutates an input"
     return None
+
+
+# NOTE [ A replay reads an input as the graph left it ]
+# AOTAutograd keeps a mutation of a graph input (a buffer updated in forward: an EMA, a counter,
+# BatchNorm's running statistics) in the joint graph as a `copy_` into the input at the end of
+# the forward. A node replayed in backward reads that input after it: the new value. A net
+# adding a buffer to an activation, then updating the buffer in place (eager: correct, the add
+# saves no operand), with every node recomputed, got gradients 19.6 off, silently. So a node
+# reading an input that the graph writes (through a view too) is never replayed; its value is
+# saved. Exceptions: a training-mode batch norm (of what it returns, only the new running
+# statistics read the old ones, and a replay's are never used), and a node whose value only goes
+# into such a write (`num_batches_tracked + 1`: backward never reads it, so it is never replayed;
+# banned, it changed the pooling CNN's inductor floor plan to one 4 B over its budget).
+
+
+def mutated_inputs(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
+    """The placeholders the graph writes in place (through views too), and the nodes whose values
+    only go into such writes (a new running statistic: never read by backward, so never replayed)."""
+    written, only_writes = set(), set()
+    for n in graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is None:
+            continue
+        for arg, a in zip(schema.arguments, n.args):
+            if a.__class__ is fx.Node and arg.alias_info is not None and arg.alias_info.is_write:
+                base = _base(a)
+                if base.op == "placeholder":
+                    written.add(base)
+    for n in reversed(graph.nodes):
+        if n.users and all(u in only_writes or (u.target is torch.ops.aten.copy_.default and u.args[1] is n
+                                                and _base(u.args[0]) in written) for u in n.users):
+            only_writes.add(n)
+    return written, only_writes
+
+
+def _reads_mutated(node: fx.Node, mutated: tuple[set[fx.Node], set[fx.Node]]) -> str | None:
+    """Why `node` may not be replayed: it reads an input the graph writes (NOTE [ A replay reads
+    an input as the graph left it ])."""
+    written, only_writes = mutated
+    read = {a for a in node.all_input_nodes if _base(a) in written}
+    if not read or node in only_writes:
+        return None
+    if (node.target is torch.ops.aten._native_batch_norm_legit_functional.default and len(node.args) > 5
+            and node.args[5] is True and read <= set(node.args[3:5])):
+        return None  # training: only the new statistics read the running ones
+    return "reads an input the graph writes in place: a replay would read the new value"
 
 
 def _prefer(node: fx.Node) -> str | None:
@@ -504,6 +623,7 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
     nodes: list[Node] = []
     buffers: list[Buffer] = []
     buf_of: dict[fx.Node, int] = {}  # fx node owning a storage -> buffer index
+    mutated = mutated_inputs(forward[0].graph) if forward else (set(), set())
     for i, n in enumerate(forward):
         creates: list[int] = []
         if source[n] is n and n.target is not operator.getitem:
@@ -516,7 +636,8 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
                                       fused=owner in fused, inlined=owner in inlined, element=owner is not n))
         src = source[n]
         value = (buf_of[src],) if src is not None and src in buf_of else ()
-        ban = "inductor's channels-last copy of an input" if n.op == "placeholder" else _ban(n, fwd_outputs)
+        ban = ("inductor's channels-last copy of an input" if n.op == "placeholder" else
+               _ban(n, fwd_outputs) or _reads_mutated(n, mutated))
         replay = ban is None and (n in constant or _fused_copy(n, fused, fwd_outputs))
         nodes.append(Node(
             name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
@@ -880,5 +1001,7 @@ def saved_values(jp: JointProblem, recompute: frozenset[str]) -> list[fx.Node]:
                     stack.append(a)
             else:
                 saved[a] = None
-    order = {n: i for i, n in enumerate(jp.primals + jp.forward)}
+    # graph order: a symbolic size the backward reads (dynamic shapes: `sym_size_int`) is no
+    # problem node, and is saved as torch's partitioner saves it
+    order = {n: i for i, n in enumerate(next(iter(saved)).graph.nodes)} if saved else {}
     return sorted(saved, key=order.__getitem__)
