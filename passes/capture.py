@@ -321,8 +321,17 @@ def _lazy_modules():
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ""
+    """The first line of `e`'s message that is prose, not the graph code torch.export prints
+    before some of its errors (a data-dependent guard: Wav2Vec2ForCTC's printed a whole forward),
+    and the model's line that raised it, where export names one."""
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    prose = [x for x in lines if not x[0].isspace() and not x.startswith(("def ", "class ", "#"))]
+    first = (prose or lines or [""])[0].strip()[:300]
+    marker = "The following call raised this error:"
+    if marker in lines:
+        at = [x.strip() for x in lines[lines.index(marker) + 1:lines.index(marker) + 3]]
+        first += f" (at {at[0].removeprefix('File ')}: {at[1]})" if len(at) == 2 else ""
+    return first
 
 
 def _check_runs_like(gm: torch.fx.GraphModule, args, kwargs) -> None:

@@ -521,3 +521,24 @@ def test_constant_lifted_into_a_submodule_is_captured():
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad), n
 
+
+class _ValueBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if h.max() > 100:  # a branch on a value: no front-end captures it
+            h = h * 2
+        return h
+
+
+def test_capture_error_names_the_line_export_failed_on():
+    """torch.export's data-dependent guard error prints a graph before its message (Wav2Vec2ForCTC's:
+    a whole forward, which was all the CaptureError showed of it); the error now gives the
+    message and the model's line that raised it."""
+    with pytest.raises(fxckpt.CaptureError) as e:
+        fxckpt.auto_checkpoint(_ValueBranch(), torch.randn(4, 8), budget=0.5)
+    line = next(x for x in str(e.value).splitlines() if x.strip().startswith("torch.export"))
+    assert "Could not guard on data-dependent expression" in line and "if h.max() > 100:" in line
