@@ -312,8 +312,17 @@ def _lazy_modules():
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ""
+    """The first line of `e`'s message that is prose, not the graph code torch.export prints
+    before some of its errors (a data-dependent guard: Wav2Vec2ForCTC's printed a whole forward),
+    and the model's line that raised it, where export names one."""
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    prose = [x for x in lines if not x[0].isspace() and not x.startswith(("def ", "class ", "#"))]
+    first = (prose or lines or [""])[0].strip()[:300]
+    marker = "The following call raised this error:"
+    if marker in lines:
+        at = [x.strip() for x in lines[lines.index(marker) + 1:lines.index(marker) + 3]]
+        first += f" (at {at[0].removeprefix('File ')}: {at[1]})" if len(at) == 2 else ""
+    return first
 
 
 def _check_runs_like(gm: torch.fx.GraphModule, args, kwargs) -> None:
@@ -334,14 +343,31 @@ def adopt_state(gm: torch.fx.GraphModule, model: torch.nn.Module) -> torch.fx.Gr
     lifted by torch.export) are kept as plain attributes.
     """
     values = {n.target: _getattr_path(gm, n.target) for n in gm.graph.nodes if n.op in ("get_attr", "call_module")}
+    # NOTE [ Constants lifted into submodules ]
+    # torch.export lifts a tensor a submodule's forward creates (Falcon's attention) to an
+    # attribute of that submodule in its own module tree (`transformer.h.0.self_attention.
+    # lifted_tensor_0`), which the model's submodule lacks. Such a constant becomes a plain
+    # attribute of the graph module under a flat name; the model is left untouched.
+    renamed = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and "." in n.target and not _resolves(model, n.target):
+            if n.target not in renamed:
+                flat = n.target.replace(".", "_")
+                while _resolves(model, flat) or flat in values or flat in renamed.values():
+                    flat = "_" + flat
+                renamed[n.target] = flat
+                values[flat] = values.pop(n.target)
+            n.target = renamed[n.target]
+    if renamed:
+        gm.recompile()
     gm._modules = model._modules
     gm._parameters = model._parameters
     gm._buffers = model._buffers
     gm._non_persistent_buffers_set = model._non_persistent_buffers_set
     for target, value in values.items():
         if not _resolves(gm, target):
-            if "." in target:
-                raise CaptureError(f"graph constant {target!r} lives in a submodule the model does not have")
+            if "." in target:  # a submodule the graph calls (call_module) that the model lacks
+                raise CaptureError(f"graph module {target!r} lives in a submodule the model does not have")
             object.__setattr__(gm, target, value)
     gm.training = model.training
     return gm

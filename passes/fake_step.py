@@ -32,7 +32,12 @@ aten = torch.ops.aten
 # A fake kernel's dtypes can be wrong too, where operands mix floating dtypes (NOTE [ Fake
 # dtypes of mixed-type kernels ]): such ops are run for real as well.
 _ALWAYS_REAL = frozenset((aten.mkldnn_rnn_layer.default,)) if hasattr(aten, "mkldnn_rnn_layer") else frozenset()
-_OUTPUTS: dict[str, list] = {}  # signature -> the real kernel's outputs: (shape, stride, dtype), or None
+# The CPU EmbeddingBag allocates offset2bag one element longer than it returns (8 B a fake step
+# missed, held through backward: an EmbeddingBag net 8 B over its budget at the allocator): such
+# ops run for real, on integer operands of zeros (their first offset must be 0), and their fake
+# outputs get the real storages' sizes.
+_LARGER_STORAGE = frozenset((aten._embedding_bag.default,))
+_OUTPUTS: dict[str, list] = {}  # signature -> the real kernel's outputs: (shape, stride, dtype, storage bytes), or None
 
 # NOTE [ Fake dtypes of mixed-type kernels ]
 # Under bf16 autocast on CPU a norm runs on a bf16 activation with fp32 weights (autocast leaves
@@ -57,6 +62,8 @@ def _real_kind(func) -> int:
     dtypes (NOTE [ Fake dtypes of mixed-type kernels ]), 0: never."""
     if func in _ALWAYS_REAL:
         return 1
+    if func in _LARGER_STORAGE:
+        return 3
     return 2 if torch.Tag.pointwise not in func.tags and _strided_kind(func) else 0
 
 
@@ -116,13 +123,27 @@ class _FakeMode(FakeTensorMode):
             tensors = tensors_of((args, kwargs))
             if not _mixed_floating(tensors) or _index_off_cpu(tensors):
                 return out
-        real = real_outputs(func, args, kwargs, strict=kind == 1)
+        if kind == 3 and _index_off_cpu(tensors_of((args, kwargs))):
+            return out
+        real = real_outputs(func, args, kwargs, strict=kind == 1, ints=0 if kind == 3 else None)
         if real is None:
             return out
         flat, spec = pytree.tree_flatten(out)
-        flat = [o if r is None or not isinstance(o, torch.Tensor) or (tuple(o.shape), o.stride(), o.dtype) == r
-                else o.new_empty_strided(r[0], r[1], dtype=r[2]) for o, r in zip(flat, real)]
+        flat = [o if r is None or not isinstance(o, torch.Tensor) or (
+                (tuple(o.shape), o.stride(), o.dtype) == r[:3] and o.untyped_storage().nbytes() >= r[3])
+                else _fake_output(o, r) for o, r in zip(flat, real)]
         return pytree.tree_unflatten(flat, spec)
+
+
+def _fake_output(o: torch.Tensor, real: tuple) -> torch.Tensor:
+    """A fake tensor like the real kernel's output `real` (shape, stride, dtype, storage bytes),
+    made next to the fake output `o`: in a storage as large as the real one."""
+    shape, stride, dtype, nbytes = real
+    t = o.new_empty_strided(shape, stride, dtype=dtype)
+    if t.untyped_storage().nbytes() < nbytes:
+        whole = o.new_empty((nbytes // dtype.itemsize,), dtype=dtype)
+        t = o.new_empty((0,), dtype=dtype).set_(whole.untyped_storage(), 0, shape, stride)
+    return t
 
 
 _REAL_KINDS: dict[int, int] = {}  # id(op) -> `_real_kind` (by id: see `_KINDS`)
@@ -134,7 +155,7 @@ def _signature(func, grad: bool, args: tuple, kwargs: dict) -> str:
 
 
 @contextlib.contextmanager
-def _real_args(args: tuple, kwargs: dict, grad: bool):
+def _real_args(args: tuple, kwargs: dict, grad: bool, ints: int | None = None):
     """Real tensors shaped like the (fake) arguments, for a probe. The caller's RNG streams are
     left as they were: the values are drawn from them, and a probed kernel may draw too (without
     this, planning a transformer moved the user's dropout masks). No dispatch mode sees the probe:
@@ -143,11 +164,13 @@ def _real_args(args: tuple, kwargs: dict, grad: bool):
     devices = sorted({t.device.index or 0 for t in pytree.tree_leaves((args, kwargs))
                       if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
     with _disable_current_modes(), torch.set_grad_enabled(grad), torch.random.fork_rng(devices=devices):
-        yield pytree.tree_map_only(torch.Tensor, real_like, (args, kwargs))  # not requiring grad
+        real = real_like if ints is None else (lambda t: real_like(t) if t.is_floating_point() or t.is_complex()
+                                                else torch.full(t.shape, ints, dtype=t.dtype, device=t.device))
+        yield pytree.tree_map_only(torch.Tensor, real, (args, kwargs))  # not requiring grad
 
 
-def real_outputs(func, args: tuple, kwargs: dict, strict: bool = True) -> list | None:
-    """(shape, stride, dtype) of each output leaf of `func` run once on real tensors shaped like
+def real_outputs(func, args: tuple, kwargs: dict, strict: bool = True, ints: int | None = None) -> list | None:
+    """(shape, stride, dtype, storage bytes) of each output leaf of `func` run once on real tensors shaped like
     (fake) `args`, per signature and grad mode (kernels read it: the LSTM returns no workspace
     under no_grad); None for a leaf that is no tensor. Not `strict`: None where the real kernel
     refuses the arguments (NOTE [ Fake dtypes of mixed-type kernels ])."""
@@ -155,8 +178,9 @@ def real_outputs(func, args: tuple, kwargs: dict, strict: bool = True) -> list |
     key = _signature(func, grad, args, kwargs)
     if key not in _OUTPUTS:
         try:
-            with _real_args(args, kwargs, grad) as (a, kw):
-                _OUTPUTS[key] = [(tuple(o.shape), o.stride(), o.dtype) if isinstance(o, torch.Tensor) else None
+            with _real_args(args, kwargs, grad, ints) as (a, kw):
+                _OUTPUTS[key] = [(tuple(o.shape), o.stride(), o.dtype, o.untyped_storage().nbytes())
+                                 if isinstance(o, torch.Tensor) else None
                                  for o in pytree.tree_leaves(func(*a, **kw))]
         except (RuntimeError, IndexError):
             if strict:
@@ -180,12 +204,24 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     "convolution", "convolution_backward", "native_batch_norm_backward", "native_group_norm",
     "native_group_norm_backward", "native_layer_norm_backward", "upsample_nearest2d", "upsample_nearest2d_backward",
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
-    "_safe_softmax", "cumsum", "native_dropout", "native_dropout_backward") if hasattr(aten, name))
+    "_safe_softmax", "cumsum", "native_dropout", "native_dropout_backward",
+    # EmbeddingBag's CPU backward sorts and counts the indices of its bags (an EmbeddingBag net at
+    # budget 1.0: 28,848 B at the allocator for 27,304 B planned); `max` mode's forward too
+    "_embedding_bag", "_embedding_bag_backward", "_embedding_bag_dense_backward",
+    "_embedding_bag_per_sample_weights_backward") if hasattr(aten, name))
 # `native_dropout` is not in eager CPU steps (`F.dropout` there multiplies by a noise tensor it
 # keeps), but AOTAutograd's graphs call it, and its CPU kernel draws the noise into a float
 # temporary of the input's size before the bool mask: an SDPA net with attention dropout at its
 # aot_eager floor measured 393,216 B against a 385,676 B budget, the 65,536 B noise of a
 # 4x4x32x32 attention its forward peak (unseen-model check).
+# EmbeddingBag's integer operands are ones in the probe, not 0/1: max mode's backward works on the bags
+# that are not empty, and half of 0/1 bag sizes are (its scratch 1,960 B where the step's is
+# 3,136 B: an EmbeddingBag(mode="max") net 1,544 B over its budget at the allocator). The
+# forward's are zeros (`_LARGER_STORAGE`): random 0/1 offsets fail its check that the first is 0
+# half of the time, and the probe said 0 B where mean mode takes 392 B.
+_PROBED_ON_ONES = frozenset(getattr(aten, name).default for name in (
+    "_embedding_bag_backward", "_embedding_bag_dense_backward",
+    "_embedding_bag_per_sample_weights_backward") if hasattr(aten, name))
 # Matrix products copy an operand BLAS cannot read in place (a zero stride: the expanded gradient
 # of a sum loss; a slice with a gap) into a contiguous temporary: the tied LM's head gradient
 # (16x64x64, fp32) took 262,144 B beyond its outputs, twice. Probed for such operands, and in
@@ -308,7 +344,8 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
         from fxckpt.measure import profiled_memory  # the allocator's view, as users measure
 
         try:
-            with _real_args(args, kwargs, False) as (a, kw):
+            ints = 1 if func in _PROBED_ON_ONES else 0 if func in _LARGER_STORAGE else None
+            with _real_args(args, kwargs, False, ints) as (a, kw):
                 func(*a, **kw)
                 probed = profiled_memory(lambda: func(*a, **kw))
         except (RuntimeError, IndexError):

@@ -62,7 +62,7 @@ def _node(n: torch.fx.Node, index, by_name, buf_index, outputs, rates, seconds) 
         extra_saved_bytes=c.unhooked_saved_bytes, seconds=_seconds(n.name, c, rates, seconds),
         requires_grad=c.requires_grad, transient_bytes=c.transient_bytes,
         bwd_rank=c.bwd_rank, bwd_transient_bytes=c.bwd_transient_bytes,
-        bwd_unpack_bytes=c.bwd_unpack_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
+        bwd_unpack_bytes=c.bwd_unpack_bytes, bwd_replay_transient_bytes=c.bwd_replay_transient_bytes, is_output=n in outputs, ban=ban, prefer=prefer,
     )
 
 

@@ -24,6 +24,7 @@ class NodeCost:
     bwd_rank: int = -1  # position of its backward in the backward pass (-1: none)
     bwd_transient_bytes: int = 0  # peak of what its backward allocates, over the level it starts at
     bwd_unpack_bytes: int = 0  # what its backward has allocated, over that level, when it first unpacks a saved tensor
+    bwd_replay_transient_bytes: int = 0  # bwd_transient_bytes with what it saved held to its backward's end (a replay)
     grads: tuple[tuple[str | None, int], ...] = ()  # (node in whose backward it dies, bytes) left by its backward
     is_random: bool = False
     recipe_bytes: int = 0  # RNG-state bytes a recipe of it keeps in the step's device memory until replayed

@@ -56,6 +56,7 @@ class Node:
     bwd_rank: int | None = None  # position of its backward in the backward pass; None: reverse
     # execution order; -1: its backward never runs
     bwd_transient_bytes: int = 0  # peak its backward allocates over the level it starts at
+    bwd_replay_transient_bytes: int = 0  # the same with its saved tensors held to its backward's end (NOTE [ Replayed saves are freed together ] in simulate)
     bwd_unpack_bytes: int = 0  # live over that level when it first unpacks a saved tensor: recomputation happens
     # there (NOTE [ Recomputed when unpacked ] in fxckpt.core.simulate)
     is_output: bool = False
