@@ -84,6 +84,15 @@ def compiled_step(model, example, **options):
     return compiled, be, grads, buffers
 
 
+def compiled_at_floor(model, example, **options):
+    """`compiled_step` at the smallest feasible budget the backend names (aot_eager); also the floor."""
+    with pytest.raises(Exception) as info:
+        compiled_step(model, example, budget_mb=0.001, compiler="aot_eager", **options)
+    floor = infeasible(info.value).min_feasible_bytes
+    torch._dynamo.reset()
+    return (*compiled_step(model, example, budget_mb=floor / MIB, compiler="aot_eager", **options), floor)
+
+
 def assert_same(a, b):
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y), (x - y).abs().max()
@@ -144,11 +153,7 @@ def test_seed_gradient_of_a_graph_loss_is_held_to_the_end():
     the graph's own scalar)."""
     torch.manual_seed(0)
     model, x, y = LossInGraph(), torch.randn(128, 64), torch.randint(0, 10, (128,))
-    with pytest.raises(Exception) as info:
-        compiled_step(model, (x, y), budget_mb=0.001, compiler="aot_eager")
-    floor = infeasible(info.value).min_feasible_bytes
-    torch._dynamo.reset()
-    compiled, be, _, _ = compiled_step(model, (x, y), budget_mb=floor / MIB, compiler="aot_eager")
+    compiled, be, _, _, floor = compiled_at_floor(model, (x, y))
     (plan,) = fxckpt.compiled_plans(be)
 
     def run():
@@ -1112,11 +1117,7 @@ def test_aot_eager_charges_the_cpu_dropout_noise():
 
     model, x = make_sdpa_dropout()
     ref_grads, _ = step(copy.deepcopy(model), x)
-    with pytest.raises(Exception) as info:
-        compiled_step(model, x, budget_mb=0.01, compiler="aot_eager")
-    floor = infeasible(info.value).min_feasible_bytes
-    torch._dynamo.reset()
-    compiled, be, grads, _ = compiled_step(model, x, budget_mb=floor / MIB, compiler="aot_eager")
+    compiled, be, grads, _, _ = compiled_at_floor(model, x)
     assert_same(grads, ref_grads)
     (plan,) = fxckpt.compiled_plans(be)
     assert measured_peak(compiled, x) == plan.predicted_peak_bytes <= plan.budget_bytes, plan.summary()
@@ -1143,11 +1144,7 @@ def test_aot_eager_counts_the_real_dtypes_of_mixed_type_kernels():
     torch.manual_seed(0)
     model, x = _AutocastNet().train(), torch.randn(256, 64)
     ref_grads, _ = step(copy.deepcopy(model), x)
-    with pytest.raises(Exception) as info:
-        compiled_step(model, x, budget_mb=0.01, compiler="aot_eager")
-    floor = infeasible(info.value).min_feasible_bytes
-    torch._dynamo.reset()
-    compiled, be, grads, _ = compiled_step(model, x, budget_mb=floor / MIB, compiler="aot_eager")
+    compiled, be, grads, _, _ = compiled_at_floor(model, x)
     assert_same(grads, ref_grads)
     (plan,) = fxckpt.compiled_plans(be)
     assert measured_peak(compiled, x) == plan.predicted_peak_bytes <= plan.budget_bytes, plan.summary()
