@@ -22,7 +22,7 @@ import torch.fx
 from torch.fx._lazy_graph_module import _make_graph_module
 from torch.utils import _pytree as pytree
 
-from fxckpt.core.errors import CaptureError
+from fxckpt.core.errors import CaptureError, LossError
 
 from . import opaque
 
@@ -271,7 +271,12 @@ def step_loss(output) -> torch.Tensor:
         return loss
     terms = [t.float().sum() for t in (t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)) if t.is_floating_point() and t.requires_grad]
     if not terms:
-        raise ValueError(f"no loss in the model's output and no tensor that requires grad: {type(output).__name__}")
+        leaves = [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+        shown = ", ".join(f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}{'' if t.requires_grad else ' (no grad)'}"
+                          for t in leaves[:4]) or "no tensor"
+        raise LossError(f"nothing to backpropagate: the model's output ({shown}{' ...' if len(leaves) > 4 else ''}) has no "
+                        "`loss` and no floating tensor that requires grad; pass loss_fn= (a function of the output "
+                        "returning a scalar to call backward on), or check that the parameters require grad")
     return functools.reduce(operator.add, terms)
 
 

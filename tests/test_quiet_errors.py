@@ -43,3 +43,19 @@ def test_a_failing_plan_prints_nothing_of_torch_on_stderr():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.stdout.strip() == "annotate", run.stdout + run.stderr[-2000:]
     assert "fake_tensor" not in run.stderr and "Traceback" not in run.stderr, run.stderr[:2000]
+
+
+def test_an_output_with_nothing_to_backpropagate_says_so():
+    """It was a StageError naming a FakeTensor and asking for an issue to be filed."""
+    class Argmax(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.a(x).argmax(-1)
+
+    with pytest.raises(fxckpt.FxckptError, match=r"nothing to backpropagate: the model's output \(int64 \(4,\) "
+                                                 r"\(no grad\)\).*loss_fn=") as e:
+        fxckpt.auto_checkpoint(Argmax(), torch.randn(4, 8), budget=0.5)
+    assert isinstance(e.value, ValueError) and not isinstance(e.value, fxckpt.StageError)

@@ -75,6 +75,11 @@ def in_stage(stage: str, node: Callable[[BaseException], str | None] = lambda e:
                   f"{lines[0][:300] if lines else ''}\n{FALLBACK}", stage=stage, node=where) from e
 
 
+class LossError(FxckptError, ValueError):
+    """The step has nothing to backpropagate: no loss in the model's output and no floating
+    tensor in it that requires grad, and no `loss_fn` that makes one."""
+
+
 class ShardingError(FxckptError):
     """FSDP2's `fully_shard` was applied where fxckpt's captured graph would bypass it."""
 
