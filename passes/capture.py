@@ -92,9 +92,9 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
     if changed:  # NOTE [ Python state forward assigns ]
         warnings.warn(
             f"{type(model).__name__}'s forward assigns {', '.join(changed[:5])}{' and more' if len(changed) > 5 else ''}: "
-            "Python state, which a captured graph does not replay. It changed once, while capturing, and was put "
-            "back; training through fxckpt leaves it as it is. Return such a value from forward instead, or update "
-            "it outside the model", stacklevel=4)
+            "Python state, which a captured graph does not replay: it changed once, while capturing (the tensors "
+            "it held then are put back), and training through fxckpt does not update it. Return such a value from "
+            "forward instead, or update it outside the model", stacklevel=4)
     return captured
 
 
@@ -102,17 +102,12 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
 # Both front-ends run forward once, on proxies or fake tensors, and record tensor ops only. A
 # forward that stores a value on its module (`self.attn = weights.detach()` for a plot, a call
 # counter) did so once, while capturing: the module then held an fx Proxy or a fake tensor for
-# good, and the counter stopped, without a word. Plain attributes whose value capture replaced
-# with a tensor, a proxy or another number or string are put back and named in a warning;
-# other objects are left alone (Hugging Face models rebuild their plan dicts while export runs).
-def _replaced(before, after) -> bool:
-    if after is before:
-        return False
-    if isinstance(after, (torch.Tensor, torch.fx.Proxy)):
-        return True
-    return isinstance(after, (bool, int, float, str)) and (type(after) is not type(before) or after != before)
-
-
+# good, and the counter stopped, without a word. An attribute capture set to a tensor or a
+# proxy is put back (or removed) and named in a warning; a number or string that existed and
+# changed is named and left as capture left it (putting back a flag would undo a lazy set-up
+# whose effects stay: transformers sets `_output_capturing_hooks_installed` after installing
+# hooks); new plain values and other objects are left alone (Hugging Face models rebuild
+# their plan dicts while export runs).
 @contextlib.contextmanager
 def _python_state_put_back(model: torch.nn.Module):
     before = [(name, m, dict(vars(m))) for name, m in model.named_modules()]
@@ -122,13 +117,22 @@ def _python_state_put_back(model: torch.nn.Module):
     finally:
         for name, m, attrs in before:
             now = vars(m)
-            for key in [k for k in now if k not in attrs or _replaced(attrs[k], now[k])]:
-                if key in attrs or isinstance(now[key], (torch.Tensor, torch.fx.Proxy, bool, int, float, str)):
+            for key in list(now):
+                old, new = attrs.get(key, _MISSING), now[key]
+                if new is old:
+                    continue
+                if isinstance(new, (torch.Tensor, torch.fx.Proxy)):  # made while capturing: put back
                     changed.append(f"{name + '.' if name else ''}{key}")
-                    if key in attrs:
-                        now[key] = attrs[key]
-                    else:
+                    if old is _MISSING:
                         del now[key]
+                    else:
+                        now[key] = old
+                elif old is not _MISSING and isinstance(new, (bool, int, float, str)) and (
+                        type(new) is not type(old) or new != old):
+                    changed.append(f"{name + '.' if name else ''}{key}")  # a counter: named, left as it is
+
+
+_MISSING = object()
 
 
 def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
@@ -151,7 +155,7 @@ def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
         errors.append(f"torch.export.export(strict=False): {type(e).__name__}: {_first_line(e)}")
     else:
         if not rec.functions:
-            hooked = [name or type(model).__name__ for name, m in model.named_modules() if has_hooks(m)]
+            hooked = [name or type(model).__name__ for name, m in model.named_modules() if has_hooks(m, user=True)]
             if hooked:  # NOTE [ Modules with hooks ]
                 warnings.warn(
                     f"torch.export captured {type(model).__name__} and ran the hooks of {', '.join(hooked[:5])}"
@@ -242,8 +246,11 @@ class _Tracer(torch.fx.Tracer):
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def has_hooks(m: torch.nn.Module) -> bool:
-    return any(getattr(m, name, None) for name in _HOOKS)
+def has_hooks(m: torch.nn.Module, user: bool = False) -> bool:
+    """Whether `m` has hooks; with `user`, hooks other than torch's and transformers' own (its
+    output-capturing hooks collect what export traces into the graph anyway)."""
+    hooks = (h for name in _HOOKS for h in (getattr(m, name, None) or {}).values())
+    return any(not user or not getattr(h, "__module__", "").startswith(("torch.", "transformers.")) for h in hooks)
 
 
 def _finish(gm, model, rec: opaque.Recorder, frontend: str, args, kwargs) -> Captured:

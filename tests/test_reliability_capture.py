@@ -2,6 +2,7 @@
 checkpointed module does. Every model here is tiny; each test failed before its fix."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -487,13 +488,33 @@ class _Stateful(nn.Module):
 
 def test_python_state_forward_assigns_is_put_back_and_named():
     """NOTE [ Python state forward assigns ]: capture left an fx Proxy in `model.hidden` for good
-    and counted one call that never happened."""
+    and counted a call, silently; now the proxy is gone and both are named."""
     model = _Stateful()
     with pytest.warns(UserWarning, match="forward assigns calls, hidden"):
         ckpt = fxckpt.auto_checkpoint(model, torch.randn(8, 16), budget=1.0)
-    assert model.calls == 0 and model.hidden is None
+    assert model.calls == 1 and model.hidden is None
     ckpt(torch.randn(8, 16)).sum().backward()
-    assert model.calls == 0 and model.hidden is None
+    assert model.calls == 1 and model.hidden is None
+
+
+def test_hooks_and_flags_transformers_installs_are_left_alone():
+    """transformers installs output-capturing hooks on the first forward and sets a flag that
+    says so: capture must neither warn about them nor undo the flag (the next eager forward would
+    install every hook a second time)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)  # the router's logits are captured by hooks for its auxiliary loss
+    model = MixtralForCausalLM(MixtralConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                             num_key_value_heads=1, vocab_size=64, num_local_experts=4,
+                                             num_experts_per_tok=2, output_router_logits=True))
+    ids = torch.randint(0, 64, (2, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(budget|autocast|loss_type|tensor attributes).*")
+        fxckpt.auto_checkpoint(model, {"input_ids": ids, "labels": ids}, budget=1.0)
+    hooks = sum(len(m._forward_hooks) for m in model.modules())
+    model(input_ids=ids)
+    assert hooks and sum(len(m._forward_hooks) for m in model.modules()) == hooks
 
 
 class _HalfTanh(nn.Module):
