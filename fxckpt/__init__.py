@@ -7,7 +7,7 @@ so `import fxckpt.core` works where torch is not installed.
 
 from importlib import import_module
 
-from .core import (SOLVERS, BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, Plan, RematProblem,
+from .core import (SOLVERS, BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, LossError, Plan, RematProblem,
                    ShardingError, SolverError, StageError, UncompiledRuntimeWarning, UncountedMemoryWarning, register_solver,
                    simulate, solve)
 from .core.solvers.chain import LayerProfile, OptimalCheckpointer, SegmentedCheckpointing
@@ -25,7 +25,7 @@ _LAZY = {
 _SUBMODULES = ("profiling", "recipes", "training")
 
 __all__ = [
-    "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+    "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile", "LossError",
     "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
     "SOLVERS", "ShardingError", "SolverError", "StageError", "UncompiledRuntimeWarning", "UncountedMemoryWarning", "auto_checkpoint", "backend",
     "compiled_plans", "max_batch_size", "measure_step", "min_feasible_budget", "peak_formula", "register_solver",

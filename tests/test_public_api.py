@@ -16,13 +16,13 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 TOP_LEVEL = {
     "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError",
-    "InfeasibleBudgetError", "LayerProfile", "OptimalCheckpointer", "Plan", "RematProblem", "SOLVERS",
+    "InfeasibleBudgetError", "LayerProfile", "LossError", "OptimalCheckpointer", "Plan", "RematProblem", "SOLVERS",
     "SegmentedCheckpointing", "SelectiveCheckpoint", "ShardingError", "SolverError", "StageError",
     "UncompiledRuntimeWarning", "UncountedMemoryWarning", "auto_checkpoint", "backend", "checkpoint", "compiled_plans", "max_batch_size",
     "measure_step", "min_feasible_budget", "peak_formula", "register_solver", "simulate", "solve", "step_loss",
 }
 CORE = {
-    "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost",
+    "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "LossError", "Node", "NodeCost",
     "Plan", "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "StageError",
     "UncompiledRuntimeWarning", "UncountedMemoryWarning", "random_problem", "register_solver", "simulate", "solve",
 }

@@ -11,7 +11,7 @@ Example:
 """
 
 from .costs import NodeCost
-from .errors import (BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, ShardingError, SolverError,
+from .errors import (BudgetWarning, CaptureError, FxckptError, InfeasibleBudgetError, LossError, ShardingError, SolverError,
                      StageError, UncompiledRuntimeWarning, UncountedMemoryWarning)
 from .plan import Plan
 from .problem import Buffer, Grad, Node, RematProblem
@@ -20,7 +20,7 @@ from .solvers import SOLVERS, register_solver, solve
 from .synthetic import random_problem
 
 __all__ = [
-    "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "Node", "NodeCost", "Plan",
+    "Buffer", "BudgetWarning", "CaptureError", "FxckptError", "Grad", "InfeasibleBudgetError", "LossError", "Node", "NodeCost", "Plan",
     "RematProblem", "SOLVERS", "ShardingError", "Simulation", "SolverError", "StageError", "UncompiledRuntimeWarning", "UncountedMemoryWarning",
     "random_problem", "register_solver", "simulate", "solve",
 ]
