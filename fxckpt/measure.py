@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -406,6 +408,30 @@ class AllocatorEvent:
 _ENGINE = "autograd::engine::evaluate_function"
 
 
+# NOTE [ The profiler's start and stop lines ]
+# The pinned CPU build's kineto writes a line to the process's stderr (file descriptor 2, below
+# Python's sys.stderr) each time a profiler starts and stops ("USDT: ... profiler_start"), and
+# KINETO_LOG_LEVEL does not silence it. Planning probes kernels' scratch under the profiler, so
+# one auto_checkpoint printed 8 such lines, and every measurement 2. Descriptor 2 points at
+# /dev/null while the profiler starts and stops, and only then: what the profiled code writes
+# still shows.
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    try:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (a closed or replaced stream)
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 @contextlib.contextmanager
 def allocator_events(device: str | torch.device = "cpu"):
     """Record every allocation and free on ``device`` during the ``with`` block, in time order:
@@ -422,8 +448,14 @@ def allocator_events(device: str | torch.device = "cpu"):
 
     kind = torch.device(device).type
     events: list[AllocatorEvent] = []
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False)
+    with _quiet_native_stderr():  # NOTE [ The profiler's start and stop lines ]
+        prof.__enter__()
+    try:
         yield events
+    finally:
+        with _quiet_native_stderr():
+            prof.__exit__(None, None, None)
     found = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:

@@ -314,3 +314,16 @@ def test_live_bytes_count_the_runtimes_rng_states():
         del state
         after = live.current_bytes
     assert held == live.peak_bytes == torch.get_rng_state().nbytes and after == 0
+
+
+def test_the_profiler_prints_nothing_of_its_own(capfd):
+    """NOTE [ The profiler's start and stop lines ]: kineto wrote two lines to descriptor 2 per
+    profiled call (8 per auto_checkpoint); what the profiled code writes still shows."""
+    import sys
+
+    from fxckpt.measure import profiled_memory
+
+    peak = profiled_memory(lambda: (torch.ones(64, 64), print("from the step", file=sys.stderr))).peak_bytes
+    err = capfd.readouterr().err
+    assert peak >= 64 * 64 * 4 and "from the step" in err
+    assert "profiler_start" not in err and "profiler_stop" not in err, err
