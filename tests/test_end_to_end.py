@@ -382,7 +382,7 @@ def test_weights_cast_once_under_autocast_raise_no_warning():
 
 def test_public_api():
     assert sorted(fxckpt.__all__) == sorted([
-        "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile",
+        "BudgetWarning", "CaptureError", "CheckpointedModule", "CheckpointedSequential", "FxckptError", "InfeasibleBudgetError", "LayerProfile", "LossError",
         "OptimalCheckpointer", "Plan", "RematProblem", "SegmentedCheckpointing", "SelectiveCheckpoint", "checkpoint",
         "SOLVERS", "ShardingError", "SolverError", "StageError", "UncompiledRuntimeWarning", "UncountedMemoryWarning", "auto_checkpoint",
         "backend",
