@@ -233,12 +233,12 @@ def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_f
     budget_bytes = _budget_bytes(baseline, budget_mb, budget)
     fitted = _fit(problem, gm, captured, budget_bytes, solver, verify, loss_fn)
     if fitted is None and budget is not None and verify:  # NOTE [ The baseline a fraction is of ]
-        dry = _at_floor(problem, gm, captured, solver, verify, loss_fn, recompute=frozenset())[0].dry_run_peak_bytes
+        dry = _checked(problem, frozenset(), gm, captured, solver, verify, loss_fn)[0].dry_run_peak_bytes
         if dry > baseline:
             baseline, budget_bytes = dry, _budget_bytes(dry, budget_mb, budget)
             fitted = _fit(problem, gm, captured, budget_bytes, solver, verify, loss_fn)
     if fitted is None:  # nothing the solver found fits: the floor plan, if the budget allows it
-        fitted = _at_floor(problem, gm, captured, solver, verify, loss_fn)
+        fitted = _checked(problem, min_peak_plan(problem), gm, captured, solver, verify, loss_fn)
         floor = _peak(fitted[0])
         if floor > budget_bytes and (granted is None or floor > granted):
             raise infeasible(problem, budget_bytes, floor, baseline if budget is not None else None)
@@ -279,12 +279,11 @@ def _fit(problem, gm, captured, budget_bytes: int, solver: str, verify: bool, lo
     return None
 
 
-def _at_floor(problem, gm, captured, solver: str, verify: bool, loss_fn, recompute=None):
-    """(plan, rewritten graph) of `min_peak_plan` (or of the nodes `recompute`): the plan whose
-    peak an InfeasibleBudgetError names, checked by the dry run like any other (see NOTE [ The
-    floor is one plan ] in fxckpt/core/solvers/auto.py)."""
+def _checked(problem, recompute, gm, captured, solver: str, verify: bool, loss_fn):
+    """(plan, rewritten graph) recomputing `recompute`, checked by the dry run like any other:
+    `min_peak_plan`'s is the plan whose peak an InfeasibleBudgetError names (see NOTE [ The floor
+    is one plan ] in fxckpt/core/solvers/auto.py)."""
     with in_stage("solve"):
-        recompute = min_peak_plan(problem) if recompute is None else recompute
         plan = make_plan(problem, recompute, solver=solver, budget_bytes=None, solve_seconds=0.0)
     with in_stage("rewrite"):
         new_gm = passes.rewrite(gm, plan)

@@ -108,6 +108,9 @@ def capture(model: torch.nn.Module, example_input: Any, kwargs: dict | None = No
 # whose effects stay: transformers sets `_output_capturing_hooks_installed` after installing
 # hooks); new plain values and other objects are left alone (Hugging Face models rebuild
 # their plan dicts while export runs).
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def _python_state_put_back(model: torch.nn.Module):
     before = [(name, m, dict(vars(m))) for name, m in model.named_modules()]
@@ -119,20 +122,16 @@ def _python_state_put_back(model: torch.nn.Module):
             now = vars(m)
             for key in list(now):
                 old, new = attrs.get(key, _MISSING), now[key]
-                if new is old:
-                    continue
-                if isinstance(new, (torch.Tensor, torch.fx.Proxy)):  # made while capturing: put back
-                    changed.append(f"{name + '.' if name else ''}{key}")
+                traced = isinstance(new, (torch.Tensor, torch.fx.Proxy)) and new is not old  # made while capturing
+                counter = old is not _MISSING and isinstance(new, (bool, int, float, str)) and (
+                    type(new) is not type(old) or new != old)
+                if traced or counter:
+                    changed.append(f"{name}.{key}" if name else key)
+                if traced:  # put back; a counter is left as it is
                     if old is _MISSING:
                         del now[key]
                     else:
                         now[key] = old
-                elif old is not _MISSING and isinstance(new, (bool, int, float, str)) and (
-                        type(new) is not type(old) or new != old):
-                    changed.append(f"{name + '.' if name else ''}{key}")  # a counter: named, left as it is
-
-
-_MISSING = object()
 
 
 def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
@@ -276,9 +275,9 @@ def step_loss(output) -> torch.Tensor:
         loss = output.get("loss")
     if loss is not None:
         return loss
-    terms = [t.float().sum() for t in (t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)) if t.is_floating_point() and t.requires_grad]
+    leaves = [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+    terms = [t.float().sum() for t in leaves if t.is_floating_point() and t.requires_grad]
     if not terms:
-        leaves = [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
         shown = ", ".join(f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}{'' if t.requires_grad else ' (no grad)'}"
                           for t in leaves[:4]) or "no tensor"
         raise LossError(f"nothing to backpropagate: the model's output ({shown}{' ...' if len(leaves) > 4 else ''}) has no "

@@ -129,10 +129,15 @@ class _FakeMode(FakeTensorMode):
         if real is None:
             return out
         flat, spec = pytree.tree_flatten(out)
-        flat = [o if r is None or not isinstance(o, torch.Tensor) or (
-                (tuple(o.shape), o.stride(), o.dtype) == r[:3] and o.untyped_storage().nbytes() >= r[3])
-                else _fake_output(o, r) for o, r in zip(flat, real)]
-        return pytree.tree_unflatten(flat, spec)
+        return pytree.tree_unflatten(like_real(flat, real), spec)
+
+
+def like_real(flat: list, real: list) -> list:
+    """The fake output leaves `flat`, each made again where the real kernel's (`real_outputs`)
+    differs in shape, stride, dtype or storage size; the others are the same objects."""
+    return [o if r is None or not isinstance(o, torch.Tensor) or (
+            (tuple(o.shape), o.stride(), o.dtype) == r[:3] and o.untyped_storage().nbytes() >= r[3])
+            else _fake_output(o, r) for o, r in zip(flat, real)]
 
 
 def _fake_output(o: torch.Tensor, real: tuple) -> torch.Tensor:

@@ -424,9 +424,10 @@ def split_graph(gm: fx.GraphModule, example_inputs, piece_bytes: int, compile_gr
     from torch._dynamo.backends.distributed import DDPOptimizer
 
     pieces = itertools.count()
-    order = [n.name for n in _random_nodes(gm)]
+    order = []
     for n in _random_nodes(gm):  # split_module renames nodes, and copies their meta
         n.meta["fxckpt_random"] = n.name
+        order.append(n.name)
     drawn = 0
 
     def compile_piece(piece: fx.GraphModule, inputs):

@@ -193,8 +193,7 @@ def real_values(joint: fx.GraphModule, enabled: bool = True):
             flat, spec = pytree.tree_flatten(n.meta.get("val"))
             if real is None or len(real) != len(flat):
                 continue
-            fixed = [o if r is None or not isinstance(o, torch.Tensor) or (tuple(o.shape), o.stride(), o.dtype) == r
-                     else o.new_empty_strided(r[0], r[1], dtype=r[2]) for o, r in zip(flat, real)]
+            fixed = fake_step.like_real(flat, real)
             if any(a is not b for a, b in zip(fixed, flat)):
                 swapped.append((n, n.meta["val"]))
                 n.meta["val"] = pytree.tree_unflatten(fixed, spec)
