@@ -313,8 +313,10 @@ def dry_run_peak(gm: torch.fx.GraphModule, args: tuple, kwargs: dict, loss_fn=No
         with live.booking(), step.observe(live.book):  # NOTE [ Observers inside the fake mode ]
             with gm.fxckpt_runtime.active():
                 out = gm(*step.args, **step.kwargs)
-            loss(out).backward()
-            del out
+            value = loss(out)
+            with live.following(value):
+                value.backward()
+            del out, value
     return live.peak_bytes
 
 

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .core.errors import MIB
 from .passes.capture import call_with, step_loss  # step_loss is re-exported here
+from .passes.engine_sums import EngineSums
 from .passes.ops import DEVICE_QUERY, memory_owners, plain_tensors
 from .passes.runtime import watch_rng_states
 
@@ -81,7 +82,9 @@ class LiveBytesMode(TorchDispatchMode):
     The RNG states fxckpt's runtime keeps to replay random nodes, made outside the dispatcher,
     count too (`fxckpt.passes.runtime.watch_rng_states`). Not seen: memory an op uses only
     internally (unless ``scratch`` says how much), and outputs without a storage (other sparse
-    layouts).
+    layouts). Under any dispatch mode the autograd engine sums two gradients of one value out of
+    place; a backward run inside `following` counts the sums a step without the mode does in
+    place as in place.
 
     Attributes:
         peak_bytes: the largest live total, taken after each op's outputs are created.
@@ -112,6 +115,7 @@ class LiveBytesMode(TorchDispatchMode):
         self._tracked: dict[int, tuple[StorageWeakRef, int]] = {}  # may hold dead entries until swept
         self._tracked_bytes = 0  # sum over _tracked: an upper bound on the live bytes
         self._open: dict[int, Allocation] = {}  # storage key -> its allocation, when recording
+        self._sums = EngineSums()
 
     @property
     def current_bytes(self) -> int:
@@ -135,6 +139,13 @@ class LiveBytesMode(TorchDispatchMode):
             self._close(key)
             self._open[key] = alloc = Allocation(nbytes, len(self.timeline))
             self.allocations.append(alloc)
+
+    def following(self, *roots: torch.Tensor):
+        """Within the block, the backward of `roots` is followed, so that the gradients the autograd
+        engine sums in place count as in a step without this mode (NOTE [ Gradients the engine sums
+        in place ] in fxckpt/passes/engine_sums.py); without it, each such sum counts one gradient
+        more for a moment. `measure_step` and the dry run follow their loss."""
+        return self._sums.following(*roots)
 
     @contextlib.contextmanager
     def booking(self):
@@ -198,6 +209,10 @@ class LiveBytesMode(TorchDispatchMode):
     def book(self, func, args, kwargs: dict, out) -> None:
         """Count what `func` did, called on (args, kwargs) and returning `out`: what the mode does
         after each op it dispatches."""
+        summed = self._sums.summed_into(func, args)
+        if summed is not None and self._summed_in_place(summed, out):
+            self._after_op(func, 0, 0)
+            return
         grew, inputs = 0, None
         for s in _storages(out):
             key, n = s._cdata, s.nbytes()
@@ -219,6 +234,20 @@ class LiveBytesMode(TorchDispatchMode):
             grew += n
         extra = self.scratch(func, args, kwargs) if self.scratch is not None else 0
         self._after_op(func, grew, extra)
+
+    def _summed_in_place(self, old: torch.Tensor, out) -> bool:
+        """The engine's sum ``old + new`` that a real step does in place: its output takes over
+        the storage of ``old`` (which dies now in this step) instead of counting as new."""
+        if not isinstance(out, torch.Tensor):
+            return False
+        key, s = old.untyped_storage()._cdata, out.untyped_storage()
+        entry = self._tracked.pop(key, None)
+        if entry is not None:
+            self._drop_stale(s._cdata)
+            self._tracked[s._cdata] = (StorageWeakRef(s), entry[1])
+            if key in self._open:
+                self._open[s._cdata] = self._open.pop(key)
+        return True
 
 
 @dataclass(frozen=True)
@@ -295,10 +324,13 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
 
 
 def _training_step(model, example_input, loss_fn):
-    """The step both measurements run: the model on the example, then backward of its loss."""
-    def step():
+    """The step every measurement runs: the model on the example, then backward of its loss,
+    which `meter` (a LiveBytesMode) follows."""
+    def step(meter: LiveBytesMode | None = None):
         output = call_with(model, example_input)
-        (loss_fn or step_loss)(output).backward()
+        loss = (loss_fn or step_loss)(output)
+        with meter.following(loss) if meter is not None else contextlib.nullcontext():
+            loss.backward()
     return step
 
 
@@ -372,7 +404,7 @@ def _peak_bytes(step, reset, cuda) -> int:
         torch.cuda.synchronize(cuda)
         return torch.cuda.max_memory_allocated(cuda) - before
     with LiveBytesMode() as live:
-        step()
+        step(live)
     return live.peak_bytes
 
 

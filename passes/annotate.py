@@ -22,6 +22,7 @@ from fxckpt.core.costs import NodeCost
 from fxckpt.core.errors import in_stage
 
 from .capture import Captured, copy_graph, derive, has_hooks, step_loss
+from .engine_sums import EngineSums
 from .fake_step import FakeStep, op_scratch
 from .ops import DEVICE_QUERY, RATED_OPS, draws_random, is_batchnorm, op_traffic, storage_key, tensor_leaves, tensors_of
 from .runtime import rng_state_bytes
@@ -178,6 +179,7 @@ class _BackwardTrace:
         self.held_peak: dict[str, int] = {}
         self.held_at_start = 0
         self.grads: list[tuple[int, str, str | None]] = []  # (bytes, born in, dies in)
+        self.sums = EngineSums()
 
     def begin_loss(self, new: dict, peak: int) -> None:
         """Backward starts with the loss: what computing it allocated (`new`, at most `peak` at
@@ -253,6 +255,11 @@ class _BackwardTrace:
     def book(self, func, args, kwargs: dict, out) -> None:
         """After each op of backward: the fake step's observer (NOTE [ Observers inside the fake mode ])."""
         self._sweep(ending=self.current)
+        summed = self.sums.summed_into(func, args)
+        if summed is not None and storage_key(summed) in self.live and isinstance(out, torch.Tensor):
+            # NOTE [ Gradients the engine sums in place ]: the sum is the old gradient, written
+            _, nbytes, born = self.live.pop(storage_key(summed))
+            self.live[storage_key(out)] = (StorageWeakRef(out.untyped_storage()), nbytes, born)
         for t in tensor_leaves(out):
             k = storage_key(t)
             if k in self.held and self.held[k][0].expired():  # its address reused: a new storage
@@ -603,7 +610,8 @@ def _trace_backward(runner: _Annotator, out, step: FakeStep, loss_fn) -> _Backwa
         trace.hold(runner.storages)
         trace.begin_loss(rec.new, rec.peak)
         runner.on_unpack = trace.unpacked
-        with in_stage("annotate", lambda e: trace.current and f"backward of {trace.current}"), step.observe(trace.book):
+        with in_stage("annotate", lambda e: trace.current and f"backward of {trace.current}"), step.observe(trace.book), \
+                trace.sums.following(loss):
             loss.backward()
         trace.finish()
     finally:

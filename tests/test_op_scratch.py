@@ -302,3 +302,13 @@ def test_a_number_an_in_place_op_on_a_view_saves_is_charged():
     model, x = _ScaledSlice(), torch.randn(16, 32, requires_grad=True)
     ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
     assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
+
+
+def test_an_in_place_op_is_charged_all_it_allocates():
+    # Its output is its own input, allocated before the probe: subtracting it charged a bf16
+    # `y += x` of an fp32 `x` 576 B of its 768 B (both operands copied to fp32), and a plan
+    # replaying it measured 2,056 B at the allocator for 1,864 B predicted (tests of
+    # test_reliability_capture.py: AugmentedAssignment).
+    y, x = torch.randn(2, 6, 8, dtype=torch.bfloat16), torch.randn(2, 6, 8)
+    assert fake_step.op_scratch(aten.add_.Tensor, (y, x), {}) == 2 * x.nbytes
+    assert fake_step.op_scratch(aten.add.Tensor, (y, x), {}) == x.nbytes  # the output is new: not scratch
