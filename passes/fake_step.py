@@ -360,8 +360,11 @@ def op_scratch(func, args: tuple, kwargs: dict, fallback: bool = False) -> int:
             # range): no probe.
             _SCRATCH[key] = 0
             return 0
+        # An in-place op's output is its input, allocated before the probe: not in its peak (a
+        # bf16 `y += x` of an fp32 `x` copies both operands to fp32: 768 B, charged 576 B).
+        before = {storage_key(t) for t in tensors_of((a, kw))}
         outputs = {storage_key(t): t.untyped_storage().nbytes() for t in pytree.tree_leaves(probed.result)
-                   if isinstance(t, torch.Tensor)}
+                   if isinstance(t, torch.Tensor) and storage_key(t) not in before}
         _SCRATCH[key] = max(0, probed.peak_bytes - sum(outputs.values()))
     return _SCRATCH[key]
 
