@@ -253,5 +253,6 @@ def real_like(t: torch.Tensor) -> torch.Tensor:
     out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
     # Filled through its whole storage: a stride-0 (expanded) tensor cannot be written as itself.
     storage = torch.empty(0, dtype=t.dtype, device=t.device).set_(out.untyped_storage())
-    storage.normal_() if out.is_floating_point() else storage.random_(0, 2)
+    # complex too: random_ refuses it, and the probes of complex kernels (FFTs) came back empty
+    storage.normal_() if out.is_floating_point() or out.is_complex() else storage.random_(0, 2)
     return out

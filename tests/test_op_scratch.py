@@ -302,3 +302,71 @@ def test_a_number_an_in_place_op_on_a_view_saves_is_charged():
     model, x = _ScaledSlice(), torch.randn(16, 32, requires_grad=True)
     ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
     assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
+
+
+class _CumprodGate(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate, self.out = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(x * torch.sigmoid(self.gate(x)).cumprod(dim=1))
+
+
+class _ProdOverTokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate, self.out = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(torch.sigmoid(self.gate(x)).prod(dim=1)) * torch.sigmoid(x).prod()
+
+
+class _FFTMixer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        f = torch.fft.rfft(self.a(x), dim=1)  # over tokens: pocketfft copies its input
+        return self.b(torch.fft.irfft(f * f.abs().clamp(max=1.0), n=x.shape[1], dim=1))
+
+
+class _BatchNormOnTokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.bn(self.a(x).transpose(1, 2)).transpose(1, 2)  # strided in eager, not in a fake step
+        return self.b(torch.relu(h))
+
+
+@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens])
+def test_fake_step_allocates_what_the_real_step_does(make):
+    """Nets whose fake step differed from the real one, planned at budget 1.0: cumprod's and
+    prod's backward took the composite path under the fake mode (NOTE [ Backward formulas that branch on tensor
+    subclasses ] in passes/backward_paths.py); the CPU FFTs' scratch was not probed, nor could
+    complex operands be made for a probe; batch norm's real output on a strided input is
+    contiguous, its fake one strided (NOTE [ Fake strides of batch norm ]), so a Linear after it
+    copied and saved its input in the real step only. Now predicted = allocator."""
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(4, 32, 32, requires_grad=True)
+    ref = copy.deepcopy(model)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
+    plan = ckpt.plan
+    assert allocator_step_peak(ckpt, x).peak_bytes == max(plan.predicted_peak_bytes, plan.dry_run_peak_bytes) <= plan.budget_bytes
+    x2 = x.detach().clone().requires_grad_()
+    ckpt(x).sum().backward(), ref(x2).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_complex_and_fft_kernels_are_probed_for_scratch():
+    """pocketfft copies the input of a transform over a dimension that is not the last: 32,768 B
+    for a 4x32x32 complex c2c over dim 1 (FftR2CBackward0), probed as 0 because `real_like`
+    could not fill a complex tensor (random_ refuses it)."""
+    g = torch.zeros(4, 32, 32, dtype=torch.complex64)
+    assert fake_step.op_scratch(aten._fft_c2c.default, (g, [1], 0, False), {}) == 32768
+    assert fake_step.op_scratch(aten._fft_r2c.default, (torch.zeros(4, 32, 32), [1], 0, True), {}) == 16384
