@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import logging
 import operator
+import os
+import sys
+import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,7 +150,7 @@ def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     except Exception as e:  # symbolic_trace fails in many ways on real models
         errors.append(f"torch.fx.symbolic_trace: {type(e).__name__}: {_first_line(e)}")
     try:
-        with opaque.recording() as rec, _no_stack_traces(), _lazy_modules():
+        with opaque.recording() as rec, _no_stack_traces(), _lazy_modules(), _no_partial_graph_dump():
             ep = torch.export.export(model, args, kwargs, strict=False)
             gm = ep.module()
             gm = _make_graph_module(gm, gm.graph)  # a plain (lazy) GraphModule, not export's stateful class
@@ -305,6 +309,32 @@ def _no_stack_traces():
         torch.fx.config.do_not_emit_stack_traces = before
 
 
+@contextlib.contextmanager
+def _no_partial_graph_dump():
+    """torch.export without the partial graph it prints to stderr before raising.
+
+    NOTE [ Export's partial graph on stderr ]
+    On a data-dependent guard (a branch on a value, `int(t.item())`) torch.export prints the
+    graph it traced so far to stderr, once per wrapper it raises through (twice here), before
+    the CaptureError that names the model's line: 14 lines of generated code per failed capture
+    of a 1-Linear model. What export writes to stderr meanwhile is held and written afterwards,
+    less that graph.
+    """
+    held, real = io.StringIO(), sys.stderr
+    sys.stderr = held
+    try:
+        yield
+    except Exception as e:
+        dump = getattr(e, "partial_fx_graph", None)
+        if dump is not None:
+            held = io.StringIO(held.getvalue().replace(f"{dump}\n", ""))
+        raise
+    finally:
+        sys.stderr = real
+        if held.getvalue():
+            real.write(held.getvalue())
+
+
 def _lazy_modules():
     """GraphModules built inside generate their Python code at their first call (or `.code`).
 
@@ -333,7 +363,21 @@ def _first_line(e: Exception) -> str:
     if marker in lines:
         at = [x.strip() for x in lines[lines.index(marker) + 1:lines.index(marker) + 3]]
         first += f" (at {at[0].removeprefix('File ')}: {at[1]})" if len(at) == 2 else ""
+    elif (frame := _model_frame(e)) is not None:
+        first += f' (at "{frame.filename}", line {frame.lineno}, in {frame.name}: {frame.line})'
     return first
+
+
+_NOT_THE_MODEL = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, contextlib, opaque))
+
+
+def _model_frame(e: Exception):
+    """The innermost frame of `e`'s traceback in the model's code (not torch's, fxckpt's or the
+    standard library's): where a construct neither front-end follows sits, when export's message
+    does not say (`int(t.item())`: 'Could not extract specialized integer from data-dependent
+    expression', no line)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(_NOT_THE_MODEL)]
+    return frames[-1] if frames and frames[-1].line else None
 
 
 def _check_runs_like(gm: torch.fx.GraphModule, args, kwargs) -> None:

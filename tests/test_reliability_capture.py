@@ -573,3 +573,29 @@ def test_capture_error_names_the_line_export_failed_on():
         fxckpt.auto_checkpoint(_ValueBranch(), torch.randn(4, 8), budget=0.5)
     line = next(x for x in str(e.value).splitlines() if x.strip().startswith("torch.export"))
     assert "Could not guard on data-dependent expression" in line and "if h.max() > 100:" in line
+
+
+class _ValueLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        for _ in range(int(h.abs().sum().item()) % 3 + 1):  # a loop count read off a value
+            h = torch.relu(h) + 1
+        return h
+
+
+@pytest.mark.parametrize("model, line", [(_ValueBranch, "if h.max() > 100:"), (_ValueLoop, "for _ in range(int(h.abs()")])
+def test_capture_error_names_the_models_line_and_prints_no_graph(model, line, capsys):
+    """Both front-ends' messages name the model's line where export's message does not
+    ('Could not extract specialized integer from data-dependent expression TruncToInt(zuf0)', and
+    symbolic_trace's 'int() argument must be ... not _Proxy', said nothing of where), and
+    torch.export's partial graph, printed to stderr twice before it raised (NOTE [ Export's
+    partial graph on stderr ]), is not."""
+    with pytest.raises(fxckpt.CaptureError) as e:
+        fxckpt.auto_checkpoint(model(), torch.randn(4, 8), budget=0.5)
+    fronts = [x for x in str(e.value).splitlines() if x.strip().startswith("torch.")]
+    assert len(fronts) == 2 and all(line in x for x in fronts), fronts
+    assert "def forward" not in capsys.readouterr().err
