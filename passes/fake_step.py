@@ -238,7 +238,12 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     # the CPU FFTs (pocketfft) copy their input: a real-to-complex rfft over the token dimension
     # of a 4x32x32 activation took 16,384 B beyond its output (an FFT token mixer 16,384 B over
     # its plan at budget 1.0)
-    "_fft_r2c", "_fft_c2r", "_fft_c2c") if hasattr(aten, name))
+    "_fft_r2c", "_fft_c2r", "_fft_c2c",
+    # the matrix exponential's Pade terms and squarings (torch.nn.utils.parametrizations.orthogonal,
+    # forward and backward): 786,456 B beyond a 128x128 fp32 result; a 64x64 orthogonal Linear's
+    # step measured 958,752 B at the allocator for 188,680 B planned; the Householder product
+    # (the orthogonal map of non-square weights) 8,196 B beyond a 64x32 result
+    "linalg_matrix_exp", "linalg_householder_product") if hasattr(aten, name))
 # `native_dropout` is not in eager CPU steps (`F.dropout` there multiplies by a noise tensor it
 # keeps), but AOTAutograd's graphs call it, and its CPU kernel draws the noise into a float
 # temporary of the input's size before the bool mask: an SDPA net with attention dropout at its

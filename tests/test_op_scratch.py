@@ -342,14 +342,25 @@ class _BatchNormOnTokens(torch.nn.Module):
         return self.b(torch.relu(h))
 
 
-@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens])
+class _OrthogonalLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+        torch.nn.utils.parametrizations.orthogonal(self.a)  # its weight: the matrix exponential of a skew matrix
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens, _OrthogonalLinear])
 def test_fake_step_allocates_what_the_real_step_does(make):
     """Nets whose fake step differed from the real one, planned at budget 1.0: cumprod's and
     prod's backward took the composite path under the fake mode (NOTE [ Backward formulas that branch on tensor
     subclasses ] in passes/backward_paths.py); the CPU FFTs' scratch was not probed, nor could
     complex operands be made for a probe; batch norm's real output on a strided input is
     contiguous, its fake one strided (NOTE [ Fake strides of batch norm ]), so a Linear after it
-    copied and saved its input in the real step only. Now predicted = allocator."""
+    copied and saved its input in the real step only; the matrix exponential's scratch (an
+    orthogonal parametrization) was not probed. Now predicted = allocator."""
     torch.manual_seed(0)
     model, x = make(), torch.randn(4, 32, 32, requires_grad=True)
     ref = copy.deepcopy(model)
