@@ -414,6 +414,8 @@ class CheckpointedModule(ModelWrapper):
     `backend="fxckpt"` instead.
     """
 
+    traced_as_its_model = True  # NOTE [ A planned block inside the model ] in passes/capture.py
+
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing,
                  loss_fn=None, granted: int):
         super().__init__(model)
@@ -462,7 +464,7 @@ class CheckpointedModule(ModelWrapper):
     # graph cannot reach raises InfeasibleBudgetError, as any call planned again does. Under
     # `torch.no_grad()` nothing is held for a backward: the original forward runs, unplanned.
     def forward(self, *args, **kwargs):
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or torch.compiler.is_exporting():  # NOTE [ A planned block inside the model ]
             return self._model(*args, **kwargs)  # what torch.compile compiles under no_grad
         if torch.compiler.is_compiling():
             return self._train_uncompiled(*args, **kwargs)

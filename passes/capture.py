@@ -159,7 +159,15 @@ def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     else:
         if not rec.functions:
             hooked = [name or type(model).__name__ for name, m in model.named_modules() if has_hooks(m, user=True)]
-            if hooked:  # NOTE [ Modules with hooks ]
+            if hooked:  # NOTE [ A planned block inside the model ]
+# A block planned on its own (`model.block = fxckpt.auto_checkpoint(model.block, h)`), in a model
+# then planned as a whole: the block's wrapper ran its own planning on the tracer's proxies
+# (symbolic_trace) or on export's fake tensors, and capture failed with a CaptureError about a
+# module "not installed as a submodule" and an InfeasibleBudgetError of the block's. The whole
+# model's plan replaces the block's: both front-ends trace the block's own model (it shares the
+# wrapper's submodules and parameters, so their names resolve through the wrapper).
+
+# NOTE [ Modules with hooks ]
                 warnings.warn(
                     f"torch.export captured {type(model).__name__} and ran the hooks of {', '.join(hooked[:5])}"
                     f"{' and more' if len(hooked) > 5 else ''} once, while tracing: what they compute on tensors is "
@@ -226,6 +234,11 @@ class _Tracer(torch.fx.Tracer):
         node = super().create_node(*args, **kwargs)
         self.rec.mark(node)
         return node
+
+    def call_module(self, m: torch.nn.Module, forward, args, kwargs):
+        if getattr(type(m), "traced_as_its_model", False):  # NOTE [ A planned block inside the model ]
+            forward = m._model.forward
+        return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         # torch.fx keeps every torch.nn module whole. A composite one (nn.TransformerEncoder,

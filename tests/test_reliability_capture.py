@@ -599,3 +599,35 @@ def test_capture_error_names_the_models_line_and_prints_no_graph(model, line, ca
     fronts = [x for x in str(e.value).splitlines() if x.strip().startswith("torch.")]
     assert len(fronts) == 2 and all(line in x for x in fronts), fronts
     assert "def forward" not in capsys.readouterr().err
+
+
+class _WithBlock(nn.Module):
+    def __init__(self, iterate_a_size: bool = False):
+        super().__init__()
+        self.pre, self.post, self.iterate = nn.Linear(16, 32), nn.Linear(32, 4), iterate_a_size
+        self.block = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 32))
+
+    def forward(self, x):
+        h = torch.relu(self.pre(x))
+        for _ in range(h.shape[0] // 8 if self.iterate else 0):  # symbolic_trace cannot iterate a size
+            h = h * 1.0
+        return self.post(self.block(h))
+
+
+@pytest.mark.parametrize("iterate_a_size, frontend", [(False, "symbolic_trace"), (True, "export")])
+def test_a_block_planned_on_its_own_inside_a_model_planned_whole(iterate_a_size, frontend):
+    """NOTE [ A planned block inside the model ] in passes/capture.py: the block's wrapper planned
+    itself on the tracer's proxies or export's fakes, and capture failed (CaptureError: 'module is
+    not installed as a submodule', or the block's InfeasibleBudgetError). Now the whole model's
+    plan covers the block's own model, with the unmodified model's gradients."""
+    torch.manual_seed(0)
+    model, x = _WithBlock(iterate_a_size), torch.randn(16, 16)
+    ref = copy.deepcopy(model)
+    model.block = fxckpt.auto_checkpoint(model.block, torch.randn(16, 32), budget=1.0)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
+    assert ckpt._current.frontend == frontend
+    for m in (ckpt, ref):
+        torch.manual_seed(1)
+        m(x).pow(2).sum().backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), n
