@@ -77,12 +77,78 @@ class _Prod(torch.autograd.Function):
         return grad * (out / x), None, None
 
 
+# NOTE [ Value-selecting reductions ]
+# max/min over a dim, median, mode, kthvalue, topk, sort, cummax and cummin pass their gradient back
+# by scattering it into zeros of the input's shape: in place for plain tensors, out of place (the
+# zeros and the scattered copy alive at once) for subclasses and under modes. A net taking the max
+# over 64 features was predicted 110,856 B at budget 1.0 for 98,568 B at the allocator (+12.5%),
+# topk, sort and cummax +17.6%. Run as `_Select`, their fake backward scatters in place too.
+# name -> (positional arguments after the input, defaults, keeps the reduced dim, scatter_add)
+_SELECTING = {
+    "max": (("dim", "keepdim"), {"keepdim": False}, False, False),
+    "min": (("dim", "keepdim"), {"keepdim": False}, False, False),
+    "median": (("dim", "keepdim"), {"keepdim": False}, False, False),
+    "nanmedian": (("dim", "keepdim"), {"keepdim": False}, False, False),
+    "mode": (("dim", "keepdim"), {"dim": -1, "keepdim": False}, False, False),
+    "kthvalue": (("k", "dim", "keepdim"), {"dim": -1, "keepdim": False}, False, False),
+    "topk": (("k", "dim", "largest", "sorted"), {"dim": -1}, True, False),
+    "sort": (("dim", "descending"), {"dim": -1}, True, False),
+    "cummax": (("dim",), {}, True, True),
+    "cummin": (("dim",), {}, True, True),
+}
+_SELECTING_FUNCS = {f: name for name in _SELECTING for f in (getattr(torch, name), getattr(torch.Tensor, name))}
+_SELECTING_FUNCS.update({getattr(aten, name).default if name not in ("max", "min", "median", "nanmedian") else
+                         getattr(aten, name).dim: name for name in _SELECTING})
+_SELECTING_FUNCS[aten.sort.stable] = "sort"
+
+
+class _Select(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, func, args, kwargs, name, dim, keepdim, add):
+        values, indices = func(x, *args, **kwargs)
+        ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)  # else the indices' absent gradient is made as zeros
+        ctx.save_for_backward(indices, *((x,) if add else ()))  # cummax/cummin save their input too
+        ctx.dim, ctx.keepdim, ctx.add, ctx.shape = dim, keepdim, add, x.shape
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        indices = ctx.saved_tensors[0]
+        if grad is None:
+            return (None,) * 8
+        if not ctx.keepdim and len(ctx.shape):
+            grad, indices = grad.unsqueeze(ctx.dim), indices.unsqueeze(ctx.dim)
+        grad_in = grad.new_zeros(ctx.shape)
+        scatter = grad_in.scatter_add_ if ctx.add else grad_in.scatter_
+        return (scatter(ctx.dim, indices, grad),) + (None,) * 7
+
+
+def _selecting(func, x: torch.Tensor, args: tuple, kwargs: dict):
+    """`func`'s values and indices through `_Select` (NOTE [ Value-selecting reductions ]), or
+    None where this call is not a value-selecting one (a full reduction, `max(a, b)`)."""
+    name = _SELECTING_FUNCS[func]
+    names, defaults, keeps, add = _SELECTING[name]
+    bound = dict(defaults, **dict(zip(names, args)), **kwargs)
+    if len(args) > len(names) or not set(bound) <= set(names) | {"stable"} or not isinstance(bound.get("dim"), int):
+        return None
+    dim = bound["dim"] % max(x.dim(), 1)
+    values, indices = _Select.apply(x, func, args, kwargs, name, dim, keeps or bool(bound.get("keepdim")), add)
+    if isinstance(func, torch._ops.OpOverload):
+        return values, indices
+    return getattr(torch.return_types, name)((values, indices))
+
+
+def _differentiable(x) -> bool:
+    return (isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()
+            and not torch.is_autocast_enabled(x.device.type))
+
+
 def _plain(func, args: tuple, kwargs: dict):
     """(Function, its arguments) to run `func` as in NOTE [ Backward formulas that branch on
     tensor subclasses ], or None where it runs as it is."""
     x = args[0] if args else None
-    if not (isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()
-            and not torch.is_autocast_enabled(x.device.type)):
+    if not _differentiable(x):
         return None
     rest = dict(zip(("dim", "keepdim"), args[1:]), **kwargs)
     if func in _CUMPROD and set(rest) == {"dim"} and isinstance(rest["dim"], int):
@@ -102,10 +168,14 @@ class PlainBackwards(TorchFunctionMode):
             plain = _plain(func, args, kwargs)
             if plain is not None:
                 return plain[0].apply(*plain[1])
+        if func in _SELECTING_FUNCS and torch.is_grad_enabled() and args and _differentiable(args[0]):
+            out = _selecting(func, args[0], args[1:], kwargs)
+            if out is not None:
+                return out
         return func(*args, **kwargs)
 
 
 def needs_plain_backwards(gm: torch.fx.GraphModule) -> bool:
     """Whether `gm` calls an op of NOTE [ Backward formulas that branch on tensor subclasses ]."""
-    return any(n.target in _CUMPROD or n.target in _PROD or (n.op == "call_method" and n.target in ("cumprod", "prod"))
-               for n in gm.graph.nodes)
+    return any(n.target in _CUMPROD or n.target in _PROD or n.target in _SELECTING_FUNCS
+               or (n.op == "call_method" and n.target in ("cumprod", "prod", *_SELECTING)) for n in gm.graph.nodes)

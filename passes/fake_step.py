@@ -243,7 +243,12 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     # forward and backward): 786,456 B beyond a 128x128 fp32 result; a 64x64 orthogonal Linear's
     # step measured 958,752 B at the allocator for 188,680 B planned; the Householder product
     # (the orthogonal map of non-square weights) 8,196 B beyond a 64x32 result
-    "linalg_matrix_exp", "linalg_householder_product") if hasattr(aten, name))
+    "linalg_matrix_exp", "linalg_householder_product",
+    # selection and decompositions copy their input (kthvalue over 64 features: 10,232 B more at
+    # the allocator than planned, budget 1.0), LAPACK takes workspaces
+    "kthvalue", "mode", "_unique2", "unique_dim", "_cdist_forward", "linalg_qr", "_linalg_eigh", "_linalg_svd",
+    "linalg_inv_ex", "linalg_eig", "cholesky_solve", "im2col") if hasattr(aten, name)) | frozenset(
+    (aten.median.dim, aten.nanmedian.dim, aten.median.default, aten.nanmedian.default))
 # `native_dropout` is not in eager CPU steps (`F.dropout` there multiplies by a noise tensor it
 # keeps), but AOTAutograd's graphs call it, and its CPU kernel draws the noise into a float
 # temporary of the input's size before the bool mask: an SDPA net with attention dropout at its
@@ -311,16 +316,24 @@ def _strided_kind(func) -> int:
 _REDUCED = frozenset((torch.bfloat16, torch.float16))
 
 
+# NOTE [ Kernels that cast their operands ]
+# Beyond floating mixes (NOTE [ Scratch under autocast ]), CPU TensorIterator copies a bool or
+# integer operand into the common dtype before an elementwise op (a float gradient times a bool
+# mask: a float copy of the mask), and a sum of a bool tensor accumulates a 64-bit copy of it.
+# amax's backward does both (`grad / mask.sum(dim) * mask`): 65,536 B and 32,768 B beyond their
+# outputs for a 16x8x64 mask, and a net reducing with amax measured 127,240 B at the allocator
+# for 98,568 B planned. So an elementwise op whose operands (of more than one element) differ in
+# dtype, and any other op with a bool operand, is probed too.
 def _probed(func, tensors: list, kind: int) -> bool:
     """Whether `func` (of `_KINDS` `kind`) may allocate scratch on these operands (NOTEs above)."""
     if kind == 3:
-        return any(t.numel() > 1 and not t.is_contiguous() for t in tensors)
+        return any(t.numel() > 1 and (not t.is_contiguous() or t.dtype is torch.bool) for t in tensors)
     if func in SCRATCH_OPS:
         return True
     if func in MATMUL_OPS:
         return any(t.dtype in _REDUCED for t in tensors) or not all(
             t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or transposed_contiguous(t) for t in tensors)
-    return _mixed_floating(tensors)
+    return len({t.dtype for t in tensors if t.numel() > 1}) > 1
 
 
 def transposed_contiguous(t: torch.Tensor) -> bool:

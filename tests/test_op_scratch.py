@@ -2,6 +2,7 @@
 to the plan (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py)."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -352,7 +353,27 @@ class _OrthogonalLinear(torch.nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens, _OrthogonalLinear])
+class _Reduced(torch.nn.Module):
+    """A reduction over the features: max/sort/topk/kthvalue scatter their gradient into zeros
+    (NOTE [ Value-selecting reductions ]); amax's backward casts a bool mask (NOTE [ Kernels that
+    cast their operands ]); kthvalue copies its input."""
+
+    def __init__(self, reduce):
+        super().__init__()
+        self.a, self.b, self.reduce = torch.nn.Linear(32, 64), torch.nn.Linear(64, 4), reduce
+
+    def forward(self, x):
+        return self.b(self.reduce(torch.tanh(self.a(x))))
+
+
+_REDUCTIONS = {
+    "max": lambda h: h.max(dim=1).values, "topk": lambda h: h.topk(8, dim=1).values, "cummax": lambda h: h.cummax(1).values,
+    "kthvalue": lambda h: h - h.kthvalue(3, dim=1, keepdim=True).values, "amax": lambda h: h.amax(dim=1)}
+
+
+@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens, _OrthogonalLinear,
+                                  *(functools.partial(_Reduced, f) for f in _REDUCTIONS.values())],
+                         ids=["cumprod", "prod", "fft", "batchnorm", "orthogonal", *_REDUCTIONS])
 def test_fake_step_allocates_what_the_real_step_does(make):
     """Nets whose fake step differed from the real one, planned at budget 1.0: cumprod's and
     prod's backward took the composite path under the fake mode (NOTE [ Backward formulas that branch on tensor
@@ -360,10 +381,11 @@ def test_fake_step_allocates_what_the_real_step_does(make):
     complex operands be made for a probe; batch norm's real output on a strided input is
     contiguous, its fake one strided (NOTE [ Fake strides of batch norm ]), so a Linear after it
     copied and saved its input in the real step only; the matrix exponential's scratch (an
-    orthogonal parametrization) was not probed. Now predicted = allocator."""
+    orthogonal parametrization) was not probed; reductions: see `_Reduced`. Now predicted =
+    allocator."""
     torch.manual_seed(0)
     model, x = make(), torch.randn(4, 32, 32, requires_grad=True)
-    ref = copy.deepcopy(model)
+    ref = copy.deepcopy(model)  # (a `_Reduced`'s lambda is shared, not copied)
     ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
     plan = ckpt.plan
     assert allocator_step_peak(ckpt, x).peak_bytes == max(plan.predicted_peak_bytes, plan.dry_run_peak_bytes) <= plan.budget_bytes
