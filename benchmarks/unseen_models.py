@@ -11,8 +11,10 @@ Run: `python benchmarks/unseen_models.py [more | extra [names...]]` (the first s
 on 2 cores, `more` about 4: OPT, Mixtral, Falcon, DeBERTa-v2, Swin, Wav2Vec2, and hand-written nets;
 `extra` about 6: GPT-NeoX, ViT, ConvNeXt with drop path, ALBERT, Whisper, XLNet, Funnel, CLIP, BART,
 MobileNetV2, Reformer (a CaptureError), Mamba, and hand-written nets: FFT token mixing with a
-cumprod gate, MobileNet blocks, stochastic depth, dict in / dict and list out, tied embeddings, a
-model trained in eval(), and call patterns (`check_calls`): two forwards before one backward, a
+cumprod gate, torch.nn.utils.parametrizations, reductions (max, topk, sort, cummax, amax,
+kthvalue, median), a block planned on its own inside a model planned whole, MobileNet blocks,
+stochastic depth, dict in / dict and list out, tied embeddings, a model trained in eval(), and
+call patterns (`check_calls`): two forwards before one backward, a
 no_grad forward, a bf16 autocast step after an fp32 plan, other input shapes)."""
 import sys, copy, contextlib, weakref, torch, torch.nn as nn, torch.nn.functional as F, fxckpt
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -328,6 +330,36 @@ def extra():
         fft_in = (torch.randn(4, 32, 16, requires_grad=True), torch.randint(0, 32, (4, 8)))
         check_more("fft-mix", FFTMix, fft_in, budgets=(1.0, 0.8, "floor"))
         check_more("fft-mix", FFTMix, fft_in, budgets=(0.8, "floor"), autocast=True)
+
+    class Param(nn.Module):  # torch.nn.utils.parametrizations: weight norm, spectral norm (power iteration buffers), orthogonal (matrix_exp)
+        def __init__(s):
+            super().__init__()
+            from torch.nn.utils import parametrizations as P
+            s.a, s.b = P.weight_norm(nn.Linear(32, 64)), P.spectral_norm(nn.Linear(64, 64))
+            s.c, s.d = P.orthogonal(nn.Linear(64, 64)), P.orthogonal(nn.Linear(64, 32))  # matrix_exp, householder
+            s.e = nn.Linear(32, 4)
+        def forward(s, x):
+            return s.e(s.d(torch.tanh(s.c(F.gelu(s.b(torch.relu(s.a(x))))))))
+    if want("param"):
+        check_more("parametrizations", Param, (torch.randn(16, 32, requires_grad=True),), budgets=(1.0, "floor"))
+    class Reduce(nn.Module):  # value-selecting reductions and amax over features and tokens
+        def __init__(s):
+            super().__init__(); s.a, s.b = nn.Linear(32, 64), nn.Linear(64 + 8 + 64 + 64, 4)
+        def forward(s, x):
+            h = torch.tanh(s.a(x))
+            feats = [h.max(dim=1).values, h.topk(8, dim=-1).values.mean(1), h.sort(dim=1).values[:, 0], h.cummax(1).values.amax(1)]
+            return s.b(torch.cat(feats, -1) - h.kthvalue(2, dim=1).values.median(dim=-1, keepdim=True).values)
+    if want("reduce"):
+        check_more("reductions", Reduce, (torch.randn(8, 16, 32, requires_grad=True),), budgets=(1.0, 0.8, "floor"))
+    class WithBlock(nn.Module):  # a block planned on its own, inside a model planned whole
+        def __init__(s):
+            super().__init__(); s.pre, s.post = nn.Linear(32, 64), nn.Linear(64, 4)
+            s.block = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Dropout(0.1), nn.Linear(128, 64), nn.LayerNorm(64))
+            s.block = fxckpt.auto_checkpoint(s.block, torch.randn(16, 64), budget=0.95)
+        def forward(s, x):
+            return s.post(s.block(torch.relu(s.pre(x))))
+    if want("nested"):
+        check_more("planned-block-inside", WithBlock, (torch.randn(16, 32, requires_grad=True),), budgets=(0.9, "floor"))
 
     class MobileNet(nn.Module):  # inverted residuals: 1x1 expand, depthwise 3x3, 1x1 project; BatchNorm, ReLU6
         def __init__(s):
