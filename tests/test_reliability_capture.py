@@ -142,20 +142,16 @@ class ExportedQuantized(_Exported, Quantized):
     pass
 
 
-def _floor_mb(model, x) -> float:
-    """The smallest feasible budget in MiB (the error of an impossible one names it)."""
-    with pytest.raises(fxckpt.InfeasibleBudgetError) as e:
-        fxckpt.auto_checkpoint(model, x, budget=1e-6)
-    return e.value.min_feasible_bytes / 2**20
-
-
-@pytest.mark.parametrize("at_floor", [False, True])
-def test_custom_autograd_function_keeps_its_backward(at_floor):
+@pytest.mark.parametrize("recomputed", [False, True])
+def test_custom_autograd_function_keeps_its_backward(recomputed):
     torch.manual_seed(0)
     model, x = Quantized(), torch.randn(32, 16)
     ref = copy.deepcopy(model)
-    if at_floor:
-        ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=_floor_mb(model, x))
+    if recomputed:
+        # Not the floor: that recomputes nothing since the bool mask the backward casts is charged
+        # (NOTE [ Kernels that cast their operands ]; the floor was planned at 27,152 B, recomputing
+        # `a` and `mul`, and measured 35,344 B at the allocator, what nothing recomputed holds).
+        ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=1.0, solver="all")
         assert ckpt.plan.recompute  # what the Function saves is recomputed
     else:
         ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
