@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .core.errors import MIB, BudgetWarning, InfeasibleBudgetError, UncompiledRuntimeWarning, in_stage
+from .core.errors import MIB, BudgetWarning, CaptureError, InfeasibleBudgetError, StageError, UncompiledRuntimeWarning, in_stage
 from .core.plan import Plan, make_plan
 from .core.problem import RematProblem
 from .core.simulate import simulate
@@ -218,13 +218,40 @@ def _warn_repeated_casts(captured) -> None:
             f"torch.autocast(..., cache_enabled=False))", stacklevel=3)
 
 
+# NOTE [ Shapes that depend on values ]
+# symbolic_trace records `torch.nonzero`, boolean-mask indexing (`h[h > 0]`), `masked_select`,
+# `unique` and `.item()` without running them, so a model using them is captured; planning then
+# runs the step on fake tensors, which have no values: those ops raised in annotation, as a
+# StageError asking for an issue to be filed. It is the model's construct that no plan can
+# follow (the bytes it allocates depend on the data), so it is a CaptureError naming the node and
+# the op, as for a construct neither front-end traces.
+@contextlib.contextmanager
+def _shapes_from_values(model: torch.nn.Module):
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    try:
+        yield
+    except StageError as e:
+        cause = e.__cause__
+        if not isinstance(cause, (DataDependentOutputException, DynamicOutputShapeException)) or (
+                e.node or "").startswith("backward of "):  # a custom Function's backward: not the model's forward
+            raise
+        what = ("returns a tensor whose shape depends on the input's values (nonzero, boolean-mask indexing, "
+                "masked_select, unique)" if isinstance(cause, DynamicOutputShapeException)
+                else "reads a tensor's value as a Python number (.item(), .tolist())")
+        raise CaptureError(
+            f"cannot plan {type(model).__name__}: node {e.node} ({cause.func}) {what}, which planning on fake "
+            "tensors cannot know.\nFallback: checkpoint parts of the model by hand with fxckpt.checkpoint / "
+            "torch.utils.checkpoint, or compute that value outside the model", node=e.node) from cause
+
+
 def _plan(model, args, kwargs, budget_mb, budget, solver, verify, timing, loss_fn, granted) -> _Planned:
     # Under the caller's autocast, as the step will run: torch.export records the dtypes it
     # sees (aten._assert_tensor_metadata), and the plan is made for one autocast state.
     # Each stage's failures surface as a StageError naming it (NOTE [ Typed stage errors ]).
     with in_stage("capture"):
         captured = passes.capture(model, args, kwargs)
-    with in_stage("annotate"):
+    with in_stage("annotate"), _shapes_from_values(model):
         gm = passes.annotate(captured, loss_fn)
         _warn_repeated_casts(captured)
     with in_stage("to_problem"):
@@ -389,6 +416,8 @@ class CheckpointedModule(ModelWrapper):
     `backend="fxckpt"` instead.
     """
 
+    traced_as_its_model = True  # NOTE [ A planned block inside the model ] in passes/capture.py
+
     def __init__(self, model: torch.nn.Module, planned: _Planned, signature, *, budget_mb, budget, solver, timing,
                  loss_fn=None, granted: int):
         super().__init__(model)
@@ -437,7 +466,7 @@ class CheckpointedModule(ModelWrapper):
     # graph cannot reach raises InfeasibleBudgetError, as any call planned again does. Under
     # `torch.no_grad()` nothing is held for a backward: the original forward runs, unplanned.
     def forward(self, *args, **kwargs):
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or torch.compiler.is_exporting():  # NOTE [ A planned block inside the model ]
             return self._model(*args, **kwargs)  # what torch.compile compiles under no_grad
         if torch.compiler.is_compiling():
             return self._train_uncompiled(*args, **kwargs)

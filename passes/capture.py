@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import logging
 import operator
+import os
+import sys
+import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,7 +150,7 @@ def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     except Exception as e:  # symbolic_trace fails in many ways on real models
         errors.append(f"torch.fx.symbolic_trace: {type(e).__name__}: {_first_line(e)}")
     try:
-        with opaque.recording() as rec, _no_stack_traces(), _lazy_modules():
+        with opaque.recording() as rec, _no_stack_traces(), _lazy_modules(), _no_partial_graph_dump():
             ep = torch.export.export(model, args, kwargs, strict=False)
             gm = ep.module()
             gm = _make_graph_module(gm, gm.graph)  # a plain (lazy) GraphModule, not export's stateful class
@@ -155,7 +159,15 @@ def _capture(model: torch.nn.Module, args: tuple, kwargs: dict) -> Captured:
     else:
         if not rec.functions:
             hooked = [name or type(model).__name__ for name, m in model.named_modules() if has_hooks(m, user=True)]
-            if hooked:  # NOTE [ Modules with hooks ]
+            if hooked:  # NOTE [ A planned block inside the model ]
+# A block planned on its own (`model.block = fxckpt.auto_checkpoint(model.block, h)`), in a model
+# then planned as a whole: the block's wrapper ran its own planning on the tracer's proxies
+# (symbolic_trace) or on export's fake tensors, and capture failed with a CaptureError about a
+# module "not installed as a submodule" and an InfeasibleBudgetError of the block's. The whole
+# model's plan replaces the block's: both front-ends trace the block's own model (it shares the
+# wrapper's submodules and parameters, so their names resolve through the wrapper).
+
+# NOTE [ Modules with hooks ]
                 warnings.warn(
                     f"torch.export captured {type(model).__name__} and ran the hooks of {', '.join(hooked[:5])}"
                     f"{' and more' if len(hooked) > 5 else ''} once, while tracing: what they compute on tensors is "
@@ -222,6 +234,11 @@ class _Tracer(torch.fx.Tracer):
         node = super().create_node(*args, **kwargs)
         self.rec.mark(node)
         return node
+
+    def call_module(self, m: torch.nn.Module, forward, args, kwargs):
+        if getattr(type(m), "traced_as_its_model", False):  # NOTE [ A planned block inside the model ]
+            forward = m._model.forward
+        return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         # torch.fx keeps every torch.nn module whole. A composite one (nn.TransformerEncoder,
@@ -305,6 +322,32 @@ def _no_stack_traces():
         torch.fx.config.do_not_emit_stack_traces = before
 
 
+@contextlib.contextmanager
+def _no_partial_graph_dump():
+    """torch.export without the partial graph it prints to stderr before raising.
+
+    NOTE [ Export's partial graph on stderr ]
+    On a data-dependent guard (a branch on a value, `int(t.item())`) torch.export prints the
+    graph it traced so far to stderr, once per wrapper it raises through (twice here), before
+    the CaptureError that names the model's line: 14 lines of generated code per failed capture
+    of a 1-Linear model. What export writes to stderr meanwhile is held and written afterwards,
+    less that graph.
+    """
+    held, real = io.StringIO(), sys.stderr
+    sys.stderr = held
+    try:
+        yield
+    except Exception as e:
+        dump = getattr(e, "partial_fx_graph", None)
+        if dump is not None:
+            held = io.StringIO(held.getvalue().replace(f"{dump}\n", ""))
+        raise
+    finally:
+        sys.stderr = real
+        if held.getvalue():
+            real.write(held.getvalue())
+
+
 def _lazy_modules():
     """GraphModules built inside generate their Python code at their first call (or `.code`).
 
@@ -333,7 +376,21 @@ def _first_line(e: Exception) -> str:
     if marker in lines:
         at = [x.strip() for x in lines[lines.index(marker) + 1:lines.index(marker) + 3]]
         first += f" (at {at[0].removeprefix('File ')}: {at[1]})" if len(at) == 2 else ""
+    elif (frame := _model_frame(e)) is not None:
+        first += f' (at "{frame.filename}", line {frame.lineno}, in {frame.name}: {frame.line})'
     return first
+
+
+_NOT_THE_MODEL = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, contextlib, opaque))
+
+
+def _model_frame(e: Exception):
+    """The innermost frame of `e`'s traceback in the model's code (not torch's, fxckpt's or the
+    standard library's): where a construct neither front-end follows sits, when export's message
+    does not say (`int(t.item())`: 'Could not extract specialized integer from data-dependent
+    expression', no line)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(_NOT_THE_MODEL)]
+    return frames[-1] if frames and frames[-1].line else None
 
 
 def _check_runs_like(gm: torch.fx.GraphModule, args, kwargs) -> None:

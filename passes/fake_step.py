@@ -14,6 +14,7 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
+from .backward_paths import PlainBackwards, needs_plain_backwards
 from .capture import flat_inputs
 from .ops import DEVICE_QUERY, real_like, storage_key, tensors_of
 from .runtime import uncached_casts
@@ -37,6 +38,18 @@ _ALWAYS_REAL = frozenset((aten.mkldnn_rnn_layer.default,)) if hasattr(aten, "mkl
 # ops run for real, on integer operands of zeros (their first offset must be 0), and their fake
 # outputs get the real storages' sizes.
 _LARGER_STORAGE = frozenset((aten._embedding_bag.default,))
+# NOTE [ Fake strides of batch norm ]
+# On a strided input the CPU batch norm (and its backward, and weight norm) return contiguous
+# tensors where the fake kernels keep the input's strides. A BatchNorm1d run on a transposed
+# activation, transposed back, fed a Linear a contiguous tensor in a fake step and a strided one
+# in the real step, whose matmul then copied it and saved the copy: 16,384 B held through
+# backward that no plan charged (an FFT token mixer measured 240,904 B over a 224,520 B budget).
+# These ops run for real once per signature when an operand is not contiguous, and their fake
+# outputs take the real strides.
+_STRIDED_OUTPUTS = frozenset((
+    aten.native_batch_norm.default, aten.native_batch_norm_backward.default, aten._native_batch_norm_legit.default,
+    aten._native_batch_norm_legit.no_stats, aten._native_batch_norm_legit_no_training.default,
+    aten._native_batch_norm_legit_functional.default, aten._weight_norm_interface.default))
 _OUTPUTS: dict[str, list] = {}  # signature -> the real kernel's outputs: (shape, stride, dtype, storage bytes), or None
 
 # NOTE [ Fake dtypes of mixed-type kernels ]
@@ -59,11 +72,15 @@ _OUTPUTS: dict[str, list] = {}  # signature -> the real kernel's outputs: (shape
 
 def _real_kind(func) -> int:
     """1: always run for real (`_ALWAYS_REAL`), 2: run for real when its floating operands mix
-    dtypes (NOTE [ Fake dtypes of mixed-type kernels ]), 0: never."""
+    dtypes (NOTE [ Fake dtypes of mixed-type kernels ]), 3: on integer operands of zeros
+    (`_LARGER_STORAGE`), 4: when they mix dtypes or one is strided (NOTE [ Fake strides of batch
+    norm ]), 0: never."""
     if func in _ALWAYS_REAL:
         return 1
     if func in _LARGER_STORAGE:
         return 3
+    if func in _STRIDED_OUTPUTS:
+        return 4
     return 2 if torch.Tag.pointwise not in func.tags and _strided_kind(func) else 0
 
 
@@ -125,6 +142,10 @@ class _FakeMode(FakeTensorMode):
                 return out
         if kind == 3 and _index_off_cpu(tensors_of((args, kwargs))):
             return out
+        if kind == 4:
+            tensors = tensors_of((args, kwargs))
+            if all(t.numel() <= 1 or t.is_contiguous() for t in tensors) and not _mixed_floating(tensors):
+                return out
         real = real_outputs(func, args, kwargs, strict=kind == 1, ints=0 if kind == 3 else None)
         if real is None:
             return out
@@ -213,7 +234,21 @@ SCRATCH_OPS = frozenset(getattr(aten, name).default for name in (
     # EmbeddingBag's CPU backward sorts and counts the indices of its bags (an EmbeddingBag net at
     # budget 1.0: 28,848 B at the allocator for 27,304 B planned); `max` mode's forward too
     "_embedding_bag", "_embedding_bag_backward", "_embedding_bag_dense_backward",
-    "_embedding_bag_per_sample_weights_backward") if hasattr(aten, name))
+    "_embedding_bag_per_sample_weights_backward",
+    # the CPU FFTs (pocketfft) copy their input: a real-to-complex rfft over the token dimension
+    # of a 4x32x32 activation took 16,384 B beyond its output (an FFT token mixer 16,384 B over
+    # its plan at budget 1.0)
+    "_fft_r2c", "_fft_c2r", "_fft_c2c",
+    # the matrix exponential's Pade terms and squarings (torch.nn.utils.parametrizations.orthogonal,
+    # forward and backward): 786,456 B beyond a 128x128 fp32 result; a 64x64 orthogonal Linear's
+    # step measured 958,752 B at the allocator for 188,680 B planned; the Householder product
+    # (the orthogonal map of non-square weights) 8,196 B beyond a 64x32 result
+    "linalg_matrix_exp", "linalg_householder_product",
+    # selection and decompositions copy their input (kthvalue over 64 features: 10,232 B more at
+    # the allocator than planned, budget 1.0), LAPACK takes workspaces
+    "kthvalue", "mode", "_unique2", "unique_dim", "_cdist_forward", "linalg_qr", "_linalg_eigh", "_linalg_svd",
+    "linalg_inv_ex", "linalg_eig", "cholesky_solve", "im2col") if hasattr(aten, name)) | frozenset(
+    (aten.median.dim, aten.nanmedian.dim, aten.median.default, aten.nanmedian.default))
 # `native_dropout` is not in eager CPU steps (`F.dropout` there multiplies by a noise tensor it
 # keeps), but AOTAutograd's graphs call it, and its CPU kernel draws the noise into a float
 # temporary of the input's size before the bool mask: an SDPA net with attention dropout at its
@@ -281,16 +316,24 @@ def _strided_kind(func) -> int:
 _REDUCED = frozenset((torch.bfloat16, torch.float16))
 
 
+# NOTE [ Kernels that cast their operands ]
+# Beyond floating mixes (NOTE [ Scratch under autocast ]), CPU TensorIterator copies a bool or
+# integer operand into the common dtype before an elementwise op (a float gradient times a bool
+# mask: a float copy of the mask), and a sum of a bool tensor accumulates a 64-bit copy of it.
+# amax's backward does both (`grad / mask.sum(dim) * mask`): 65,536 B and 32,768 B beyond their
+# outputs for a 16x8x64 mask, and a net reducing with amax measured 127,240 B at the allocator
+# for 98,568 B planned. So an elementwise op whose operands (of more than one element) differ in
+# dtype, and any other op with a bool operand, is probed too.
 def _probed(func, tensors: list, kind: int) -> bool:
     """Whether `func` (of `_KINDS` `kind`) may allocate scratch on these operands (NOTEs above)."""
     if kind == 3:
-        return any(t.numel() > 1 and not t.is_contiguous() for t in tensors)
+        return any(t.numel() > 1 and (not t.is_contiguous() or t.dtype is torch.bool) for t in tensors)
     if func in SCRATCH_OPS:
         return True
     if func in MATMUL_OPS:
         return any(t.dtype in _REDUCED for t in tensors) or not all(
             t.dim() < 2 or t.numel() <= 1 or t.is_contiguous() or transposed_contiguous(t) for t in tensors)
-    return _mixed_floating(tensors)
+    return len({t.dtype for t in tensors if t.numel() > 1}) > 1
 
 
 def transposed_contiguous(t: torch.Tensor) -> bool:
@@ -430,6 +473,8 @@ class FakeStep:
     def __enter__(self):
         self._stack.enter_context(self.mode)
         self._stack.enter_context(uncached_casts())  # as the runtime runs the step
+        if needs_plain_backwards(self.gm):  # NOTE [ Backward formulas that branch on tensor subclasses ]
+            self._stack.enter_context(PlainBackwards())
         self._stack.enter_context(stateless._reparametrize_module(self.gm, self.state, tie_weights=True, strict=False))
         return self
 

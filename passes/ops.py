@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -31,8 +32,9 @@ def is_batchnorm(node: torch.fx.Node, root: torch.nn.Module) -> bool:
 def node_fn(node: torch.fx.Node, root: torch.nn.Module, *, recompute: bool = False) -> Callable[..., Any]:
     """A callable f with f(*node.args, **node.kwargs) == the node's value.
 
-    For a recomputation, batch norm runs without its running statistics: in training mode its
+    For a recomputation, batch norm in training mode runs without its running statistics: its
     output depends only on the batch, and the statistics must be updated exactly once per step.
+    In eval mode it normalizes by the running statistics, which it does not update.
     """
     if node.op == "call_function":
         if recompute and node.target in _BN_STATS:
@@ -43,13 +45,27 @@ def node_fn(node: torch.fx.Node, root: torch.nn.Module, *, recompute: bool = Fal
     if node.op == "call_module":
         mod = root.get_submodule(node.target)
         if recompute and isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            return lambda x: F.batch_norm(x, None, None, mod.weight, mod.bias, True, 0.0, mod.eps)
+            return functools.partial(_replay_batchnorm, mod)
         return mod
     raise ValueError(f"node {node.format_node()} does not compute a value")
 
 
+# NOTE [ Batch norm replayed in eval mode ]
+# A batch norm replayed in eval mode (a graph planned for a call in `eval()`, or a BatchNorm put in
+# eval inside a training model) normalizes by its running statistics, as its forward did: replayed
+# on batch statistics, a MobileNet-like net planned at its floor in eval() got gradients 1.24 off
+# eager's. nn.BatchNorm uses batch statistics where it has no running ones, in any mode.
+def _replay_batchnorm(mod: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    if mod.training or mod.running_mean is None:
+        return F.batch_norm(x, None, None, mod.weight, mod.bias, True, 0.0, mod.eps)
+    return F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
+
+
 def _without_stats(fn, i_mean: int, i_var: int):
     def run(*args, **kwargs):
+        training = args[5] if len(args) > 5 else kwargs.get("training", False)
+        if not training:  # eval mode reads the running statistics and does not update them
+            return fn(*args, **kwargs)
         args = list(args)
         for i, name in ((i_mean, "running_mean"), (i_var, "running_var")):
             if i < len(args):
@@ -237,5 +253,6 @@ def real_like(t: torch.Tensor) -> torch.Tensor:
     out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
     # Filled through its whole storage: a stride-0 (expanded) tensor cannot be written as itself.
     storage = torch.empty(0, dtype=t.dtype, device=t.device).set_(out.untyped_storage())
-    storage.normal_() if out.is_floating_point() else storage.random_(0, 2)
+    # complex too: random_ refuses it, and the probes of complex kernels (FFTs) came back empty
+    storage.normal_() if out.is_floating_point() or out.is_complex() else storage.random_(0, 2)
     return out

@@ -409,6 +409,10 @@ class RematRuntime:
         key = storage_key(t)
         cap = self._capturing
         if cap is not None and key not in cap[1]:  # created by the node running now
+            if t.untyped_storage().nbytes() == 0:
+                # held as it is: nothing to free, and a recipe for it made the replay rerun with
+                # autograd (batch norm in eval saves two empty statistics)
+                return t
             packed = _Packed(cap[0], t)
             cap[2].append(packed)
             return packed

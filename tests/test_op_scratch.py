@@ -2,6 +2,7 @@
 to the plan (NOTE [ Op scratch the fake values do not show ] in passes/fake_step.py)."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -312,3 +313,103 @@ def test_an_in_place_op_is_charged_all_it_allocates():
     y, x = torch.randn(2, 6, 8, dtype=torch.bfloat16), torch.randn(2, 6, 8)
     assert fake_step.op_scratch(aten.add_.Tensor, (y, x), {}) == 2 * x.nbytes
     assert fake_step.op_scratch(aten.add.Tensor, (y, x), {}) == x.nbytes  # the output is new: not scratch
+
+
+class _CumprodGate(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate, self.out = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(x * torch.sigmoid(self.gate(x)).cumprod(dim=1))
+
+
+class _ProdOverTokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate, self.out = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.out(torch.sigmoid(self.gate(x)).prod(dim=1)) * torch.sigmoid(x).prod()
+
+
+class _FFTMixer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        f = torch.fft.rfft(self.a(x), dim=1)  # over tokens: pocketfft copies its input
+        return self.b(torch.fft.irfft(f * f.abs().clamp(max=1.0), n=x.shape[1], dim=1))
+
+
+class _BatchNormOnTokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.bn(self.a(x).transpose(1, 2)).transpose(1, 2)  # strided in eager, not in a fake step
+        return self.b(torch.relu(h))
+
+
+class _OrthogonalLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+        torch.nn.utils.parametrizations.orthogonal(self.a)  # its weight: the matrix exponential of a skew matrix
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+class _Reduced(torch.nn.Module):
+    """A reduction over the features: max/sort/topk/kthvalue scatter their gradient into zeros
+    (NOTE [ Value-selecting reductions ]); amax's backward casts a bool mask (NOTE [ Kernels that
+    cast their operands ]); kthvalue copies its input."""
+
+    def __init__(self, reduce):
+        super().__init__()
+        self.a, self.b, self.reduce = torch.nn.Linear(32, 64), torch.nn.Linear(64, 4), reduce
+
+    def forward(self, x):
+        return self.b(self.reduce(torch.tanh(self.a(x))))
+
+
+_REDUCTIONS = {
+    "max": lambda h: h.max(dim=1).values, "topk": lambda h: h.topk(8, dim=1).values, "cummax": lambda h: h.cummax(1).values,
+    "kthvalue": lambda h: h - h.kthvalue(3, dim=1, keepdim=True).values, "amax": lambda h: h.amax(dim=1)}
+
+
+@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens, _OrthogonalLinear,
+                                  *(functools.partial(_Reduced, f) for f in _REDUCTIONS.values())],
+                         ids=["cumprod", "prod", "fft", "batchnorm", "orthogonal", *_REDUCTIONS])
+def test_fake_step_allocates_what_the_real_step_does(make):
+    """Nets whose fake step differed from the real one, planned at budget 1.0: cumprod's and
+    prod's backward took the composite path under the fake mode (NOTE [ Backward formulas that branch on tensor
+    subclasses ] in passes/backward_paths.py); the CPU FFTs' scratch was not probed, nor could
+    complex operands be made for a probe; batch norm's real output on a strided input is
+    contiguous, its fake one strided (NOTE [ Fake strides of batch norm ]), so a Linear after it
+    copied and saved its input in the real step only; the matrix exponential's scratch (an
+    orthogonal parametrization) was not probed; reductions: see `_Reduced`. Now predicted =
+    allocator."""
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(4, 32, 32, requires_grad=True)
+    ref = copy.deepcopy(model)  # (a `_Reduced`'s lambda is shared, not copied)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
+    plan = ckpt.plan
+    assert allocator_step_peak(ckpt, x).peak_bytes == max(plan.predicted_peak_bytes, plan.dry_run_peak_bytes) <= plan.budget_bytes
+    x2 = x.detach().clone().requires_grad_()
+    ckpt(x).sum().backward(), ref(x2).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_complex_and_fft_kernels_are_probed_for_scratch():
+    """pocketfft copies the input of a transform over a dimension that is not the last: 32,768 B
+    for a 4x32x32 complex c2c over dim 1 (FftR2CBackward0), probed as 0 because `real_like`
+    could not fill a complex tensor (random_ refuses it)."""
+    g = torch.zeros(4, 32, 32, dtype=torch.complex64)
+    assert fake_step.op_scratch(aten._fft_c2c.default, (g, [1], 0, False), {}) == 32768
+    assert fake_step.op_scratch(aten._fft_r2c.default, (torch.zeros(4, 32, 32), [1], 0, True), {}) == 16384

@@ -142,20 +142,16 @@ class ExportedQuantized(_Exported, Quantized):
     pass
 
 
-def _floor_mb(model, x) -> float:
-    """The smallest feasible budget in MiB (the error of an impossible one names it)."""
-    with pytest.raises(fxckpt.InfeasibleBudgetError) as e:
-        fxckpt.auto_checkpoint(model, x, budget=1e-6)
-    return e.value.min_feasible_bytes / 2**20
-
-
-@pytest.mark.parametrize("at_floor", [False, True])
-def test_custom_autograd_function_keeps_its_backward(at_floor):
+@pytest.mark.parametrize("recomputed", [False, True])
+def test_custom_autograd_function_keeps_its_backward(recomputed):
     torch.manual_seed(0)
     model, x = Quantized(), torch.randn(32, 16)
     ref = copy.deepcopy(model)
-    if at_floor:
-        ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=_floor_mb(model, x))
+    if recomputed:
+        # Not the floor: that recomputes nothing since the bool mask the backward casts is charged
+        # (NOTE [ Kernels that cast their operands ]; the floor was planned at 27,152 B, recomputing
+        # `a` and `mul`, and measured 35,344 B at the allocator, what nothing recomputed holds).
+        ckpt = fxckpt.auto_checkpoint(model, x, budget_mb=1.0, solver="all")
         assert ckpt.plan.recompute  # what the Function saves is recomputed
     else:
         ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
@@ -573,3 +569,61 @@ def test_capture_error_names_the_line_export_failed_on():
         fxckpt.auto_checkpoint(_ValueBranch(), torch.randn(4, 8), budget=0.5)
     line = next(x for x in str(e.value).splitlines() if x.strip().startswith("torch.export"))
     assert "Could not guard on data-dependent expression" in line and "if h.max() > 100:" in line
+
+
+class _ValueLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        for _ in range(int(h.abs().sum().item()) % 3 + 1):  # a loop count read off a value
+            h = torch.relu(h) + 1
+        return h
+
+
+@pytest.mark.parametrize("model, line", [(_ValueBranch, "if h.max() > 100:"), (_ValueLoop, "for _ in range(int(h.abs()")])
+def test_capture_error_names_the_models_line_and_prints_no_graph(model, line, capsys):
+    """Both front-ends' messages name the model's line where export's message does not
+    ('Could not extract specialized integer from data-dependent expression TruncToInt(zuf0)', and
+    symbolic_trace's 'int() argument must be ... not _Proxy', said nothing of where), and
+    torch.export's partial graph, printed to stderr twice before it raised (NOTE [ Export's
+    partial graph on stderr ]), is not."""
+    with pytest.raises(fxckpt.CaptureError) as e:
+        fxckpt.auto_checkpoint(model(), torch.randn(4, 8), budget=0.5)
+    fronts = [x for x in str(e.value).splitlines() if x.strip().startswith("torch.")]
+    assert len(fronts) == 2 and all(line in x for x in fronts), fronts
+    assert "def forward" not in capsys.readouterr().err
+
+
+class _WithBlock(nn.Module):
+    def __init__(self, iterate_a_size: bool = False):
+        super().__init__()
+        self.pre, self.post, self.iterate = nn.Linear(16, 32), nn.Linear(32, 4), iterate_a_size
+        self.block = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 32))
+
+    def forward(self, x):
+        h = torch.relu(self.pre(x))
+        for _ in range(h.shape[0] // 8 if self.iterate else 0):  # symbolic_trace cannot iterate a size
+            h = h * 1.0
+        return self.post(self.block(h))
+
+
+@pytest.mark.parametrize("iterate_a_size, frontend", [(False, "symbolic_trace"), (True, "export")])
+def test_a_block_planned_on_its_own_inside_a_model_planned_whole(iterate_a_size, frontend):
+    """NOTE [ A planned block inside the model ] in passes/capture.py: the block's wrapper planned
+    itself on the tracer's proxies or export's fakes, and capture failed (CaptureError: 'module is
+    not installed as a submodule', or the block's InfeasibleBudgetError). Now the whole model's
+    plan covers the block's own model, with the unmodified model's gradients."""
+    torch.manual_seed(0)
+    model, x = _WithBlock(iterate_a_size), torch.randn(16, 16)
+    ref = copy.deepcopy(model)
+    model.block = fxckpt.auto_checkpoint(model.block, torch.randn(16, 32), budget=1.0)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
+    assert ckpt._current.frontend == frontend
+    for m in (ckpt, ref):
+        torch.manual_seed(1)
+        m(x).pow(2).sum().backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), n
