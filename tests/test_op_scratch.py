@@ -221,7 +221,6 @@ def test_transposed_contiguity_is_read_off_sizes_and_strides():
     assert True in answers and False in answers
 
 
-
 def test_no_probe_of_an_index_op_off_the_cpu(monkeypatch):
     # The probe's integer operands hold 0/1, which may be out of range for the step's op: on the
     # CPU that raises (caught), on an accelerator a device-side assert ends the process. `gather`
