@@ -161,6 +161,29 @@ def test_seed_gradient_of_a_graph_loss_is_held_to_the_end():
     assert profiled_peak_bytes(run) + 8 == plan.predicted_peak_bytes <= int(floor / MIB * MIB), plan.summary()
 
 
+def test_two_forwards_before_one_backward_with_batchnorm():
+    """NOTE [ A replayed batch norm reads copies of the running statistics ]: the second forward
+    writes the running statistics a replayed batch norm read; autograd raised "modified by an
+    inplace operation" in backward (plain torch.compile ran). Now gradients and statistics are
+    plain aot_eager's, bit for bit."""
+    model, x = make_cnn()
+    x2 = torch.randn_like(x)
+
+    def two_forwards(backend):
+        torch._dynamo.reset()
+        m = copy.deepcopy(model)
+        compiled = torch.compile(m, backend=backend)
+        (compiled(x).sum() + compiled(x2).sum()).backward()
+        return [p.grad for p in m.parameters()], list(m.buffers())
+    ref_grads, ref_buffers = two_forwards("aot_eager")
+    be = fxckpt.backend(budget=0.5, compiler="aot_eager")
+    grads, buffers = two_forwards(be)
+    assert any(r.op == "aten._native_batch_norm_legit_functional" and r.decision == "recompute"
+               for r in be.plans[0].rows), be.plans[0].summary()
+    assert_same(grads, ref_grads)
+    assert_same(buffers, ref_buffers)
+
+
 @pytest.mark.parametrize("make", [make_transformer, make_cnn], ids=["pre-LN transformer", "cnn with batchnorm"])
 def test_gradients_and_buffers_equal_eager(make):
     model, x = make()

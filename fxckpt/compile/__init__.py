@@ -77,7 +77,7 @@ from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
 from fxckpt.core.solvers.registry import is_amount
 
 from .inductor_memory import BufferPlanRecorder, StepBuffers, boundary_names, step_buffers
-from .joint import build_problem, real_values, saved_values, specialize_sizes
+from .joint import build_problem, copy_running_stats, real_values, saved_values, specialize_sizes
 from .uncounted import RunWatch, _fake
 
 log = logging.getLogger(__name__)
@@ -709,6 +709,8 @@ def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_in
         joint.recompile()
     if P.has_recomputable_ops(joint):
         joint = P.cleanup_recompute_tags(joint, is_default_partition=False)
+    copy_running_stats(joint.graph)  # NOTE [ A replayed batch norm reads copies of the running statistics ]
+    joint.recompile()
     P.force_save_collectives(joint)
     P.force_save_effectful_ops(joint)
     P.force_save_bw_mutation_src(joint)

@@ -294,6 +294,36 @@ def mutated_inputs(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
     return written, only_writes
 
 
+# NOTE [ A replayed batch norm reads copies of the running statistics ]
+# A training-mode batch norm may be replayed (NOTE [ A replay reads an input as the graph left
+# it ]), and its replay takes the running statistics as arguments: backward needed the inputs
+# themselves, saved by autograd, and the graph's next forward writes them. Two forwards before
+# one backward (`loss = m(x1).sum() + m(x2).sum()`) then failed in backward with autograd's "one
+# of the variables needed for gradient computation has been modified by an inplace operation"
+# (a BatchNorm CNN at budget=0.5, aot_eager; plain torch.compile, which never replays a batch
+# norm, ran). So the batch norm reads copies of them made just before it (`copy_running_stats`):
+# its results are the same bits, a replay reads the copies (two vectors of the channels' size,
+# charged as any saved value), and the inputs are never saved.
+
+
+def copy_running_stats(graph: fx.Graph) -> None:
+    """Make each training-mode batch norm read copies of the running statistics the graph writes
+    (NOTE [ A replayed batch norm reads copies of the running statistics ])."""
+    written, _ = mutated_inputs(graph)
+    for n in list(graph.find_nodes(op="call_function", target=torch.ops.aten._native_batch_norm_legit_functional.default)):
+        if not (len(n.args) > 5 and n.args[5] is True):
+            continue
+        for i in (3, 4):
+            a = n.args[i]
+            if isinstance(a, fx.Node) and _base(a) in written and isinstance(a.meta.get("val"), torch.Tensor):
+                with graph.inserting_before(n):
+                    copy = graph.call_function(torch.ops.aten.clone.default, (a,))
+                val = a.meta["val"]
+                with val.fake_mode if hasattr(val, "fake_mode") else contextlib.nullcontext():
+                    copy.meta["val"] = val.clone()
+                n.update_arg(i, copy)
+
+
 def _reads_mutated(node: fx.Node, mutated: tuple[set[fx.Node], set[fx.Node]]) -> str | None:
     """Why `node` may not be replayed: it reads an input the graph writes (NOTE [ A replay reads
     an input as the graph left it ])."""
