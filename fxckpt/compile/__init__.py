@@ -161,6 +161,8 @@ class FxckptBackend:
         # frame, a key for the value, its bytes) (NOTE [ Later graphs' outputs outlive their backward ])
         self._reads: dict = {}
         self._made: dict[int, tuple] = {}  # id of a graph's output on its first run -> (a weak reference, its frame)
+        self._pending = None  # (frame, problem) of the graph being planned
+        self._probe = False  # plan each graph at its floor, whatever the budget (`_chain_floor`'s pieces)
         self.inner_compile = None  # inductor's per-graph compiler, replaceable (the benchmarks count FLOPs there)
 
     def __repr__(self) -> str:
@@ -184,6 +186,21 @@ class FxckptBackend:
         return [g.plan for g in self.graphs]
 
     def __call__(self, gm: fx.GraphModule, example_inputs):
+        self._pending = None
+        try:
+            return self._call(gm, example_inputs)
+        except Exception as e:
+            err = _infeasible(e)
+            if err is None or self.budget_mb is None or self.compiler == "inductor":
+                raise
+            # NOTE [ A split graph's floor is its pieces' together ]: with every graph known so far
+            floor = self._chain_floor(err.min_feasible_bytes)
+            if floor <= err.min_feasible_bytes:
+                raise
+            raise InfeasibleBudgetError(int(self.budget_mb * MIB), floor, peak_at=(
+                "the graphs compiled so far, each planned in turn")) from e
+
+    def _call(self, gm: fx.GraphModule, example_inputs):
         from torch._guards import CompileContext
 
         compile_id = CompileContext.current_compile_id()
@@ -201,8 +218,26 @@ class FxckptBackend:
                 whole = e
         log.warning("fxckpt backend: the budget is below the graph's smallest feasible peak; the graph is split "
                     "into pieces of %.2f MiB of parameters, whose gradients are accumulated piece by piece", cap / MIB)
+        failed = []  # NOTE [ A split graph's floor is its pieces' together ]
+
+        def compile_piece(piece, inputs, key):
+            if not failed:
+                try:
+                    return self._compile_graph(piece, inputs, key)
+                except Exception as e:
+                    if _infeasible(e) is None or self.budget_mb is None or self.compiler == "inductor":
+                        raise
+                    failed.append(_infeasible(e))
+            self._probe = True
+            try:
+                return self._compile_graph(piece, inputs, key)
+            finally:
+                self._probe = False
         try:
-            return split_graph(gm, example_inputs, cap, self._compile_graph, frame, self._reads)
+            split = split_graph(gm, example_inputs, cap, compile_piece, frame, self._reads)
+            if failed:
+                raise failed[0]  # `__call__` names the floor of all the pieces together
+            return split
         except Exception as e:
             err = _infeasible(e)
             reordered = _cause(e, RandomOrderChanged)
@@ -383,6 +418,27 @@ class FxckptBackend:
             return g.code.peak(0, after)
         return simulate(with_reserve(g.problem, 0, after), g.problem.indices(g.plan.recompute)).peak_bytes
 
+    def _chain_floor(self, start: int) -> int:
+        """The smallest `budget_mb` at which every graph planned so far plans in turn, from
+        `start` up, following the floors each refusal names (NOTE [ A split graph's floor is its
+        pieces' together ]): planned again on their problems, nothing compiled."""
+        floor = start
+        graphs = [(f, g.problem) for f, g in self._graphs.items()]
+        if self._pending is not None and self._pending[0] not in self._graphs:  # refused before it was recorded
+            graphs.append(self._pending)
+        for _ in range(4 * len(graphs) + 4):
+            trial = FxckptBackend(budget_mb=floor / MIB, solver=self.solver, compiler=self.compiler)
+            trial._reads = self._reads
+            try:
+                for f, problem in graphs:
+                    trial.plan(problem, f)
+                return floor
+            except InfeasibleBudgetError as e:
+                if e.min_feasible_bytes <= floor:
+                    return floor
+                floor = e.min_feasible_bytes
+        return floor
+
     def _fit_earlier(self, frame) -> None:
         """Plan again each graph before `frame`'s whose backward, with the outputs of the graphs
         after it (known only now), exceeds `budget_mb` (NOTE [ Later graphs' outputs outlive their
@@ -413,7 +469,9 @@ class FxckptBackend:
         boundary for the graphs after it (NOTE [ Graph breaks share the budget in first-run order ]),
         aiming `shave` bytes below it, or at its smallest feasible peak (`floor`): where inductor's
         code held more than the problem predicts (NOTE [ Inductor's code is the prediction ])."""
-        if self.budget_mb is not None:
+        if self._probe:
+            plan = self._floor_plan(problem)
+        elif self.budget_mb is not None:
             plan = self._within_budget(problem, frame, reserve, shave, floor)
         else:
             budget = max(0, int(self.budget * simulate(problem).peak_bytes))
@@ -427,7 +485,7 @@ class FxckptBackend:
                 if self.compiler == "inductor":  # judged by inductor's code, which may hold less (`_record_inductor`)
                     plan = dataclasses.replace(plan, budget_bytes=budget)
         self._record(problem, frame, plan, reserve)
-        if self.budget_mb is not None:
+        if self.budget_mb is not None and not self._probe:
             self._fit_earlier(frame)
             g = self._graphs[frame]
             if self.held_before(frame) + g.peak_bytes > int(self.budget_mb * MIB):  # an earlier one now holds more
@@ -475,6 +533,20 @@ class FxckptBackend:
         self._record(g.problem, g.frame, plan, reserve)
         if g.frame in self._compiled:  # not when a graph was partitioned outside __call__
             self._compiled[g.frame].replan(reserve)
+
+
+# NOTE [ A split graph's floor is its pieces' together ]
+# The pieces of a split graph are planned in turn, each for what the pieces before it leave, and
+# the first that cannot be planned used to end the split with an error naming the floor of the
+# pieces planned so far: on the Mixtral of NOTE [ Later graphs' outputs outlive their backward ],
+# 228,744 B (the first piece's), then 497,176, 531,480, 629,800, 663,080, 672,056 and 739,888 B
+# as each was passed back, before 741,936 B planned. Now (aot_eager) the pieces after a refused
+# one are compiled at their own floors, only to be planned, and a refusal names the smallest
+# budget at which all the graphs known then plan in turn (`_chain_floor`, on their problems; in
+# `__call__`, so a later graph's refusal counts the graph refused too). Graphs Dynamo compiles
+# later, and gradients seen only when the graphs first run (NOTE [ Later graphs' outputs outlive
+# their backward ]), are unknown then and may raise the floor again: that Mixtral now names
+# 663,080 B, then 739,888 B (with its loss graph), then 741,936 B, which plans (measured 741,932 B).
 
 
 # NOTE [ The floor plan is not the code's floor ]
@@ -686,6 +758,7 @@ class _Partitioner(_custom_partitioner_base()):
 
     def _choose(self, problem: RematProblem) -> Plan:
         self.loss_bytes = problem.loss_bytes
+        self.owner._pending = (self.frame, problem)
         self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
 
