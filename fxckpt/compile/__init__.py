@@ -47,9 +47,10 @@ measured 29,439 B over a budget of 930,605 B at the zeros_like of an expert weig
 a piece's backward: the loss graph's 76,800 B logits and a residual stream's 16,384 B gradient
 were live there, uncounted. Each graph's backward is now planned and predicted with them
 (`with_reserve`'s `after`: a buffer made at the end of its forward and held to the end of the
-step). Pieces' reads are known when the graph is split (`split_graph`); the graphs of other
-frames, only when a graph first runs on real tensors (`_ran`, by the identity of its inputs).
-Those are known after the earlier graphs were planned: a graph whose backward then exceeds
+step). Pieces' reads are known when the graph is split (`split_graph`); those of other frames
+when the graph is compiled, Dynamo's example inputs being the tensors the earlier graphs made,
+or when it first runs (`_note_reads`, by the identity of its inputs). Both come after the
+earlier graphs were planned: a graph whose backward then exceeds
 `budget_mb` is planned again and compiled again on its next call, as a re-planned graph is above
 (the first step may exceed the budget), and an infeasible budget's error may name a floor that
 a graph compiled later raises again (pass it back until one plans).
@@ -205,6 +206,8 @@ class FxckptBackend:
 
         compile_id = CompileContext.current_compile_id()
         frame = compile_id.frame_id if compile_id is not None else None
+        if not _fake(example_inputs):  # Dynamo's are the frame's tensors: the earlier graphs ran on them
+            self._note_reads(frame, example_inputs)
         grad_bytes = _parameter_bytes(gm)
         cap = -(-grad_bytes // PIECES)
         whole = None  # the whole graph's error
@@ -395,19 +398,26 @@ class FxckptBackend:
         before it are planned again where those gradients leave them over `budget_mb`."""
         import weakref
 
-        reads = []
-        for t in args:
-            hit = self._made.get(id(t)) if isinstance(t, torch.Tensor) and t.requires_grad else None
-            if hit is not None and hit[0]() is t and not (isinstance(hit[1], tuple) and isinstance(frame, tuple)
-                                                         and hit[1][0] == frame[0]):  # pieces: `split_graph`'s
-                reads.append((hit[1], ("ran", id(t)), t.untyped_storage().nbytes()))
+        reads = self._note_reads(frame, args)
         for t in torch.utils._pytree.tree_leaves(outputs):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 self._made[id(t)] = (weakref.ref(t), frame)
+        if reads and self.budget_mb is not None and frame in self._graphs:
+            self._fit_earlier(frame)
+
+    def _note_reads(self, frame, args) -> list:
+        """What `args` (real tensors) hold that earlier graphs made and that requires grad: kept in
+        `_reads[frame]`, and returned where not known before."""
+        reads = []
+        known = {key for _, key, _ in self._reads.get(frame, ())}
+        for t in args:
+            hit = self._made.get(id(t)) if isinstance(t, torch.Tensor) and t.requires_grad else None
+            if hit is not None and hit[0]() is t and ("ran", id(t)) not in known and not (
+                    isinstance(hit[1], tuple) and isinstance(frame, tuple) and hit[1][0] == frame[0]):  # `split_graph`'s
+                reads.append((hit[1], ("ran", id(t)), t.untyped_storage().nbytes()))
         if reads:
             self._reads[frame] = self._reads.get(frame, []) + reads
-            if self.budget_mb is not None and frame in self._graphs:
-                self._fit_earlier(frame)
+        return reads
 
     def _peak_with_after(self, g: CompiledGraph) -> int:
         """`g`'s own peak with the later graphs' outputs live through its backward."""
@@ -544,9 +554,8 @@ class FxckptBackend:
 # one are compiled at their own floors, only to be planned, and a refusal names the smallest
 # budget at which all the graphs known then plan in turn (`_chain_floor`, on their problems; in
 # `__call__`, so a later graph's refusal counts the graph refused too). Graphs Dynamo compiles
-# later, and gradients seen only when the graphs first run (NOTE [ Later graphs' outputs outlive
-# their backward ]), are unknown then and may raise the floor again: that Mixtral now names
-# 663,080 B, then 739,888 B (with its loss graph), then 741,936 B, which plans (measured 741,932 B).
+# later are unknown then and may raise the floor again: that Mixtral now names 663,080 B, then
+# (with its loss graph) 741,936 B, which plans (measured 741,932 B).
 
 
 # NOTE [ The floor plan is not the code's floor ]
