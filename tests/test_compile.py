@@ -161,6 +161,29 @@ def test_seed_gradient_of_a_graph_loss_is_held_to_the_end():
     assert profiled_peak_bytes(run) + 8 == plan.predicted_peak_bytes <= int(floor / MIB * MIB), plan.summary()
 
 
+def test_two_forwards_before_one_backward_with_batchnorm():
+    """NOTE [ A replayed batch norm reads copies of the running statistics ]: the second forward
+    writes the running statistics a replayed batch norm read; autograd raised "modified by an
+    inplace operation" in backward (plain torch.compile ran). Now gradients and statistics are
+    plain aot_eager's, bit for bit."""
+    model, x = make_cnn()
+    x2 = torch.randn_like(x)
+
+    def two_forwards(backend):
+        torch._dynamo.reset()
+        m = copy.deepcopy(model)
+        compiled = torch.compile(m, backend=backend)
+        (compiled(x).sum() + compiled(x2).sum()).backward()
+        return [p.grad for p in m.parameters()], list(m.buffers())
+    ref_grads, ref_buffers = two_forwards("aot_eager")
+    be = fxckpt.backend(budget=0.5, compiler="aot_eager")
+    grads, buffers = two_forwards(be)
+    assert any(r.op == "aten._native_batch_norm_legit_functional" and r.decision == "recompute"
+               for r in be.plans[0].rows), be.plans[0].summary()
+    assert_same(grads, ref_grads)
+    assert_same(buffers, ref_buffers)
+
+
 @pytest.mark.parametrize("make", [make_transformer, make_cnn], ids=["pre-LN transformer", "cnn with batchnorm"])
 def test_gradients_and_buffers_equal_eager(make):
     model, x = make()
@@ -232,6 +255,39 @@ def test_forced_graph_break_shares_the_budget_and_predicts_the_step():
     assert abs(peak - predicted) <= 0.05 * predicted, (peak, predicted)
 
 
+class WideTail(nn.Module):
+    """A graph break before a tail whose 2 MiB output the caller holds through the backward of
+    the first graph, where the step peaks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(*[nn.Sequential(nn.Linear(512, 512), nn.GELU()) for _ in range(4)])
+        self.s = nn.Parameter(torch.ones(1024))
+
+    def forward(self, x):
+        h = self.a(x)
+        torch._dynamo.graph_break()
+        return h.repeat(1, 2) * self.s
+
+
+def test_a_later_graphs_output_is_counted_in_the_backward_of_the_graphs_before_it():
+    """NOTE [ Later graphs' outputs outlive their backward ]: the first graph's backward runs
+    while the caller holds the second graph's output (measured 11,534,344 B against 10.5 MiB when
+    it was not counted); the first graph is planned again to leave it room."""
+    torch.manual_seed(0)
+    model, x = WideTail().train(), torch.randn(512, 512)
+    ref_grads, _ = step(copy.deepcopy(model), x)
+    compiled, be, grads, _ = compiled_step(model, x, budget_mb=10.5, compiler="aot_eager")
+    assert_same(grads, ref_grads)
+    first, second = be.graphs
+    assert second.after_bytes == 2 * MIB and first.after_bytes == MIB
+    assert_same(step(compiled, x)[0], ref_grads)  # the first graph compiled again, with its new plan
+    peak, predicted = measured_peak(compiled, x), be.predicted_peak_bytes()
+    assert peak <= 10.5 * MIB
+    # over by at most the 1 MiB crossing the break, counted as held to the step's end (the module docstring)
+    assert peak <= predicted <= peak + MIB, (peak, predicted)
+
+
 # Synthetic step graphs where planning first-come failed above the smallest budget that planned
 # (at 45-46, 34-35 and 40-44 MiB respectively).
 CROWDED = [(4, ("chain", "skip", "chain")), (5, ("skip", "chain")), (11, ("chain", "chain"))]
@@ -242,7 +298,7 @@ def test_graphs_sharing_budget_mb_plan_at_every_budget_above_the_floor(seed, sha
     """Graphs planned in first-run order (synthetic problems, no Dynamo): the floors the
     errors name lead to a budget that plans, every budget above it plans too (where taking the
     earlier graphs' plans first-come failed), the step's predicted peak fits it, and each plan's
-    budget is what the graphs before it leave."""
+    budget is at most what the graphs before it leave."""
     from fxckpt.compile import FxckptBackend
     from fxckpt.core.simulate import simulate
     from fxckpt.core.synthetic import random_problem
@@ -263,14 +319,17 @@ def test_graphs_sharing_budget_mb_plan_at_every_budget_above_the_floor(seed, sha
         except InfeasibleBudgetError as e:
             assert e.min_feasible_bytes > floor
             floor, tries = e.min_feasible_bytes, tries + 1
-    assert tries <= len(problems)
+    # each graph may name a floor twice: when it is planned, and when the outputs of a graph after
+    # it are counted in its backward (NOTE [ Later graphs' outputs outlive their backward ])
+    assert tries <= 2 * len(problems)
     none = sum(simulate(p).boundary_bytes for p in problems[:-1]) + simulate(problems[-1]).peak_bytes
     for budget in range(floor, none + 2 * MIB, MIB):
         be = plan_all(budget / MIB)
         assert be.predicted_peak_bytes() <= budget, (budget, [g.plan.summary() for g in be.graphs])
         held = 0
         for g in be.graphs:
-            assert g.plan.budget_bytes == budget - held and g.peak_bytes + held <= budget
+            # less where a graph before it was planned again later (NOTE [ Later graphs' outputs ...])
+            assert g.plan.budget_bytes <= budget - held and g.peak_bytes + held <= budget
             assert simulate(g.problem, g.problem.indices(g.plan.recompute)).boundary_bytes == g.boundary_bytes
             held += g.boundary_bytes
 
@@ -799,7 +858,10 @@ def test_inductor_floor_counts_what_its_fallback_kernels_allocate():
     measured 2,398,476 B, over the budget, at an `_adaptive_avg_pool2d_backward` that holds
     262,144 B beside its output on a channels-last input; now the prediction is the allocator's
     2,155,508 B (another plan: the walk no longer takes that one for the smallest).
-    (The same miss at 70%: `test_inductor_replans_to_the_floor_plan_before_giving_up_a_fraction`.)"""
+    (The same miss at 70%: `test_inductor_replans_to_the_floor_plan_before_giving_up_a_fraction`.)
+    And the floor named is what the plan at it holds (NOTE [ The floor plan is not the code's
+    floor ]): the floor plan's code held 2,520,696 B, named, where the plan at that budget held
+    2,394,000 B (measured 2,393,996 B), so budgets in between were refused."""
     torch.manual_seed(0)
     model = _PoolCNN().train()
     example = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
@@ -812,6 +874,7 @@ def test_inductor_floor_counts_what_its_fallback_kernels_allocate():
     peak = measured_peak(compiled, example)
     assert peak <= floor, (floor, peak, plan.summary())
     assert abs(peak - plan.predicted_peak_bytes) <= 0.05 * peak, (floor, peak, plan.summary())
+    assert plan.predicted_peak_bytes >= 0.99 * floor, (floor, plan.summary())
 
 
 class _WindowBlock(nn.Module):

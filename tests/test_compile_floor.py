@@ -151,6 +151,33 @@ def test_a_budget_below_the_parameter_gradients_splits_the_graph():
     assert peak <= budget and abs(peak - predicted) <= 0.05 * predicted, (peak, predicted, budget)
 
 
+def test_a_split_graphs_refusal_names_a_floor_that_plans():
+    """NOTE [ A split graph's floor is its pieces' together ]: four 1 MiB Linears on 256 rows, split
+    below their parameters' gradients; the first piece refused used to name the floor of the pieces
+    planned so far (2,099,208 B, then 3,147,784 and 3,672,072 B as each was passed back, before
+    3,675,148 B planned). Now the first refusal names a budget that plans, and the step fits it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(512, 512), nn.GELU()) for _ in range(4)], nn.Linear(512, 1)).train()
+    x = torch.randn(256, 512)
+    ref = copy.deepcopy(model)
+    with pytest.raises(Exception) as info:
+        _step(torch.compile(copy.deepcopy(model), backend=fxckpt.backend(budget_mb=0.001, compiler="aot_eager")), x)
+    floor = _infeasible(info.value).min_feasible_bytes
+    torch._dynamo.reset()
+    be = fxckpt.backend(budget_mb=floor / MIB, compiler="aot_eager")
+    compiled = torch.compile(copy.deepcopy(model), backend=be)
+    for _ in range(2):
+        ref_grads, grads = _step(ref, x), _step(compiled, x)
+    assert len(be.graphs) > 1
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert torch.equal(g, r)
+
+    def run():
+        compiled(x).sum().backward()
+    peak = profiled_peak_bytes(run)
+    assert peak <= floor and abs(peak - be.predicted_peak_bytes()) <= 0.05 * peak, (peak, floor)
+
+
 class _TwoBranches(nn.Module):
     """Wide Linears with dropout on one input, a branch of its own with dropout on another: a split's
     piece holding the second branch depends on no piece of the first, and could run first."""

@@ -35,6 +35,25 @@ returned by the model and read by the loss graph: 49.08 MiB of a 213.39 MiB step
 128, the whole gap to a measurement that dropped the output before backward). An intermediate
 crossing a forced break that nobody returns is over-counted by at most its own size, and only
 while the graph that produced it runs its backward (`predicted_peak_bytes`).
+
+NOTE [ Later graphs' outputs outlive their backward ]
+Backwards run in reverse first-run order, so a graph's backward runs after the backwards of the
+graphs after it, which have freed what they saved but not everything they made: the caller
+still holds their outputs (`CompiledGraph.after_bytes`: a piece's, only those the whole graph
+returns, NOTE [ Outputs only later pieces read ]), and the gradients their backwards returned
+for values made by graphs before this one (a skip connection across it) wait for those graphs'
+backwards. A 2-layer Mixtral (labels, router logits), split into 5 pieces and a loss graph,
+measured 29,439 B over a budget of 930,605 B at the zeros_like of an expert weight's gradient in
+a piece's backward: the loss graph's 76,800 B logits and a residual stream's 16,384 B gradient
+were live there, uncounted. Each graph's backward is now planned and predicted with them
+(`with_reserve`'s `after`: a buffer made at the end of its forward and held to the end of the
+step). Pieces' reads are known when the graph is split (`split_graph`); those of other frames
+when the graph is compiled, Dynamo's example inputs being the tensors the earlier graphs made,
+or when it first runs (`_note_reads`, by the identity of its inputs). Both come after the
+earlier graphs were planned: a graph whose backward then exceeds
+`budget_mb` is planned again and compiled again on its next call, as a re-planned graph is above
+(the first step may exceed the budget), and an infeasible budget's error may name a floor that
+a graph compiled later raises again (pass it back until one plans).
 """
 
 from __future__ import annotations
@@ -53,14 +72,14 @@ import torch.fx as fx
 
 from fxckpt.core.errors import MIB, FxckptError, InfeasibleBudgetError
 from fxckpt.core.plan import Plan, make_plan
-from fxckpt.core.problem import Node, RematProblem
+from fxckpt.core.problem import Buffer, Node, RematProblem
 from fxckpt.core.simulate import simulate
 from fxckpt.core.solvers import SOLVERS, min_peak_plan, solve
 from fxckpt.core.solvers.registry import is_amount
 
 from .inductor_memory import BufferPlanRecorder, StepBuffers, boundary_names, step_buffers
-from .joint import build_problem, real_values, saved_values, specialize_sizes
-from .uncounted import RunWatch
+from .joint import build_problem, copy_running_stats, real_values, saved_values, specialize_sizes
+from .uncounted import RunWatch, _fake
 
 log = logging.getLogger(__name__)
 COMPILERS = ("inductor", "aot_eager")
@@ -79,17 +98,31 @@ class CompiledGraph:
     boundary_bytes: int  # held across its forward/backward boundary
     peak_bytes: int  # its own predicted peak (the plan's, without the reserve)
     reserve_bytes: int = 0  # reserved at its boundary for the graphs after it
+    after_bytes: int = 0  # its outputs the caller holds through the backwards of the graphs before it
+    code: StepBuffers | None = None  # under inductor, what its code holds
 
 
-def with_reserve(problem: RematProblem, nbytes: int) -> RematProblem:
+def with_reserve(problem: RematProblem, nbytes: int, after: int = 0) -> RematProblem:
     """`problem` with `nbytes` more live at the end of its forward, where the graphs after it run
     (NOTE [ Graph breaks share the budget in first-run order ]): a last forward node that
     allocates nothing and holds `nbytes` while it runs, so every solver and the simulator count
-    them on top of what the graph holds across its boundary."""
-    if not nbytes:
+    them on top of what the graph holds across its boundary; and with `after` bytes, the later
+    graphs' outputs (NOTE [ Later graphs' outputs outlive their backward ]), made there and held
+    to the end of the step (within the `nbytes`, when they are more)."""
+    if not nbytes and not after:
         return problem
-    later = Node("graphs after this one", "reserve", transient_bytes=nbytes)
-    return dataclasses.replace(problem, nodes=problem.nodes + (later,))
+    k = len(problem.nodes)
+    later = Node("graphs after this one", "reserve", transient_bytes=max(0, nbytes - after),
+                 creates=(len(problem.buffers),) if after else (), value=(len(problem.buffers),) if after else (),
+                 is_output=bool(after), ban="the later graphs' outputs" if after else None)
+    buffers = problem.buffers + ((Buffer("later graphs' outputs", after, k),) if after else ())
+    return dataclasses.replace(problem, nodes=problem.nodes + (later,), buffers=buffers)
+
+
+def held_output_bytes(problem: RematProblem) -> int:
+    """Bytes of the outputs a graph's problem holds to the end of the step (made by the graph)."""
+    held = {b for n in problem.nodes if n.is_output for b in n.value}
+    return sum(problem.buffers[b].nbytes for b in held)
 
 
 def _fxckpt_version() -> str:
@@ -125,6 +158,12 @@ class FxckptBackend:
         self._graphs: dict[int | None, CompiledGraph] = {}  # per frame, latest; in first-run order
         self._compiled: dict[int | None, _Replannable] = {}
         self._warned: set[str] = set()  # NOTE [ Memory the plans do not see ]: each warning once
+        # per frame, what it reads that requires grad and an earlier graph made: (that graph's
+        # frame, a key for the value, its bytes) (NOTE [ Later graphs' outputs outlive their backward ])
+        self._reads: dict = {}
+        self._made: dict[int, tuple] = {}  # id of a graph's output on its first run -> (a weak reference, its frame)
+        self._pending = None  # (frame, problem) of the graph being planned
+        self._probe = False  # plan each graph at its floor, whatever the budget (`_chain_floor`'s pieces)
         self.inner_compile = None  # inductor's per-graph compiler, replaceable (the benchmarks count FLOPs there)
 
     def __repr__(self) -> str:
@@ -148,10 +187,27 @@ class FxckptBackend:
         return [g.plan for g in self.graphs]
 
     def __call__(self, gm: fx.GraphModule, example_inputs):
+        self._pending = None
+        try:
+            return self._call(gm, example_inputs)
+        except Exception as e:
+            err = _infeasible(e)
+            if err is None or self.budget_mb is None or self.compiler == "inductor":
+                raise
+            # NOTE [ A split graph's floor is its pieces' together ]: with every graph known so far
+            floor = self._chain_floor(err.min_feasible_bytes)
+            if floor <= err.min_feasible_bytes:
+                raise
+            raise InfeasibleBudgetError(int(self.budget_mb * MIB), floor, peak_at=(
+                "the graphs compiled so far, each planned in turn")) from e
+
+    def _call(self, gm: fx.GraphModule, example_inputs):
         from torch._guards import CompileContext
 
         compile_id = CompileContext.current_compile_id()
         frame = compile_id.frame_id if compile_id is not None else None
+        if not _fake(example_inputs):  # Dynamo's are the frame's tensors: the earlier graphs ran on them
+            self._note_reads(frame, example_inputs)
         grad_bytes = _parameter_bytes(gm)
         cap = -(-grad_bytes // PIECES)
         whole = None  # the whole graph's error
@@ -165,8 +221,26 @@ class FxckptBackend:
                 whole = e
         log.warning("fxckpt backend: the budget is below the graph's smallest feasible peak; the graph is split "
                     "into pieces of %.2f MiB of parameters, whose gradients are accumulated piece by piece", cap / MIB)
+        failed = []  # NOTE [ A split graph's floor is its pieces' together ]
+
+        def compile_piece(piece, inputs, key):
+            if not failed:
+                try:
+                    return self._compile_graph(piece, inputs, key)
+                except Exception as e:
+                    if _infeasible(e) is None or self.budget_mb is None or self.compiler == "inductor":
+                        raise
+                    failed.append(_infeasible(e))
+            self._probe = True
+            try:
+                return self._compile_graph(piece, inputs, key)
+            finally:
+                self._probe = False
         try:
-            return split_graph(gm, example_inputs, cap, self._compile_graph, frame)
+            split = split_graph(gm, example_inputs, cap, compile_piece, frame, self._reads)
+            if failed:
+                raise failed[0]  # `__call__` names the floor of all the pieces together
+            return split
         except Exception as e:
             err = _infeasible(e)
             reordered = _cause(e, RandomOrderChanged)
@@ -220,18 +294,19 @@ class FxckptBackend:
         """`gm` compiled with fxckpt's plan, `reserve` bytes left free at its boundary; under
         inductor, planned again until the code inductor generates holds the budget (NOTE
         [ Inductor's code is the prediction ])."""
+        outs = _passing_outputs(gm) if isinstance(frame, tuple) else None
         if self.compiler != "inductor":
-            return self._compile(gm, example_inputs, _Partitioner(self, frame, reserve=reserve))
+            return self._compile(gm, example_inputs, _Partitioner(self, frame, reserve=reserve, passing=outs))
         shave, smallest, tried, floor = 0, None, set(), False
         for attempt in range(MAX_REPLANS + 1):
             floor = floor or attempt == MAX_REPLANS
-            part = _Partitioner(self, frame, reserve=reserve, shave=shave, floor=floor)
+            part = _Partitioner(self, frame, reserve=reserve, shave=shave, floor=floor, passing=outs)
             try:
                 fn = self._compile(gm, example_inputs, part)
             except Exception as e:
                 if floor or _infeasible(e) is None:
                     raise
-                part = _Partitioner(self, frame, reserve=reserve, floor=True)
+                part = _Partitioner(self, frame, reserve=reserve, floor=True, passing=outs)
                 fn, floor = self._compile(gm, example_inputs, part), True
             held = part.held()
             if held is None:  # no backward: inductor's default partition, nothing planned
@@ -250,9 +325,31 @@ class FxckptBackend:
                      peak - budget, frame)
             tried.add(part.last.recompute)
             shave += peak - budget
+        smallest = self._lowest_code(gm, example_inputs, frame, reserve, outs, budget, smallest, tried)
         held_before = self.held_before(frame)
         raise InfeasibleBudgetError(budget + held_before, smallest + held_before,
                                     peak_at=f"the code inductor generated for graph {frame} at its lowest plan")
+
+    def _lowest_code(self, gm, example_inputs, frame, reserve: int, outs, budget: int, smallest: int, tried) -> int:
+        """The smallest peak inductor's code holds among the plans tried and the solver's plans at
+        that peak, tried while they hold less (NOTE [ The floor plan is not the code's floor ])."""
+        for _ in range(MAX_REPLANS):
+            part = _Partitioner(self, frame, reserve=reserve, shave=budget - smallest, passing=outs)
+            try:
+                self._compile(gm, example_inputs, part)
+            except Exception as e:
+                if _infeasible(e) is None:
+                    raise
+                break
+            held = part.held()
+            if held is None or part.last.recompute in tried:
+                break
+            tried.add(part.last.recompute)
+            peak = max(held.peak(reserve), part.last.predicted_peak_bytes)
+            if peak >= smallest:
+                break
+            smallest = peak
+        return smallest
 
     def _record_inductor(self, frame, reserve: int, held: StepBuffers, held_peak: int, fn):
         """Record the graph's plan as inductor's code holds it (`held`; `held_peak`: the larger of
@@ -264,7 +361,7 @@ class FxckptBackend:
             log.warning("graph %s: planned at its smallest feasible peak under inductor, %d B", frame, held_peak)
             plan = dataclasses.replace(plan, budget_bytes=held_peak)
         self._graphs[frame] = dataclasses.replace(g, plan=plan, boundary_bytes=held.boundary_bytes,
-                                                  peak_bytes=held.peak(0))
+                                                  peak_bytes=held.peak(0), code=held)
         return fn
 
     def held_before(self, frame) -> int:
@@ -273,12 +370,94 @@ class FxckptBackend:
 
     def predicted_peak_bytes(self) -> int:
         """The step's predicted activation peak: each graph's own predicted peak over what the
-        graphs before it hold (NOTE [ Graph breaks share the budget in first-run order ])."""
+        graphs before it hold (NOTE [ Graph breaks share the budget in first-run order ]), its
+        backward's with the outputs of the graphs after it (NOTE [ Later graphs' outputs outlive
+        their backward ])."""
         held = worst = 0
         for g in self.graphs:
-            worst = max(worst, held + g.peak_bytes)
+            worst = max(worst, held + self._peak_with_after(g))
             held += g.boundary_bytes
         return worst
+
+    def _after(self, frame) -> int:
+        """Bytes live through `frame`'s backward that the graphs after it (first-run order) made:
+        their outputs the caller holds, and the gradients their backwards returned for values
+        the pieces before `frame`'s made (NOTE [ Later graphs' outputs outlive their backward ])."""
+        frames = list(self._graphs)
+        if frame not in self._graphs:
+            return 0
+        k = frames.index(frame)
+        later = frames[k + 1:]
+        grads = {key: nbytes for f in later for maker, key, nbytes in self._reads.get(f, ())
+                 if maker in self._graphs and frames.index(maker) < k}
+        return sum(self._graphs[f].after_bytes for f in later) + sum(grads.values())
+
+    def _ran(self, frame, args, outputs) -> None:
+        """A graph's first run on real tensors: which of its inputs earlier graphs made (their
+        gradients outlive its backward), and its outputs, for the graphs after it; the graphs
+        before it are planned again where those gradients leave them over `budget_mb`."""
+        import weakref
+
+        reads = self._note_reads(frame, args)
+        for t in torch.utils._pytree.tree_leaves(outputs):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                self._made[id(t)] = (weakref.ref(t), frame)
+        if reads and self.budget_mb is not None and frame in self._graphs:
+            self._fit_earlier(frame)
+
+    def _note_reads(self, frame, args) -> list:
+        """What `args` (real tensors) hold that earlier graphs made and that requires grad: kept in
+        `_reads[frame]`, and returned where not known before."""
+        reads = []
+        known = {key for _, key, _ in self._reads.get(frame, ())}
+        for t in args:
+            hit = self._made.get(id(t)) if isinstance(t, torch.Tensor) and t.requires_grad else None
+            if hit is not None and hit[0]() is t and ("ran", id(t)) not in known and not (
+                    isinstance(hit[1], tuple) and isinstance(frame, tuple) and hit[1][0] == frame[0]):  # `split_graph`'s
+                reads.append((hit[1], ("ran", id(t)), t.untyped_storage().nbytes()))
+        if reads:
+            self._reads[frame] = self._reads.get(frame, []) + reads
+        return reads
+
+    def _peak_with_after(self, g: CompiledGraph) -> int:
+        """`g`'s own peak with the later graphs' outputs live through its backward."""
+        after = self._after(g.frame)
+        if not after:
+            return g.peak_bytes
+        if g.code is not None:
+            return g.code.peak(0, after)
+        return simulate(with_reserve(g.problem, 0, after), g.problem.indices(g.plan.recompute)).peak_bytes
+
+    def _chain_floor(self, start: int) -> int:
+        """The smallest `budget_mb` at which every graph planned so far plans in turn, from
+        `start` up, following the floors each refusal names (NOTE [ A split graph's floor is its
+        pieces' together ]): planned again on their problems, nothing compiled."""
+        floor = start
+        graphs = [(f, g.problem) for f, g in self._graphs.items()]
+        if self._pending is not None and self._pending[0] not in self._graphs:  # refused before it was recorded
+            graphs.append(self._pending)
+        for _ in range(4 * len(graphs) + 4):
+            trial = FxckptBackend(budget_mb=floor / MIB, solver=self.solver, compiler=self.compiler)
+            trial._reads = self._reads
+            try:
+                for f, problem in graphs:
+                    trial.plan(problem, f)
+                return floor
+            except InfeasibleBudgetError as e:
+                if e.min_feasible_bytes <= floor:
+                    return floor
+                floor = e.min_feasible_bytes
+        return floor
+
+    def _fit_earlier(self, frame) -> None:
+        """Plan again each graph before `frame`'s whose backward, with the outputs of the graphs
+        after it (known only now), exceeds `budget_mb` (NOTE [ Later graphs' outputs outlive their
+        backward ]); it compiles again on its next call."""
+        limit = int(self.budget_mb * MIB)
+        for f in self._frames_before(frame):
+            g = self._graphs[f]
+            if self.held_before(f) + self._peak_with_after(g) > limit:
+                self._replan(g, g.reserve_bytes)
 
     def _lowest(self, problem: RematProblem, floor: int) -> Plan:
         """The plan at the smallest feasible peak an error named, or the lowest-peak plan known where
@@ -300,7 +479,9 @@ class FxckptBackend:
         boundary for the graphs after it (NOTE [ Graph breaks share the budget in first-run order ]),
         aiming `shave` bytes below it, or at its smallest feasible peak (`floor`): where inductor's
         code held more than the problem predicts (NOTE [ Inductor's code is the prediction ])."""
-        if self.budget_mb is not None:
+        if self._probe:
+            plan = self._floor_plan(problem)
+        elif self.budget_mb is not None:
             plan = self._within_budget(problem, frame, reserve, shave, floor)
         else:
             budget = max(0, int(self.budget * simulate(problem).peak_bytes))
@@ -314,6 +495,12 @@ class FxckptBackend:
                 if self.compiler == "inductor":  # judged by inductor's code, which may hold less (`_record_inductor`)
                     plan = dataclasses.replace(plan, budget_bytes=budget)
         self._record(problem, frame, plan, reserve)
+        if self.budget_mb is not None and not self._probe:
+            self._fit_earlier(frame)
+            g = self._graphs[frame]
+            if self.held_before(frame) + g.peak_bytes > int(self.budget_mb * MIB):  # an earlier one now holds more
+                plan = self._within_budget(problem, frame, reserve, shave, floor)
+                self._record(problem, frame, plan, reserve)
         log.info("%s", plan.summary())
         return plan
 
@@ -321,13 +508,13 @@ class FxckptBackend:
         sim = simulate(problem, problem.indices(plan.recompute))
         # the eager loss exists only after the last graph's forward (NOTE [ The eager loss ] in joint.py)
         self._graphs[frame] = CompiledGraph(problem.name, frame, plan, problem, sim.boundary_bytes - problem.loss_bytes,
-                                            sim.peak_bytes, reserve)
+                                            sim.peak_bytes, reserve, held_output_bytes(problem))
 
     def _within_budget(self, problem: RematProblem, frame, reserve: int, shave: int = 0, floor: bool = False) -> Plan:
         """The plan of a graph under `budget_mb` less what the graphs before it hold (and less
         `shave`, or at its floor: see `plan`); where that is below its floor, the graph before it is
         re-planned to leave the floor free (recursively)."""
-        limit, target = int(self.budget_mb * MIB), with_reserve(problem, reserve)
+        limit, target = int(self.budget_mb * MIB), with_reserve(problem, reserve, self._after(frame))
 
         def solved() -> Plan:
             budget = max(0, limit - self.held_before(frame))
@@ -356,6 +543,29 @@ class FxckptBackend:
         self._record(g.problem, g.frame, plan, reserve)
         if g.frame in self._compiled:  # not when a graph was partitioned outside __call__
             self._compiled[g.frame].replan(reserve)
+
+
+# NOTE [ A split graph's floor is its pieces' together ]
+# The pieces of a split graph are planned in turn, each for what the pieces before it leave, and
+# the first that cannot be planned used to end the split with an error naming the floor of the
+# pieces planned so far: on the Mixtral of NOTE [ Later graphs' outputs outlive their backward ],
+# 228,744 B (the first piece's), then 497,176, 531,480, 629,800, 663,080, 672,056 and 739,888 B
+# as each was passed back, before 741,936 B planned. Now (aot_eager) the pieces after a refused
+# one are compiled at their own floors, only to be planned, and a refusal names the smallest
+# budget at which all the graphs known then plan in turn (`_chain_floor`, on their problems; in
+# `__call__`, so a later graph's refusal counts the graph refused too). Graphs Dynamo compiles
+# later are unknown then and may raise the floor again: that Mixtral now names 663,080 B, then
+# (with its loss graph) 741,936 B, which plans (measured 741,932 B).
+
+
+# NOTE [ The floor plan is not the code's floor ]
+# Under inductor a budget is refused at the smallest peak the code of the plans tried held, and
+# the plan tried last is the problem's floor plan, whose simulated peak is the lowest. Inductor's
+# code need not follow: on the pooling CNN of tests/test_compile.py the floor plan (39 values
+# replayed, 2,099,896 B simulated) held 2,520,696 B, named as the floor, while the plan the solver
+# makes for 2,520,696 B (32 replayed) held 2,394,000 B, measured 2,393,996 B: budgets in between
+# were refused although a plan fit them. So before refusing, the solver's plan for the smallest
+# peak held so far is compiled too, and again while that lowers it (`_lowest_code`).
 
 
 # NOTE [ Parameter gradients are returned per graph ]
@@ -414,31 +624,82 @@ class RandomOrderChanged(FxckptError):
     random numbers' order ]); raise the budget to the whole graph's floor."""
 
 
-def split_graph(gm: fx.GraphModule, example_inputs, piece_bytes: int, compile_graph, frame):
+def split_graph(gm: fx.GraphModule, example_inputs, piece_bytes: int, compile_graph, frame,
+                reads: dict | None = None):
     """`gm` cut into pieces of at least `piece_bytes` of parameters (DDPOptimizer's buckets, in
     reverse graph order), piece `k` compiled by `compile_graph(piece, inputs, (frame, k))` (NOTE
     [ Parameter gradients are returned per graph ]); `RandomOrderChanged` where the pieces would
-    draw random numbers out of the graph's order."""
+    draw random numbers out of the graph's order. `reads[(frame, k)]`: what piece k reads that
+    requires grad and an earlier piece made, as (that piece's key, a key for the value, its bytes)."""
     import itertools
 
     from torch._dynamo.backends.distributed import DDPOptimizer
 
     pieces = itertools.count()
-    order = []
-    for n in _random_nodes(gm):  # split_module renames nodes, and copies their meta
-        n.meta["fxckpt_random"] = n.name
-        order.append(n.name)
+    for a in torch.utils._pytree.tree_leaves(gm.graph.output_node().args):  # NOTE [ Outputs only later pieces read ]
+        if isinstance(a, fx.Node):
+            a.meta["fxckpt_escapes"] = True
+    for n in gm.graph.nodes:  # split_module renames nodes, and copies their meta
+        n.meta["fxckpt_name"] = n.name
+    order = [n.name for n in _random_nodes(gm)]
     drawn = 0
+    made: dict[str, int] = {}  # a value's name -> the piece that computes it
 
     def compile_piece(piece: fx.GraphModule, inputs):
         nonlocal drawn
-        mine = [n.meta.get("fxckpt_random") for n in _random_nodes(piece)]
+        mine = [n.meta.get("fxckpt_name") for n in _random_nodes(piece)]
         if mine != order[drawn:drawn + len(mine)]:
             raise RandomOrderChanged(f"a piece draws {mine[:3]} where the graph draws {order[drawn:drawn + 3]} next")
         drawn += len(mine)
-        return compile_graph(piece, inputs, (frame, next(pieces)))
+        k = next(pieces)
+        if reads is not None:  # NOTE [ Later graphs' outputs outlive their backward ]
+            reads[(frame, k)] = [((frame, made[name]), (frame, name), val.untyped_storage().nbytes())
+                                 for n in piece.graph.nodes
+                                 if n.op == "placeholder" and (name := n.meta.get("fxckpt_name")) in made
+                                 and isinstance(val := n.meta.get("example_value"), torch.Tensor) and val.requires_grad]
+        made.update({n.meta["fxckpt_name"]: k for n in piece.graph.nodes
+                     if n.op not in ("placeholder", "output") and "fxckpt_name" in n.meta})
+        return compile_graph(piece, inputs, (frame, k))
     split = DDPOptimizer(bucket_bytes_cap=piece_bytes, first_bucket_cap=piece_bytes, backend_compile_fn=compile_piece)
     return split.compile_fn(gm, example_inputs)
+
+
+# NOTE [ Outputs only later pieces read ]
+# A piece of a split graph returns what the pieces after it read and what the whole graph
+# returns. Only the latter reach the caller: `split_module`'s code drops the former after their
+# last reader, and autograd keeps them only while a later piece saves them, whose backward runs
+# before this piece's. Counted as outputs held to the end of the step, they were live again in
+# their own piece's backward: on a 2-layer Mixtral split into 5 pieces, a 65,536 B expert
+# activation in the backward of the piece that made it. Such an output is held across the
+# piece's boundary (the later pieces run while it lives) and released where its backward starts
+# (the "bwd tangents" node saves it). Found on the Dynamo graph (`split_graph` marks the whole
+# graph's outputs, `split_module` copies the mark) and matched to the joint graph's forward
+# outputs, whose user outputs come last (after tokens and mutated inputs; intermediate bases
+# and functionalized RNG offsets would follow them: where the shapes do not match, every output
+# stays held).
+def _passing_outputs(gm: fx.GraphModule) -> list[tuple[bool, tuple | None]]:
+    """Per output of a piece: whether only later pieces read it, and its shape (None: not a tensor)."""
+    out = []
+    for a in torch.utils._pytree.tree_leaves(gm.graph.output_node().args):
+        val = a.meta.get("example_value") if isinstance(a, fx.Node) else None
+        tensor = isinstance(val, torch.Tensor)
+        passing = tensor and a.op != "placeholder" and not a.meta.get("fxckpt_escapes")
+        out.append((passing, tuple(val.shape) if tensor else None))
+    return out
+
+
+def _passing_positions(joint: fx.GraphModule, num_fwd_outputs: int, passing) -> frozenset[int]:
+    """The positions among the joint graph's forward outputs of the outputs only later pieces
+    read (NOTE [ Outputs only later pieces read ]); none where they cannot be matched."""
+    if not passing or not any(p for p, _ in passing) or len(passing) > num_fwd_outputs:
+        return frozenset()
+    outputs = joint.graph.output_node().args[0][:num_fwd_outputs]
+    base = num_fwd_outputs - len(passing)
+    for (_, shape), a in zip(passing, outputs[base:]):
+        val = a.meta.get("val") if isinstance(a, fx.Node) else None
+        if shape is not None and (not isinstance(val, torch.Tensor) or tuple(val.shape) != shape):
+            return frozenset()
+    return frozenset(base + i for i, (p, _) in enumerate(passing) if p)
 
 
 def _cause(error: BaseException | None, kind: type):
@@ -465,8 +726,10 @@ class _Partitioner(_custom_partitioner_base()):
     """Inductor's `CustomPartitionerFn` (and AOTAutograd's `partition_fn`): the joint graph to a
     forward and a backward graph that recompute what fxckpt's plan recomputes."""
 
-    def __init__(self, owner: FxckptBackend, frame, reserve: int = 0, shave: int = 0, floor: bool = False):
+    def __init__(self, owner: FxckptBackend, frame, reserve: int = 0, shave: int = 0, floor: bool = False,
+                 passing: list | None = None):
         self.owner, self.frame, self.reserve = owner, frame, reserve
+        self.passing = passing  # per output of the Dynamo graph: (only later pieces read it, its shape)
         self.shave, self.floor = shave, floor
         self.last: Plan | None = None
         self.loss_bytes = 0  # the chosen problem's (NOTE [ The eager loss ] in joint.py)
@@ -487,9 +750,11 @@ class _Partitioner(_custom_partitioner_base()):
 
     def __call__(self, joint: fx.GraphModule, joint_inputs, *, num_fwd_outputs: int,
                  static_lifetime_input_indices=None, **kwargs):
+        fusion = self.owner.compiler == "inductor"
+        passing = frozenset() if fusion else _passing_positions(joint, num_fwd_outputs, self.passing)
         fw, bw = partition(joint, num_fwd_outputs=num_fwd_outputs,
                            static_lifetime_input_indices=static_lifetime_input_indices, choose=self._choose,
-                           fusion=self.owner.compiler == "inductor")
+                           fusion=fusion, passing=passing)
         if self.last is not None:
             self._names = boundary_names(fw, bw, num_fwd_outputs)
         return fw, bw
@@ -502,6 +767,7 @@ class _Partitioner(_custom_partitioner_base()):
 
     def _choose(self, problem: RematProblem) -> Plan:
         self.loss_bytes = problem.loss_bytes
+        self.owner._pending = (self.frame, problem)
         self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
 
@@ -514,6 +780,7 @@ class _Replannable:
         self.owner, self.gm, self.frame, self.fn = owner, gm, frame, fn
         self.reserve: int | None = None
         self.watch = RunWatch(f"compiled graph {frame}", self._boundary_bytes, owner._warned)
+        self.ran = False  # once on real tensors (`FxckptBackend._ran`)
 
     def _boundary_bytes(self) -> int:
         g = self.owner._graphs.get(self.frame)
@@ -529,11 +796,14 @@ class _Replannable:
         self.watch.before(args)
         out = self.fn(*args)
         self.watch.after(out)
+        if not self.ran and torch.is_grad_enabled() and not _fake(args):
+            self.ran = True
+            self.owner._ran(self.frame, args, out)
         return out
 
 
 def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_input_indices=None, choose,
-              fusion: bool = False):
+              fusion: bool = False, passing: frozenset[int] = frozenset()):
     """Split `joint` into forward and backward graphs saving what `choose(problem) -> Plan` keeps
     (`fusion`: inductor compiles them; see `fxckpt.compile.joint.build_problem`).
 
@@ -553,6 +823,8 @@ def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_in
         joint.recompile()
     if P.has_recomputable_ops(joint):
         joint = P.cleanup_recompute_tags(joint, is_default_partition=False)
+    copy_running_stats(joint.graph)  # NOTE [ A replayed batch norm reads copies of the running statistics ]
+    joint.recompile()
     P.force_save_collectives(joint)
     P.force_save_effectful_ops(joint)
     P.force_save_bw_mutation_src(joint)
@@ -563,7 +835,7 @@ def partition(joint: fx.GraphModule, *, num_fwd_outputs: int, static_lifetime_in
                                    static_lifetime_input_indices=static)
     specialize_sizes(joint)
     with real_values(joint, enabled=not fusion):
-        jp = build_problem(joint, info, num_fwd_outputs, fusion=fusion)
+        jp = build_problem(joint, info, num_fwd_outputs, fusion=fusion, passing=passing)
     plan = choose(jp.problem)
     saved = saved_values(jp, plan.recompute)
     fw, bw = P._extract_fwd_bwd_modules(

@@ -57,9 +57,10 @@ class StepBuffers:
     boundary_bytes: int  # what the forward allocated and returns: saved values and outputs
     backward_peak: int  # above the boundary (the tangents included)
 
-    def peak(self, reserve: int = 0) -> int:
-        """The step's peak, `reserve` bytes more held at the boundary for the graphs after it."""
-        return max(self.forward_peak, self.boundary_bytes + max(reserve, self.backward_peak))
+    def peak(self, reserve: int = 0, after: int = 0) -> int:
+        """The step's peak, `reserve` bytes more held at the boundary for the graphs after it, and
+        `after` bytes of their outputs through the backward."""
+        return max(self.forward_peak, self.boundary_bytes + max(reserve, after + self.backward_peak))
 
 
 class BufferPlanRecorder:

@@ -35,6 +35,7 @@ in `fxckpt/compile/inductor_memory.py`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import operator
 from dataclasses import dataclass
 
@@ -293,6 +294,36 @@ def mutated_inputs(graph: fx.Graph) -> tuple[set[fx.Node], set[fx.Node]]:
     return written, only_writes
 
 
+# NOTE [ A replayed batch norm reads copies of the running statistics ]
+# A training-mode batch norm may be replayed (NOTE [ A replay reads an input as the graph left
+# it ]), and its replay takes the running statistics as arguments: backward needed the inputs
+# themselves, saved by autograd, and the graph's next forward writes them. Two forwards before
+# one backward (`loss = m(x1).sum() + m(x2).sum()`) then failed in backward with autograd's "one
+# of the variables needed for gradient computation has been modified by an inplace operation"
+# (a BatchNorm CNN at budget=0.5, aot_eager; plain torch.compile, which never replays a batch
+# norm, ran). So the batch norm reads copies of them made just before it (`copy_running_stats`):
+# its results are the same bits, a replay reads the copies (two vectors of the channels' size,
+# charged as any saved value), and the inputs are never saved.
+
+
+def copy_running_stats(graph: fx.Graph) -> None:
+    """Make each training-mode batch norm read copies of the running statistics the graph writes
+    (NOTE [ A replayed batch norm reads copies of the running statistics ])."""
+    written, _ = mutated_inputs(graph)
+    for n in list(graph.find_nodes(op="call_function", target=torch.ops.aten._native_batch_norm_legit_functional.default)):
+        if not (len(n.args) > 5 and n.args[5] is True):
+            continue
+        for i in (3, 4):
+            a = n.args[i]
+            if isinstance(a, fx.Node) and _base(a) in written and isinstance(a.meta.get("val"), torch.Tensor):
+                with graph.inserting_before(n):
+                    copy = graph.call_function(torch.ops.aten.clone.default, (a,))
+                val = a.meta["val"]
+                with val.fake_mode if hasattr(val, "fake_mode") else contextlib.nullcontext():
+                    copy.meta["val"] = val.clone()
+                n.update_arg(i, copy)
+
+
 def _reads_mutated(node: fx.Node, mutated: tuple[set[fx.Node], set[fx.Node]]) -> str | None:
     """Why `node` may not be replayed: it reads an input the graph writes (NOTE [ A replay reads
     an input as the graph left it ])."""
@@ -438,18 +469,23 @@ def _is_tensor_node(node: fx.Node) -> bool:
 
 
 def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str = "compiled graph",
-                  fusion: bool = False) -> JointProblem:
+                  fusion: bool = False, passing: frozenset[int] = frozenset()) -> JointProblem:
     """The `RematProblem` of a joint graph classified by `torch._functorch.partitioners.classify_nodes`.
 
     Forward nodes are the forward-only and the unclaimed ones (computed from primals alone, so
     the partitioner may place them on either side); see NOTE [ The compiled step's memory, in
     the eager runtime's model ]. `fusion`: the halves are compiled by inductor, whose fused
     pointwise values exist in memory only across the forward/backward boundary (`fused_values`),
-    and whose channels-last layout copies inputs and changes convolutions' scratch.
+    and whose channels-last layout copies inputs and changes convolutions' scratch. `passing`: the
+    positions of forward outputs that only later pieces of a split graph read (NOTE [ Outputs
+    only later pieces read ]).
     """
     graph_nodes = list(joint.graph.nodes)
     outputs = graph_nodes[-1].args[0]
     fwd_outputs = {a for a in pytree.tree_leaves(outputs[:num_fwd_outputs]) if isinstance(a, fx.Node)}
+    passed = {a for i, a in enumerate(outputs[:num_fwd_outputs]) if i in passing and isinstance(a, fx.Node)}
+    passed -= {a for i, a in enumerate(outputs[:num_fwd_outputs]) if i not in passing}
+    held = fwd_outputs - passed
     primals = [n for n in graph_nodes if n.op == "placeholder" and not str(n.target).startswith("tangents")]
     tangents = [n for n in graph_nodes if n.op == "placeholder" and str(n.target).startswith("tangents")]
     layout = fusion and channels_last_layout(joint)
@@ -463,8 +499,12 @@ def build_problem(joint: fx.GraphModule, info, num_fwd_outputs: int, name: str =
     index = {n: i for i, n in enumerate(forward)}
     source = _storage_sources(graph_nodes, [p for p in primals + tangents if p not in copies], index)
     inlined = inlined_replays(graph_nodes, info, fused) if fusion else set()
-    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, inlined, constant, layout, fusion)
+    nodes, buffers = _forward_nodes(forward, index, source, fwd_outputs, fused, inlined, constant, layout, fusion,
+                                    held)
     bwd_nodes, grads = _backward_nodes(backward, tangents, outputs[num_fwd_outputs:], index, nodes, fusion, fused, layout)
+    if passed:  # held to the start of backward, by the later pieces (NOTE [ Outputs only later pieces read ])
+        bwd_nodes[-1] = dataclasses.replace(bwd_nodes[-1], saves=tuple(dict.fromkeys(
+            b for a in passed if a in index for b in nodes[index[a]].value)))
     problem = RematProblem(tuple(nodes + bwd_nodes), tuple(buffers), grads=tuple(grads), name=name,
                            loss_bytes=eager_loss_bytes(fwd_outputs))
     return JointProblem(problem, forward, backward, primals, source)
@@ -614,11 +654,11 @@ def constants(graph_nodes: list[fx.Node]) -> set[fx.Node]:
 
 
 def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fwd_outputs: set[fx.Node],
-                   fused: set[fx.Node], inlined: set[fx.Node], constant: set[fx.Node], layout: bool, fusion: bool
-                   ) -> tuple[list[Node], list[Buffer]]:
+                   fused: set[fx.Node], inlined: set[fx.Node], constant: set[fx.Node], layout: bool, fusion: bool,
+                   held: set[fx.Node]) -> tuple[list[Node], list[Buffer]]:
     """A problem node per forward fx node, and the buffers they create (one per element of a tuple).
     Values of `constant` are forced recomputations (NOTE [ Values that depend on no input are
-    replayed, never saved ])."""
+    replayed, never saved ]); outputs in `held` are held to the end of the step."""
     nodes: list[Node] = []
     buffers: list[Buffer] = []
     buf_of: dict[fx.Node, int] = {}  # fx node owning a storage -> buffer index
@@ -642,7 +682,7 @@ def _forward_nodes(forward: list[fx.Node], index: dict[fx.Node, int], source, fw
             name=n.name, op=str(getattr(n.target, "overloadpacket", n.target)), inputs=tuple(dict.fromkeys(
                 index[a] for a in n.all_input_nodes if a in index)),
             creates=tuple(creates), value=value, flops=_flops(n) if creates else 0,
-            transient_bytes=op_scratch(n, layout, fusion), is_output=n in fwd_outputs,
+            transient_bytes=op_scratch(n, layout, fusion), is_output=n in held,
             prefer=_prefer(n) or ("recompute" if replay else None), ban=ban,
         ))
     return nodes, buffers
