@@ -21,6 +21,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .core.errors import MIB
@@ -83,8 +84,8 @@ class LiveBytesMode(TorchDispatchMode):
     count too (`fxckpt.passes.runtime.watch_rng_states`). Not seen: memory an op uses only
     internally (unless ``scratch`` says how much), and outputs without a storage (other sparse
     layouts). Under any dispatch mode the autograd engine sums two gradients of one value out of
-    place; a backward run inside `following` counts the sums a step without the mode does in
-    place as in place.
+    place; the meter counts the sums a step without the mode does in place as in place
+    (`following`).
 
     Attributes:
         peak_bytes: the largest live total, taken after each op's outputs are created.
@@ -142,9 +143,10 @@ class LiveBytesMode(TorchDispatchMode):
 
     def following(self, *roots: torch.Tensor):
         """Within the block, the backward of `roots` is followed, so that the gradients the autograd
-        engine sums in place count as in a step without this mode (NOTE [ Gradients the engine sums
-        in place ] in fxckpt/passes/engine_sums.py); without it, each such sum counts one gradient
-        more for a moment. `measure_step` and the dry run follow their loss."""
+        engine sums in place count as in a step without a dispatch mode (NOTE [ Gradients the
+        engine sums in place ] in fxckpt/passes/engine_sums.py). Entered as a mode, the meter
+        follows every backward started inside it by itself; with `booking` (a fake step's
+        observer), the caller follows its loss."""
         return self._sums.following(*roots)
 
     @contextlib.contextmanager
@@ -158,12 +160,15 @@ class LiveBytesMode(TorchDispatchMode):
     def __enter__(self):
         self._watching = watch_rng_states(self._rng_state)
         self._watching.__enter__()
+        self._backwards = _Backwards(self._sums)
+        self._backwards.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
+            self._backwards.__exit__(None, None, None)
             self._watching.__exit__(None, None, None)
 
     def _rng_state(self, t: torch.Tensor) -> None:
@@ -250,6 +255,28 @@ class LiveBytesMode(TorchDispatchMode):
         return True
 
 
+class _Backwards(TorchFunctionMode):
+    """Runs each backward started while it is active (``Tensor.backward``, ``autograd.backward``,
+    ``autograd.grad``) inside `EngineSums.following` of its outputs."""
+
+    def __init__(self, sums: EngineSums):
+        super().__init__()
+        self.sums = sums
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.backward:
+            roots = args[:1]
+        elif func is torch.autograd.backward:
+            roots = list(_tensors(args[0] if args else kwargs.get("tensors")))
+        elif func is torch.autograd.grad:
+            roots = list(_tensors(args[0] if args else kwargs.get("outputs")))
+        else:
+            return func(*args, **kwargs)
+        with self.sums.following(*roots):
+            return func(*args, **kwargs)
+
+
 @dataclass(frozen=True)
 class StepMeasurement:
     """What one training step cost."""
@@ -324,13 +351,10 @@ def measure_step(model, example_input, *, loss_fn=None, repeats: int = 1, warmup
 
 
 def _training_step(model, example_input, loss_fn):
-    """The step every measurement runs: the model on the example, then backward of its loss,
-    which `meter` (a LiveBytesMode) follows."""
-    def step(meter: LiveBytesMode | None = None):
+    """The step every measurement runs: the model on the example, then backward of its loss."""
+    def step():
         output = call_with(model, example_input)
-        loss = (loss_fn or step_loss)(output)
-        with meter.following(loss) if meter is not None else contextlib.nullcontext():
-            loss.backward()
+        (loss_fn or step_loss)(output).backward()
     return step
 
 
@@ -404,7 +428,7 @@ def _peak_bytes(step, reset, cuda) -> int:
         torch.cuda.synchronize(cuda)
         return torch.cuda.max_memory_allocated(cuda) - before
     with LiveBytesMode() as live:
-        step(live)
+        step()
     return live.peak_bytes
 
 

@@ -131,9 +131,7 @@ def memory_efficient_gradient_accumulation(model: nn.Module, data_loader: Iterab
         for inputs, targets in _chain(first, batches):
             args, kwargs = split_input(inputs)
             loss = loss_fn(ckpt(*args, **kwargs), targets)
-            scaled = loss / accumulation_steps
-            with meter.following(scaled) if isinstance(meter, LiveBytesMode) else contextlib.nullcontext():
-                scaled.backward()
+            (loss / accumulation_steps).backward()
             micro.append(loss.item())
             pending += 1
             if pending == accumulation_steps:

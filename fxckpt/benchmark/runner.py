@@ -74,12 +74,10 @@ class _Stepper:
                 b.copy_(saved)
         torch.manual_seed(self.seed)
 
-    def step(self, meter: LiveBytesMode | None = None) -> None:
+    def step(self) -> None:
         with self.prep.context():
             output = call_with(self.prep.module, self.example)
-            loss = step_loss(output)
-            with meter.following(loss) if meter is not None else contextlib.nullcontext():
-                loss.backward()
+            step_loss(output).backward()
 
     def timed_step(self) -> float:
         self.reset()
@@ -130,7 +128,7 @@ def _measure(stepper: _Stepper, *, iterations: int, live: bool, forward_check: b
     if live and prep.counter is None:  # not compiled rows: under a dispatch mode, Dynamo runs the model eagerly
         stepper.reset()
         with LiveBytesMode() as mode:
-            stepper.step(mode)
+            stepper.step()
         measured.live_bytes = mode.peak_bytes
     if forward_check:
         stepper.reset()
