@@ -163,6 +163,30 @@ _SELECTING_FUNCS = {f: name for name in _SELECTING for f in (getattr(torch, name
 _SELECTING_FUNCS.update({getattr(aten, name).default if name not in ("max", "min", "median", "nanmedian") else
                          getattr(aten, name).dim: name for name in _SELECTING})
 _SELECTING_FUNCS[aten.sort.stable] = "sort"
+# NOTE [ Full value-selecting reductions ]
+# max(), min(), median() and nanmedian() over all elements spread their gradient over the
+# elements equal to the result (`evenly_distribute_backward`): for plain tensors into zeros
+# masked in place, with one bool mask and its count (whose sum accumulates a 64-bit copy of the
+# mask); for subclasses (a fake step) as two NaN masks, their `and`, the equality mask and a
+# product of the mask and the gradient. A net subtracting the median of a 16x64 activation
+# measured 21,784 B at the allocator for 19,737 B planned at budget 1.0 (max() alike). In a
+# fake step they run as `_Spread`, whose backward allocates as the plain-tensor path.
+_FULL = frozenset(getattr(aten, name).default for name in ("max", "min", "median", "nanmedian"))
+
+
+class _Spread(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, func):
+        out = func(x)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        out.isnan()  # the real formula's `value.isnan().item()` (x.isnan() is the mask where it holds)
+        mask = x == out
+        return grad.new_zeros(x.shape).masked_fill_(mask, grad / mask.sum()), None
 
 
 class _Select(torch.autograd.Function):
@@ -191,6 +215,8 @@ def _selecting(func, x: torch.Tensor, args: tuple, kwargs: dict):
     """`func`'s values and indices through `_Select` (NOTE [ Value-selecting reductions ]), or
     None where this call is not a value-selecting one (a full reduction, `max(a, b)`)."""
     name = _SELECTING_FUNCS[func]
+    if not args and not kwargs and name in ("max", "min", "median", "nanmedian"):  # NOTE [ Full value-selecting reductions ]
+        return _Spread.apply(x, func)
     names, defaults, keeps, add = _SELECTING[name]
     bound = dict(defaults, **dict(zip(names, args)), **kwargs)
     if len(args) > len(names) or not set(bound) <= set(names) | {"stable"} or not isinstance(bound.get("dim"), int):
@@ -234,6 +260,8 @@ class PlainBackwards(TorchFunctionMode):
         if func in _HOUSEHOLDER and torch.is_grad_enabled() and len(args) == 2 and not kwargs and any(
                 _differentiable(a) for a in args):
             return _HouseholderProduct.apply(*args)
+        if func in _FULL and torch.is_grad_enabled() and len(args) == 1 and not kwargs and _differentiable(args[0]):
+            return _Spread.apply(args[0], func)
         if func in _SELECTING_FUNCS and torch.is_grad_enabled() and args and _differentiable(args[0]):
             out = _selecting(func, args[0], args[1:], kwargs)
             if out is not None:
@@ -244,7 +272,8 @@ class PlainBackwards(TorchFunctionMode):
 def needs_plain_backwards(gm: torch.fx.GraphModule) -> bool:
     """Whether `gm` calls an op of NOTE [ Backward formulas that branch on tensor subclasses ] (or
     of NOTE [ The Householder product's backward ], which a leaf module may call)."""
-    return any(n.target in _CUMPROD or n.target in _PROD or n.target in _SELECTING_FUNCS or n.target in _HOUSEHOLDER
+    return any(n.target in _CUMPROD or n.target in _PROD or n.target in _SELECTING_FUNCS or n.target in _FULL
+               or n.target in _HOUSEHOLDER
                or (n.op == "call_method" and n.target in ("cumprod", "prod", "orgqr", *_SELECTING))
                or (n.op == "call_module" and _orthogonal(gm.get_submodule(n.target))) for n in gm.graph.nodes)
 
