@@ -420,14 +420,15 @@ def test_fake_step_allocates_what_the_real_step_does(make):
         assert torch.equal(p.grad, q.grad)
 
 
-@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens], ids=["cumprod", "prod"])
-def test_cumprod_and_prod_under_bf16_autocast_allocate_what_the_real_step_does(make):
-    """Under autocast cumprod and prod ran on their composite backward in a fake step (NOTE [ Casts
-    autocast makes before a Function ] in passes/backward_paths.py): at budget 1.0 the cumprod
-    gate was predicted 149,256 B for 106,248 B at the allocator, the prod net 150,928 B for
-    104,264 B. Now predicted = allocator, gradients those of the unmodified model."""
+@pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _HouseholderLinear], ids=["cumprod", "prod", "householder"])
+def test_plain_backwards_under_bf16_autocast_allocate_what_the_real_step_does(make):
+    """Under autocast cumprod, prod and the Householder product ran on their composite backward in
+    a fake step (NOTE [ Casts autocast makes before a Function ] in passes/backward_paths.py): at
+    budget 1.0 the cumprod gate was predicted 149,256 B for 106,248 B at the allocator, the prod
+    net 150,928 B for 104,264 B, the Householder net 296,274 B for 312,786 B. Now predicted =
+    allocator, gradients those of the unmodified model."""
     torch.manual_seed(0)
-    model, x = make(), torch.randn(4, 32, 32, requires_grad=True)
+    model, x = make(), torch.randn(*getattr(make, "shape", (4, 32, 32)), requires_grad=True)
     ref, x2 = copy.deepcopy(model), x.detach().clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
