@@ -374,6 +374,21 @@ class _HouseholderLinear(torch.nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
+class _ExportedMedian(torch.nn.Module):
+    """The median over the batch, captured by torch.export: its unused indices are a node of their
+    own (NOTE [ Values no node reads ] in passes/annotate.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 64), torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        for _ in range(x.shape[0] // x.shape[0]):  # symbolic_trace cannot iterate a size: torch.export
+            h = h - h.median(dim=0, keepdim=True).values
+        return self.b(h)
+
+
 class _Reduced(torch.nn.Module):
     """A reduction over the features: max/sort/topk/kthvalue scatter their gradient into zeros
     (NOTE [ Value-selecting reductions ]); amax's backward casts a bool mask (NOTE [ Kernels that
@@ -395,8 +410,10 @@ _REDUCTIONS = {
 
 
 @pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens, _OrthogonalLinear,
-                                  _HouseholderLinear, *(functools.partial(_Reduced, f) for f in _REDUCTIONS.values())],
-                         ids=["cumprod", "prod", "fft", "batchnorm", "orthogonal", "householder", *_REDUCTIONS])
+                                  _HouseholderLinear, _ExportedMedian,
+                                  *(functools.partial(_Reduced, f) for f in _REDUCTIONS.values())],
+                         ids=["cumprod", "prod", "fft", "batchnorm", "orthogonal", "householder", "exported-median",
+                              *_REDUCTIONS])
 def test_fake_step_allocates_what_the_real_step_does(make):
     """Nets whose fake step differed from the real one, planned at budget 1.0: cumprod's and
     prod's backward took the composite path under the fake mode (NOTE [ Backward formulas that branch on tensor
@@ -406,7 +423,9 @@ def test_fake_step_allocates_what_the_real_step_does(make):
     copied and saved its input in the real step only; the matrix exponential's scratch (an
     orthogonal parametrization) was not probed; the Householder product's backward took its
     composite path (NOTE [ The Householder product's backward ]: 198,412 B planned, 214,804 B at the
-    allocator); reductions: see `_Reduced`. Now predicted = allocator."""
+    allocator); an exported median's unused indices were held through the backward trace
+    (`_ExportedMedian`: 149,512 B planned, 133,128 B at the allocator); reductions: see `_Reduced`.
+    Now predicted = allocator."""
     torch.manual_seed(0)
     model, x = make(), torch.randn(*getattr(make, "shape", (4, 32, 32)), requires_grad=True)
     ref = copy.deepcopy(model)  # (a `_Reduced`'s lambda is shared, not copied)
