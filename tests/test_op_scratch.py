@@ -374,6 +374,19 @@ class _HouseholderLinear(torch.nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
+class _Gathered(torch.nn.Module):
+    """8 of 32 tokens picked by gather, whose backward scatters into zeros (NOTE [ Gather's
+    backward ] in passes/backward_paths.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 64), torch.nn.Linear(64, 4)
+        self.register_buffer("index", torch.arange(0, 32, 4).view(1, 8, 1).expand(4, 8, 64).contiguous())
+
+    def forward(self, x):
+        return self.b(torch.gather(torch.tanh(self.a(x)), 1, self.index))
+
+
 class _ExportedMedian(torch.nn.Module):
     """The median over the batch, captured by torch.export: its unused indices are a node of their
     own (NOTE [ Values no node reads ] in passes/annotate.py)."""
@@ -410,9 +423,9 @@ _REDUCTIONS = {
 
 
 @pytest.mark.parametrize("make", [_CumprodGate, _ProdOverTokens, _FFTMixer, _BatchNormOnTokens, _OrthogonalLinear,
-                                  _HouseholderLinear, _ExportedMedian,
+                                  _HouseholderLinear, _ExportedMedian, _Gathered,
                                   *(functools.partial(_Reduced, f) for f in _REDUCTIONS.values())],
-                         ids=["cumprod", "prod", "fft", "batchnorm", "orthogonal", "householder", "exported-median",
+                         ids=["cumprod", "prod", "fft", "batchnorm", "orthogonal", "householder", "exported-median", "gather",
                               *_REDUCTIONS])
 def test_fake_step_allocates_what_the_real_step_does(make):
     """Nets whose fake step differed from the real one, planned at budget 1.0: cumprod's and
@@ -424,7 +437,8 @@ def test_fake_step_allocates_what_the_real_step_does(make):
     orthogonal parametrization) was not probed; the Householder product's backward took its
     composite path (NOTE [ The Householder product's backward ]: 198,412 B planned, 214,804 B at the
     allocator); an exported median's unused indices were held through the backward trace
-    (`_ExportedMedian`: 149,512 B planned, 133,128 B at the allocator); reductions: see `_Reduced`.
+    (`_ExportedMedian`: 149,512 B planned, 133,128 B at the allocator); gather's backward scattered
+    out of place (`_Gathered`: 107,016 B planned, 98,824 B); reductions: see `_Reduced`.
     Now predicted = allocator."""
     torch.manual_seed(0)
     model, x = make(), torch.randn(*getattr(make, "shape", (4, 32, 32)), requires_grad=True)
