@@ -205,7 +205,7 @@ _SELECTING_FUNCS[aten.sort.stable] = "sort"
 # product of the mask and the gradient. A net subtracting the median of a 16x64 activation
 # measured 21,784 B at the allocator for 19,737 B planned at budget 1.0 (max() alike). In a
 # fake step they run as `_Spread`, whose backward allocates as the plain-tensor path.
-_FULL = frozenset(getattr(aten, name).default for name in ("max", "min", "median", "nanmedian"))
+_SELECTING_FUNCS.update({getattr(aten, name).default: name for name in ("max", "min", "median", "nanmedian")})
 
 
 class _Spread(torch.autograd.Function):
@@ -338,8 +338,6 @@ class PlainBackwards(TorchFunctionMode):
         if func in _HOUSEHOLDER and torch.is_grad_enabled() and len(args) == 2 and not kwargs and any(
                 _differentiable(a, autocast=True) for a in args) and _plain_under_autocast(args):
             return _HouseholderProduct.apply(*(_autocast_cast(a, "householder_product") for a in args))
-        if func in _FULL and torch.is_grad_enabled() and len(args) == 1 and not kwargs and _differentiable(args[0]):
-            return _Spread.apply(args[0], func)
         if func in _SELECTING_FUNCS and torch.is_grad_enabled() and args and _differentiable(args[0]):
             out = _selecting(func, args[0], args[1:], kwargs)
             if out is not None:
@@ -350,7 +348,7 @@ class PlainBackwards(TorchFunctionMode):
 def needs_plain_backwards(gm: torch.fx.GraphModule) -> bool:
     """Whether `gm` calls an op of NOTE [ Backward formulas that branch on tensor subclasses ] (or
     of NOTE [ The Householder product's backward ], which a leaf module may call)."""
-    return any(n.target in _CUMPROD or n.target in _PROD or n.target in _SELECTING_FUNCS or n.target in _FULL
+    return any(n.target in _CUMPROD or n.target in _PROD or n.target in _SELECTING_FUNCS
                or n.target in _HOUSEHOLDER or n.target in _GATHER
                or (n.op == "call_method" and n.target in ("cumprod", "prod", "orgqr", "gather", *_SELECTING))
                or (n.op == "call_module" and _orthogonal(gm.get_submodule(n.target))) for n in gm.graph.nodes)
