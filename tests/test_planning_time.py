@@ -53,3 +53,22 @@ def test_projected_model_builds_each_key_once(monkeypatch):
     m, _ = ilp._bound_model(problem, budget, cached=False)
     assert m.rows and built
     assert len(built) == len(set(built))
+
+
+def test_fake_step_answers_device_queries_first(monkeypatch):
+    # NOTE [ Device queries in a fake step ]: torch's handler answers them before `_run`; the
+    # devices are what the fake tensors carry, inside ops (meta) and outside
+    import torch
+
+    from fxckpt.passes.fake_step import _FakeMode
+    from fxckpt.passes.ops import DEVICE_QUERY
+
+    ran = []
+    run = _FakeMode._run
+    monkeypatch.setattr(_FakeMode, "_run", lambda self, func, *a: ran.append(func) or run(self, func, *a))
+    with _FakeMode() as mode:
+        x = torch.empty(3, 4)
+        y = (x * 2).sum(0)
+        assert DEVICE_QUERY(y) == torch.device("cpu") == y.device
+    assert ran and DEVICE_QUERY not in ran
+    assert mode.from_tensor(torch.empty(2)).device == torch.device("cpu")
