@@ -72,3 +72,23 @@ def test_fake_step_answers_device_queries_first(monkeypatch):
         assert DEVICE_QUERY(y) == torch.device("cpu") == y.device
     assert ran and DEVICE_QUERY not in ran
     assert mode.from_tensor(torch.empty(2)).device == torch.device("cpu")
+
+
+def test_annotated_module_generates_no_code():
+    # NOTE [ The annotated graph's code ]: annotation and the plan never run its code; it is
+    # generated on first use, and then runs as the model does
+    import torch
+
+    import fxckpt.passes as P
+    from fxckpt.passes.capture import split_input
+
+    model, example = ZOO["gpt2"]()
+    args, kwargs = split_input(example)
+    captured = P.capture(model, args, kwargs)
+    assert captured.frontend == "export"
+    gm = P.annotate(captured)
+    assert type(gm)._needs_recompile()  # no code yet
+    assert "def forward" in gm.code
+    with torch.no_grad():
+        outputs = [torch.manual_seed(0) and m(*captured.args, **captured.kwargs) for m in (gm, captured.gm)]  # dropout
+    torch.testing.assert_close(*outputs)
