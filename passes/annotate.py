@@ -581,7 +581,12 @@ def annotate(captured: Captured, loss_fn=None) -> torch.fx.GraphModule:
 def annotate_with(captured: Captured, loss_fn=None, *, memoize: bool = True) -> tuple[torch.fx.GraphModule, _Annotator]:
     """`annotate`, and the annotator that ran: `memoize=False` counts every node's FLOPs afresh
     (NOTE [ FLOPs counted once per signature ]), which tests compare against."""
-    gm = derive(captured.gm, copy_graph(captured.gm.graph)[0])
+    # NOTE [ The annotated graph's code ]
+    # Annotation interprets the graph node by node and `rewrite` derives the graph that runs, so
+    # the annotated module's own Python code is never run on the planning path: it is generated
+    # on first use (a call, `.code`), not here (GPT-2 small: 25-40 ms of code generation and
+    # compile() per planning).
+    gm = derive(captured.gm, copy_graph(captured.gm.graph)[0], lazy=True)
     with FakeStep(gm, captured.args, captured.kwargs) as step:
         runner = _Annotator(gm, step, memoize=memoize and captured.frontend == "export")
         with in_stage("annotate", lambda e: runner.current):

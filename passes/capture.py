@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch.fx._lazy_graph_module import _make_graph_module
+from torch.fx._lazy_graph_module import _LazyGraphModule, _make_graph_module
 from torch.utils import _pytree as pytree
 
 from fxckpt.core.errors import CaptureError, LossError
@@ -451,14 +451,16 @@ def copy_graph(graph: torch.fx.Graph) -> tuple[torch.fx.Graph, dict[torch.fx.Nod
     return new, env
 
 
-def derive(gm: torch.fx.GraphModule, graph: torch.fx.Graph, **attrs) -> torch.fx.GraphModule:
+def derive(gm: torch.fx.GraphModule, graph: torch.fx.Graph, *, lazy: bool = False, **attrs) -> torch.fx.GraphModule:
     """A GraphModule running `graph` on `gm`'s state (shared, see `adopt_state`), with `attrs`
-    (objects the graph reaches by get_attr) set on it. The graph is linted first."""
+    (objects the graph reaches by get_attr) set on it. The graph is linted first. `lazy`: its
+    Python code is generated at its first call (or `.code`), not here (NOTE [ The annotated
+    graph's code ])."""
     graph.lint()
     for name, value in attrs.items():  # so the GraphModule constructor finds them
         object.__setattr__(gm, name, value)
     try:
-        new_gm = torch.fx.GraphModule(gm, graph)
+        new_gm = _LazyGraphModule(gm, graph) if lazy else torch.fx.GraphModule(gm, graph)
     finally:
         for name in attrs:
             object.__delattr__(gm, name)
@@ -487,6 +489,7 @@ def flat_inputs(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> list:
     """The values of the graph's placeholders for a call `gm(*args, **kwargs)`."""
     info = getattr(gm.graph._codegen, "pytree_info", None)
     if info is None:
+        _LazyGraphModule.force_recompile(gm)  # a lazy module's forward takes (*args, **kwargs) until then
         sig = inspect.signature(gm.forward)
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()

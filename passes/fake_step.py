@@ -10,6 +10,7 @@ from itertools import chain
 import torch
 import torch.fx
 from torch._subclasses import FakeTensor, FakeTensorMode
+from torch._subclasses import fake_tensor as _fake_tensor
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -105,6 +106,15 @@ def _index_off_cpu(tensors: list) -> bool:
 # the bodies of those modes' dispatch.
 
 
+# NOTE [ Device queries in a fake step ]
+# Autograd asks every fake tensor it handles for its device (prim.device: 12,280 of the 18,963
+# ops of GPT-2 small's annotation and dry run), and each query comes to the fake mode's
+# dispatch, which answers it with torch's own handler after a debug-logging prologue (a
+# `no_dispatch()` context per call) and `_run`'s checks. The fake mode calls that handler first:
+# the same device, for ~60 ms less per planning there (annotation + dry run, 1.11 -> 1.04 CPU s).
+_DEVICE_HANDLER = getattr(_fake_tensor, "_DISPATCH_META_HANDLERS", {}).get(DEVICE_QUERY)
+
+
 class _FakeMode(FakeTensorMode):
     """A FakeTensorMode whose outputs of the ops in NOTE [ Outputs fake kernels undersize ] have
     the shapes and dtypes the real kernel gives them, and which calls `observer` after each op it
@@ -117,9 +127,11 @@ class _FakeMode(FakeTensorMode):
     _depth = 0  # ops of this mode running: nested ones are its own decompositions
 
     def dispatch(self, func, types, args=(), kwargs=None):
+        if func is DEVICE_QUERY and _DEVICE_HANDLER is not None:  # NOTE [ Device queries in a fake step ]
+            return _DEVICE_HANDLER(args)
         kwargs = kwargs or {}
         observer = self.observer
-        if observer is None or self._depth or func is DEVICE_QUERY:
+        if observer is None or self._depth:
             return self._run(func, types, args, kwargs)
         self._depth += 1
         try:

@@ -229,6 +229,33 @@ def test_quiet_runs_count_what_recorded_runs_mark(shape, seed):
         assert simulate(p, R, cap=cap).peak_bytes >= cap and simulate(p, R, cap=sim.peak_bytes + 1).peak_bytes == sim.peak_bytes
 
 
+def test_step_facts_carry_each_nodes_numbers():
+    # NOTE [ The simulator's loops ]: the tuples the loops read are the nodes' own numbers, in
+    # forward and backward order (the quiet and recorded runs above check the loops themselves)
+    import dataclasses
+    import random
+
+    from fxckpt.core.simulate import step_facts
+    from fxckpt.core.synthetic import random_problem
+
+    rng = random.Random(5)
+    p = random_problem(30, "diamond", seed=5)
+    p = dataclasses.replace(p, nodes=tuple(dataclasses.replace(
+        n, transient_bytes=rng.randrange(99), recipe_bytes=rng.randrange(99), extra_saved_bytes=rng.randrange(99),
+        bwd_unpack_bytes=rng.randrange(99), bwd_transient_bytes=rng.randrange(99),
+        bwd_replay_transient_bytes=rng.randrange(99)) for n in p.nodes))
+    st = step_facts(p)
+    assert st.forward_steps == tuple((n.creates, n.recipe_bytes, n.extra_saved_bytes if n.requires_grad else 0,
+                                      n.transient_bytes) for n in p.nodes)
+    assert [s[0] for s in st.backward_steps] == list(p.backward_order)
+    for c, saves, producers, unpack, transient, replay, grown, extra in st.backward_steps:
+        n = p.nodes[c]
+        assert saves == st.saves[c] and producers == {p.buffers[b].producer for b in saves}
+        assert (unpack, transient, replay, extra) == (n.bwd_unpack_bytes, n.bwd_transient_bytes,
+                                                      n.bwd_replay_transient_bytes, n.extra_saved_bytes)
+        assert grown == st.born[c] - st.dying[c]
+
+
 def test_a_run_finds_what_each_recipe_holds_once(monkeypatch):
     # Solvers simulate thousands of plans: a run computes the buffers each needed recipe holds
     # once (in forward) and lets them go from that, rather than asking again when it releases it.

@@ -53,3 +53,42 @@ def test_projected_model_builds_each_key_once(monkeypatch):
     m, _ = ilp._bound_model(problem, budget, cached=False)
     assert m.rows and built
     assert len(built) == len(set(built))
+
+
+def test_fake_step_answers_device_queries_first(monkeypatch):
+    # NOTE [ Device queries in a fake step ]: torch's handler answers them before `_run`; the
+    # devices are what the fake tensors carry, inside ops (meta) and outside
+    import torch
+
+    from fxckpt.passes.fake_step import _FakeMode
+    from fxckpt.passes.ops import DEVICE_QUERY
+
+    ran = []
+    run = _FakeMode._run
+    monkeypatch.setattr(_FakeMode, "_run", lambda self, func, *a: ran.append(func) or run(self, func, *a))
+    with _FakeMode() as mode:
+        x = torch.empty(3, 4)
+        y = (x * 2).sum(0)
+        assert DEVICE_QUERY(y) == torch.device("cpu") == y.device
+    assert ran and DEVICE_QUERY not in ran
+    assert mode.from_tensor(torch.empty(2)).device == torch.device("cpu")
+
+
+def test_annotated_module_generates_no_code():
+    # NOTE [ The annotated graph's code ]: annotation and the plan never run its code; it is
+    # generated on first use, and then runs as the model does
+    import torch
+
+    import fxckpt.passes as P
+    from fxckpt.passes.capture import split_input
+
+    model, example = ZOO["gpt2"]()
+    args, kwargs = split_input(example)
+    captured = P.capture(model, args, kwargs)
+    assert captured.frontend == "export"
+    gm = P.annotate(captured)
+    assert type(gm)._needs_recompile()  # no code yet
+    assert "def forward" in gm.code
+    with torch.no_grad():
+        outputs = [torch.manual_seed(0) and m(*captured.args, **captured.kwargs) for m in (gm, captured.gm)]  # dropout
+    torch.testing.assert_close(*outputs)
