@@ -156,7 +156,8 @@ class FxckptBackend:
                                  "with fallback_random=True: drop fallback_random=False or verify=True")
         self.verify, self.inductor_options = bool(verify), dict(inductor_options)
         self._graphs: dict[int | None, CompiledGraph] = {}  # per frame, latest; in first-run order
-        self._compiled: dict[int | None, _Replannable] = {}
+        # per frame, its graphs that were planned (Dynamo keeps one per grad mode, training flag, shape)
+        self._compiled: dict[int | None, list[_Replannable]] = {}
         self._warned: set[str] = set()  # NOTE [ Memory the plans do not see ]: each warning once
         # per frame, what it reads that requires grad and an earlier graph made: (that graph's
         # frame, a key for the value, its bytes) (NOTE [ Later graphs' outputs outlive their backward ])
@@ -265,7 +266,10 @@ class FxckptBackend:
         reference = verify.reference_compile(gm, example_inputs) if self.verify else None
         kept = self._graphs.get(frame)  # a frame compiled again keeps the reserve a later graph asked for
         fn = self._compile_planned(gm, example_inputs, frame, kept.reserve_bytes if kept is not None else 0)
-        compiled = self._compiled[frame] = _Replannable(self, gm, frame, fn)
+        compiled = _Replannable(self, gm, frame, fn)
+        if self._graphs.get(frame) is not kept:  # planned: not an inference graph (no_grad), which saves nothing
+            # every planned graph of the frame is re-planned, not only the latest (NOTE [ A frame's graphs ])
+            self._compiled.setdefault(frame, []).append(compiled)
         if self.verify:
             return verify.verified(gm, example_inputs, compiled, reference, self.compiler, self.inductor_options,
                                    self.inner_compile)
@@ -541,8 +545,8 @@ class FxckptBackend:
                     "was %d); it is compiled again on its next call", g.name, reserve / MIB, len(plan.recompute),
                     len(g.plan.recompute))
         self._record(g.problem, g.frame, plan, reserve)
-        if g.frame in self._compiled:  # not when a graph was partitioned outside __call__
-            self._compiled[g.frame].replan(reserve)
+        for compiled in self._compiled.get(g.frame, ()):  # none when a graph was partitioned outside __call__
+            compiled.replan(reserve)
 
 
 # NOTE [ A split graph's floor is its pieces' together ]
@@ -770,6 +774,16 @@ class _Partitioner(_custom_partitioner_base()):
         self.owner._pending = (self.frame, problem)
         self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
+
+
+# NOTE [ A frame's graphs ]
+# Dynamo compiles a frame again for another grad mode, training flag or input shape and keeps
+# every graph it compiled, each called where its guards hold. A re-plan (a later graph asking for
+# a reserve) went to the frame's latest graph only: after a no_grad forward (an inference graph,
+# nothing planned), to that one, and the training graph kept its old plan: a two-branch net (a
+# data-dependent `if`; a no_grad forward before the first step down the other branch) measured
+# 5,771,272 B at the allocator against a 4,722,697 B budget. Now every planned graph of the frame
+# compiles again with the reserve on its next call (4,198,408 B).
 
 
 class _Replannable:
