@@ -321,6 +321,41 @@ def test_a_replan_reaches_the_training_graph_after_a_no_grad_forward():
     assert measured_peak(compiled, long) <= budget <= be.predicted_peak_bytes() + 1
 
 
+class SkipOverSplit(nn.Module):
+    """Three graphs; the third, split, reads the first's output (a skip connection over the second)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(512, 512)
+        self.big = nn.Sequential(*[nn.Sequential(nn.Linear(512, 512), nn.Tanh()) for _ in range(6)])
+
+    def forward(self, x):
+        h0 = torch.tanh(self.stem(x))
+        torch._dynamo.graph_break()
+        h1 = (h0.repeat(1, 4).tanh() * 2).tanh().view(64, 4, 512).mean(1)
+        torch._dynamo.graph_break()
+        return self.big(h1) + h0
+
+
+def test_a_split_graphs_reads_of_earlier_graphs_are_known_when_it_is_planned():
+    """NOTE [ Later graphs' outputs outlive their backward ]: the split graph's read of the first
+    graph's output (whose gradient lives through the second graph's backward) was noted for the
+    whole graph, which is no plan's key, and found only when its piece first ran: at the floor a
+    compile error named (2,490,376 B) the first forward raised InfeasibleBudgetError from inside
+    the compiled code, twice (2,492,424 B, then 2,621,448 B). Now the compile error names it."""
+    torch.manual_seed(0)
+    model, x = SkipOverSplit().train(), torch.randn(64, 512)
+    ref_grads, _ = step(copy.deepcopy(model), x)
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed) as info:
+        compiled_step(model, x, budget_mb=2_490_376 / MIB, compiler="aot_eager")
+    floor = infeasible(info.value).min_feasible_bytes
+    assert floor == 2_621_448
+    torch._dynamo.reset()
+    compiled, be, grads, _ = compiled_step(model, x, budget_mb=floor / MIB, compiler="aot_eager")
+    assert_same(grads, ref_grads)
+    assert measured_peak(compiled, x) <= floor == be.predicted_peak_bytes()
+
+
 # Synthetic step graphs where planning first-come failed above the smallest budget that planned
 # (at 45-46, 34-35 and 40-44 MiB respectively).
 CROWDED = [(4, ("chain", "skip", "chain")), (5, ("skip", "chain")), (11, ("chain", "chain"))]

@@ -223,8 +223,14 @@ class FxckptBackend:
         log.warning("fxckpt backend: the budget is below the graph's smallest feasible peak; the graph is split "
                     "into pieces of %.2f MiB of parameters, whose gradients are accumulated piece by piece", cap / MIB)
         failed = []  # NOTE [ A split graph's floor is its pieces' together ]
+        real = {} if _fake(example_inputs) else dict(zip(
+            (n.name for n in gm.graph.find_nodes(op="placeholder")), example_inputs))
 
         def compile_piece(piece, inputs, key):
+            # what the piece reads of the earlier graphs' values, known before it is planned
+            # (NOTE [ Later graphs' outputs outlive their backward ]): its inputs are fake
+            self._note_reads(key, [real[name] for n in piece.graph.find_nodes(op="placeholder")
+                                   if (name := n.meta.get("fxckpt_name")) in real])
             if not failed:
                 try:
                     return self._compile_graph(piece, inputs, key)
