@@ -400,7 +400,23 @@ class FxckptBackend:
         later = frames[k + 1:]
         grads = {key: nbytes for f in later for maker, key, nbytes in self._reads.get(f, ())
                  if maker in self._graphs and frames.index(maker) < k}
+        # a leaf's gradients wait for its first reader's backward (NOTE [ A leaf read by two graphs ])
+        readers: dict = {}
+        for i, f in enumerate(frames):
+            for maker, key, nbytes in self._reads.get(f, ()):
+                if maker is None:
+                    readers.setdefault(key, [nbytes]).append(i)
+        grads.update({key: r[0] for key, r in readers.items() if min(r[1:]) <= k < max(r[1:])})
         return sum(self._graphs[f].after_bytes for f in later) + sum(grads.values())
+
+    # NOTE [ A leaf read by two graphs ]
+    # Autograd sums a leaf's gradients before it accumulates them into `.grad`: a parameter two
+    # graphs read (a module called before and after a graph break) gets the later graph's
+    # gradient when that graph's backward returns, and holds it until the earlier graph's
+    # backward returns its own. A Linear called before and after a graph break measured 3,408,904 B
+    # at the allocator at the 3,145,736 B floor named (its weight's and bias's 263,168 B). A graph's
+    # backward is now planned with the gradients of the leaves that a graph after it and a
+    # graph up to it (itself included) both read.
 
     def _ran(self, frame, args, outputs) -> None:
         """A graph's first run on real tensors: which of its inputs earlier graphs made (their
@@ -416,11 +432,15 @@ class FxckptBackend:
             self._fit_earlier(frame)
 
     def _note_reads(self, frame, args) -> list:
-        """What `args` (real tensors) hold that earlier graphs made and that requires grad: kept in
-        `_reads[frame]`, and returned where not known before."""
+        """What `args` (real tensors) hold that earlier graphs made and that requires grad, and the
+        leaves that require grad (as made by None): kept in `_reads[frame]`, and returned where not
+        known before."""
         reads = []
         known = {key for _, key, _ in self._reads.get(frame, ())}
         for t in args:
+            if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad and ("leaf", id(t)) not in known:
+                reads.append((None, ("leaf", id(t)), t.numel() * t.element_size()))  # a parameter, say
+                continue
             hit = self._made.get(id(t)) if isinstance(t, torch.Tensor) and t.requires_grad else None
             if hit is not None and hit[0]() is t and ("ran", id(t)) not in known and not (
                     isinstance(hit[1], tuple) and isinstance(frame, tuple) and hit[1][0] == frame[0]):  # `split_graph`'s
