@@ -472,7 +472,7 @@ class FxckptBackend:
             graphs.append(self._pending)
         for _ in range(4 * len(graphs) + 4):
             trial = FxckptBackend(budget_mb=floor / MIB, solver=self.solver, compiler=self.compiler)
-            trial._reads = self._reads
+            trial._reads, trial._viewed = self._reads, self._viewed
             try:
                 for f, problem in graphs:
                     trial.plan(problem, f)
