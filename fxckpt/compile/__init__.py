@@ -156,12 +156,14 @@ class FxckptBackend:
                                  "with fallback_random=True: drop fallback_random=False or verify=True")
         self.verify, self.inductor_options = bool(verify), dict(inductor_options)
         self._graphs: dict[int | None, CompiledGraph] = {}  # per frame, latest; in first-run order
-        self._compiled: dict[int | None, _Replannable] = {}
+        # per frame, its graphs that were planned (Dynamo keeps one per grad mode, training flag, shape)
+        self._compiled: dict[int | None, list[_Replannable]] = {}
         self._warned: set[str] = set()  # NOTE [ Memory the plans do not see ]: each warning once
         # per frame, what it reads that requires grad and an earlier graph made: (that graph's
         # frame, a key for the value, its bytes) (NOTE [ Later graphs' outputs outlive their backward ])
         self._reads: dict = {}
         self._made: dict[int, tuple] = {}  # id of a graph's output on its first run -> (a weak reference, its frame)
+        self._viewed: dict = {}  # per frame, bytes of the gradients of inputs its outputs view (NOTE [ An output ...])
         self._pending = None  # (frame, problem) of the graph being planned
         self._probe = False  # plan each graph at its floor, whatever the budget (`_chain_floor`'s pieces)
         self.inner_compile = None  # inductor's per-graph compiler, replaceable (the benchmarks count FLOPs there)
@@ -208,6 +210,7 @@ class FxckptBackend:
         frame = compile_id.frame_id if compile_id is not None else None
         if not _fake(example_inputs):  # Dynamo's are the frame's tensors: the earlier graphs ran on them
             self._note_reads(frame, example_inputs)
+            self._viewed[frame] = _viewed_input_bytes(gm, example_inputs)
         grad_bytes = _parameter_bytes(gm)
         cap = -(-grad_bytes // PIECES)
         whole = None  # the whole graph's error
@@ -222,8 +225,14 @@ class FxckptBackend:
         log.warning("fxckpt backend: the budget is below the graph's smallest feasible peak; the graph is split "
                     "into pieces of %.2f MiB of parameters, whose gradients are accumulated piece by piece", cap / MIB)
         failed = []  # NOTE [ A split graph's floor is its pieces' together ]
+        real = {} if _fake(example_inputs) else dict(zip(
+            (n.name for n in gm.graph.find_nodes(op="placeholder")), example_inputs))
 
         def compile_piece(piece, inputs, key):
+            # what the piece reads of the earlier graphs' values, known before it is planned
+            # (NOTE [ Later graphs' outputs outlive their backward ]): its inputs are fake
+            self._note_reads(key, [real[name] for n in piece.graph.find_nodes(op="placeholder")
+                                   if (name := n.meta.get("fxckpt_name")) in real])
             if not failed:
                 try:
                     return self._compile_graph(piece, inputs, key)
@@ -265,7 +274,10 @@ class FxckptBackend:
         reference = verify.reference_compile(gm, example_inputs) if self.verify else None
         kept = self._graphs.get(frame)  # a frame compiled again keeps the reserve a later graph asked for
         fn = self._compile_planned(gm, example_inputs, frame, kept.reserve_bytes if kept is not None else 0)
-        compiled = self._compiled[frame] = _Replannable(self, gm, frame, fn)
+        compiled = _Replannable(self, gm, frame, fn)
+        if self._graphs.get(frame) is not kept:  # planned: not an inference graph (no_grad), which saves nothing
+            # every planned graph of the frame is re-planned, not only the latest (NOTE [ A frame's graphs ])
+            self._compiled.setdefault(frame, []).append(compiled)
         if self.verify:
             return verify.verified(gm, example_inputs, compiled, reference, self.compiler, self.inductor_options,
                                    self.inner_compile)
@@ -382,15 +394,33 @@ class FxckptBackend:
     def _after(self, frame) -> int:
         """Bytes live through `frame`'s backward that the graphs after it (first-run order) made:
         their outputs the caller holds, and the gradients their backwards returned for values
-        the pieces before `frame`'s made (NOTE [ Later graphs' outputs outlive their backward ])."""
+        the pieces before `frame`'s made (NOTE [ Later graphs' outputs outlive their backward ])
+        or for leaves (NOTE [ A leaf read by two graphs ]); and the gradients of the inputs its
+        outputs view (NOTE [ An output viewing an input ])."""
         frames = list(self._graphs)
         if frame not in self._graphs:
-            return 0
+            return self._viewed.get(frame, 0)
         k = frames.index(frame)
         later = frames[k + 1:]
         grads = {key: nbytes for f in later for maker, key, nbytes in self._reads.get(f, ())
                  if maker in self._graphs and frames.index(maker) < k}
-        return sum(self._graphs[f].after_bytes for f in later) + sum(grads.values())
+        # a leaf's gradients wait for its first reader's backward (NOTE [ A leaf read by two graphs ])
+        readers: dict = {}
+        for i, f in enumerate(frames):
+            for maker, key, nbytes in self._reads.get(f, ()):
+                if maker is None:
+                    readers.setdefault(key, [nbytes]).append(i)
+        grads.update({key: r[0] for key, r in readers.items() if min(r[1:]) <= k < max(r[1:])})
+        return sum(self._graphs[f].after_bytes for f in later) + sum(grads.values()) + self._viewed.get(frame, 0)
+
+    # NOTE [ A leaf read by two graphs ]
+    # Autograd sums a leaf's gradients before it accumulates them into `.grad`: a parameter two
+    # graphs read (a module called before and after a graph break) gets the later graph's
+    # gradient when that graph's backward returns, and holds it until the earlier graph's
+    # backward returns its own. A Linear called before and after a graph break measured 3,408,904 B
+    # at the allocator at the 3,145,736 B floor named (its weight's and bias's 263,168 B). A graph's
+    # backward is now planned with the gradients of the leaves that a graph after it and a
+    # graph up to it (itself included) both read.
 
     def _ran(self, frame, args, outputs) -> None:
         """A graph's first run on real tensors: which of its inputs earlier graphs made (their
@@ -406,11 +436,15 @@ class FxckptBackend:
             self._fit_earlier(frame)
 
     def _note_reads(self, frame, args) -> list:
-        """What `args` (real tensors) hold that earlier graphs made and that requires grad: kept in
-        `_reads[frame]`, and returned where not known before."""
+        """What `args` (real tensors) hold that earlier graphs made and that requires grad, and the
+        leaves that require grad (as made by None): kept in `_reads[frame]`, and returned where not
+        known before."""
         reads = []
         known = {key for _, key, _ in self._reads.get(frame, ())}
         for t in args:
+            if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad and ("leaf", id(t)) not in known:
+                reads.append((None, ("leaf", id(t)), t.numel() * t.element_size()))  # a parameter, say
+                continue
             hit = self._made.get(id(t)) if isinstance(t, torch.Tensor) and t.requires_grad else None
             if hit is not None and hit[0]() is t and ("ran", id(t)) not in known and not (
                     isinstance(hit[1], tuple) and isinstance(frame, tuple) and hit[1][0] == frame[0]):  # `split_graph`'s
@@ -438,7 +472,7 @@ class FxckptBackend:
             graphs.append(self._pending)
         for _ in range(4 * len(graphs) + 4):
             trial = FxckptBackend(budget_mb=floor / MIB, solver=self.solver, compiler=self.compiler)
-            trial._reads = self._reads
+            trial._reads, trial._viewed = self._reads, self._viewed
             try:
                 for f, problem in graphs:
                     trial.plan(problem, f)
@@ -541,8 +575,8 @@ class FxckptBackend:
                     "was %d); it is compiled again on its next call", g.name, reserve / MIB, len(plan.recompute),
                     len(g.plan.recompute))
         self._record(g.problem, g.frame, plan, reserve)
-        if g.frame in self._compiled:  # not when a graph was partitioned outside __call__
-            self._compiled[g.frame].replan(reserve)
+        for compiled in self._compiled.get(g.frame, ()):  # none when a graph was partitioned outside __call__
+            compiled.replan(reserve)
 
 
 # NOTE [ A split graph's floor is its pieces' together ]
@@ -702,6 +736,25 @@ def _passing_positions(joint: fx.GraphModule, num_fwd_outputs: int, passing) -> 
     return frozenset(base + i for i, (p, _) in enumerate(passing) if p)
 
 
+# NOTE [ An output viewing an input ]
+# AOTAutograd makes an output that views a graph input outside the graph, so its backward (a
+# slice's, say) runs before the graph's and makes a gradient of the whole input, which waits for
+# the backward of whatever made the input: through this graph's backward, which never sees it.
+# A graph returning `h[:, :64]` of a 512 KiB `h` an earlier graph made measured 2,884,616 B at
+# the allocator at the 2,360,328 B floor named. Such gradients are counted in this graph's
+# backward as the later graphs' outputs are (`_after`).
+def _viewed_input_bytes(gm: fx.GraphModule, example_inputs) -> int:
+    """Bytes of the inputs of `gm` that autograd made (not leaves) and that its outputs view."""
+    values = [n.meta.get("example_value") for n in gm.graph.find_nodes(op="placeholder")]
+    viewed = set()
+    for a in torch.utils._pytree.tree_leaves(gm.graph.output_node().args):
+        val = a.meta.get("example_value") if isinstance(a, fx.Node) else None
+        base = val._base if isinstance(val, torch.Tensor) else None
+        viewed.update(i for i, v in enumerate(values) if base is not None and v is base and i < len(example_inputs)
+                      and isinstance(t := example_inputs[i], torch.Tensor) and t.requires_grad and not t.is_leaf)
+    return sum(example_inputs[i].numel() * example_inputs[i].element_size() for i in viewed)
+
+
 def _cause(error: BaseException | None, kind: type):
     """The `kind` error behind the errors Dynamo and AOTAutograd wrap it in, or None."""
     while error is not None and not isinstance(error, kind):
@@ -770,6 +823,16 @@ class _Partitioner(_custom_partitioner_base()):
         self.owner._pending = (self.frame, problem)
         self.last = self.owner.plan(problem, self.frame, self.reserve, self.shave, self.floor)
         return self.last
+
+
+# NOTE [ A frame's graphs ]
+# Dynamo compiles a frame again for another grad mode, training flag or input shape and keeps
+# every graph it compiled, each called where its guards hold. A re-plan (a later graph asking for
+# a reserve) went to the frame's latest graph only: after a no_grad forward (an inference graph,
+# nothing planned), to that one, and the training graph kept its old plan: a two-branch net (a
+# data-dependent `if`; a no_grad forward before the first step down the other branch) measured
+# 5,771,272 B at the allocator against a 4,722,697 B budget. Now every planned graph of the frame
+# compiles again with the reserve on its next call (4,198,408 B).
 
 
 class _Replannable:
