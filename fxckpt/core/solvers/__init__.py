@@ -67,16 +67,18 @@ def solve(problem: RematProblem, budget_bytes: int, method: str = "auto") -> Pla
 # Preferring the lower peak first kept a ReLU's bool mask wherever its replay would hold the
 # ReLU's output a few kernels longer: on a small BatchNorm CNN under inductor, the forward
 # stored such masks (a slow masked store on CPU), and the step took 1.68x default
-# torch.compile's; with the boundary first, 1.03x at a lower peak (8.41 against 8.77 MiB).
+# torch.compile's at 9.41 MiB; with the boundary first, 1.44x at a lower peak (8.66 against
+# 8.77 MiB measured; benchmarks/results/2026-12-02/compile_bench.md).
 # The search runs first with the budget as that limit, then drops replays one at a time (the
 # one leaving the lowest peak) until the peak is back at the solver's, and adds single ones
 # again under that limit; where that fails, it runs with the solver's peak as the limit from the
 # start, above which the lower peak comes first. So the free part never raises the solver's peak
 # (raised up to the budget, inductor's code needed a second compile: NOTE [ Inductor's code is
 # the prediction ]), and the search still reaches plans beyond the cut's peak (that CNN: 35
-# replays, 8,018,472 B saved, where the search from the solver's peak kept 8,149,416 B). Never a plan of higher
-# cost is kept (a free node whose replay needs a recomputed matmul is not free): the prediction
-# stays the simulator's. A no-op where nothing is fused (the eager runtime and aot_eager).
+# replays, 8,018,472 B saved, where the search from the solver's peak kept 8,149,416 B). Never
+# a plan of higher cost is kept (a free node whose replay needs a recomputed matmul is not
+# free): the prediction stays the simulator's. A no-op where nothing is fused (the eager
+# runtime and aot_eager).
 def free_recomputations(problem: RematProblem, recompute: frozenset[int], budget_bytes: int | None = None
                         ) -> frozenset[int]:
     """`recompute` with its free part chosen for the fewest bytes held across the forward/backward
