@@ -363,6 +363,24 @@ def _saved_attributes(fn) -> tuple[str, ...]:
     return names
 
 
+# NOTE [ Tensors a custom Function keeps on its ctx ]
+# A custom autograd Function may keep a tensor for its backward as an attribute of its ctx
+# (`ctx.offs = offs`, as transformers' grouped-matmul fallback does for its MoE offsets) instead
+# of `save_for_backward`: no saved-tensor hook sees it, and it lives as long as the autograd node,
+# to its backward. Such tensors, where they are values of the graph, count as saved by the node
+# (the ctx is the autograd node, its attributes its `__dict__`): the tiny Mixtral's 16-byte
+# offsets, read as dead after their last forward reader, put the dry run 32 B over the simulator
+# (336,808 B against 336,776 B). Not others: a reentrant `torch.utils.checkpoint` keeps the RNG
+# state on its ctx, and the rewritten graph replaces that region with fxckpt's own replay.
+def _ctx_tensors(grad_fns: list) -> list[torch.Tensor]:
+    found = []
+    for fn in grad_fns:
+        for value in getattr(fn, "__dict__", {}).values():
+            found.extend(t for t in (value if isinstance(value, (tuple, list)) else (value,))
+                         if isinstance(t, torch.Tensor))
+    return found
+
+
 class _Annotator(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, step: FakeStep, memoize: bool = True):
         super().__init__(gm, garbage_collect_values=True)
@@ -439,11 +457,13 @@ class _Annotator(torch.fx.Interpreter):
             counted = counter.get_total_flops()
             if key is not None and not rec.decomposes:
                 self.memo[key] = counted
-        cost = self._cost(n, out, saved, rec, counted)
+        grad_fns = self._claim_grad_fns(n.name, out)
+        kept = [t for t in _ctx_tensors(grad_fns) if self._buffer(t) is not None]
+        cost = self._cost(n, out, [*saved, *kept], rec, counted)
         if rec.random:  # the RNG states a recipe of it would keep (NOTE [ RNG states the runtime holds ])
             cost = replace(cost, recipe_bytes=rng_state_bytes(tensor_leaves(self.fetch_args_kwargs_from_env(n))))
         self.storages.update(rec.new)
-        unhooked = self._unhooked_saved_bytes(self._claim_grad_fns(n.name, out), {storage_key(t) for t in saved})
+        unhooked = self._unhooked_saved_bytes(grad_fns, {storage_key(t) for t in saved})
         unhooked += sum(numbers_saved(*op) for op in rec.view_ops_with_numbers)
         self.costs[n.name] = replace(cost, unhooked_saved_bytes=unhooked) if unhooked else cost
         # NOTE [ The pack hook holds nothing ]

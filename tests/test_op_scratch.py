@@ -304,6 +304,47 @@ def test_a_number_an_in_place_op_on_a_view_saves_is_charged():
     assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
 
 
+@torch.library.custom_op("fxckpt_test::rows", mutates_args=())
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x[index]
+
+
+@_rows.register_fake
+def _(x, index):
+    return x.new_empty(index.shape[0], x.shape[1])
+
+
+def _rows_setup(ctx, inputs, output):
+    ctx.index, ctx.n = inputs[1], inputs[0].shape[0]  # on the ctx, as transformers' MoE keeps its offsets
+
+
+def _rows_backward(ctx, grad):
+    return grad.new_zeros(ctx.n, grad.shape[1]).index_add_(0, ctx.index, grad), None
+
+
+_rows.register_autograd(_rows_backward, setup_context=_rows_setup)
+
+
+class _SortedRows(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.tanh(_rows(h, torch.argsort(h[:, 0]))))
+
+
+def test_a_tensor_a_custom_function_keeps_on_its_ctx_is_charged():
+    """NOTE [ Tensors a custom Function keeps on its ctx ] in passes/annotate.py: the sort's
+    index (4,096 B) lives to the custom op's backward, seen by no saved-tensor hook; before, the
+    plan read it as dead after the op's forward and predicted 4,096 B under the allocator."""
+    torch.manual_seed(0)
+    model, x = _SortedRows(), torch.randn(512, 32, requires_grad=True)
+    ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
+    assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
+
+
 def test_an_in_place_op_is_charged_all_it_allocates():
     # Its output is its own input, allocated before the probe: subtracting it charged a bf16
     # `y += x` of an fp32 `x` 576 B of its 768 B (both operands copied to fp32), and a plan
