@@ -787,7 +787,7 @@ class _Partitioner(_custom_partitioner_base()):
         self.last: Plan | None = None
         self.loss_bytes = 0  # the chosen problem's (NOTE [ The eager loss ] in joint.py)
         self.recorder = BufferPlanRecorder()  # inductor's code for the two graphs, read by `held`
-        self._names: tuple[frozenset, frozenset] | None = None  # see `held`
+        self._names: tuple[frozenset, frozenset, dict] | None = None  # see `held`
 
     def __deepcopy__(self, memo):  # inductor deep-copies its config: keep pointing at our backend
         return self
