@@ -311,6 +311,7 @@ class FxckptBackend:
         if self.compiler != "inductor":
             return self._compile(gm, example_inputs, _Partitioner(self, frame, reserve=reserve, passing=outs))
         shave, smallest, tried, floor, attempt, repeats = 0, None, set(), False, 0, 0
+        after = self._after(frame)  # NOTE [ Later graphs' outputs outlive their backward ]
         while True:
             floor = floor or attempt == MAX_REPLANS
             part = _Partitioner(self, frame, reserve=reserve, shave=shave, floor=floor, passing=outs,
@@ -332,10 +333,10 @@ class FxckptBackend:
             if held is None:  # no backward: inductor's default partition, nothing planned
                 return fn
             # the larger of the code's figure and the problem's (NOTE [ Inductor's code is the prediction ])
-            peak, budget = max(held.peak(reserve), part.last.predicted_peak_bytes), part.last.budget_bytes
+            peak, budget = max(held.peak(reserve, after), part.last.predicted_peak_bytes), part.last.budget_bytes
             smallest = peak if smallest is None else min(smallest, peak)
             if peak <= budget or (floor and self.budget_mb is None):
-                return self._record_inductor(frame, reserve, held, peak, fn)
+                return self._record_inductor(frame, reserve, after, held, peak, fn)
             if floor:
                 break
             log.info("fxckpt backend: inductor's code holds %d B over the budget of graph %s; planned again",
@@ -362,17 +363,17 @@ class FxckptBackend:
             if held is None or part.last.recompute in tried:
                 break
             tried.add(part.last.recompute)
-            peak = max(held.peak(reserve), part.last.predicted_peak_bytes)
+            peak = max(held.peak(reserve, self._after(frame)), part.last.predicted_peak_bytes)
             if peak >= smallest:
                 break
             smallest = peak
         return smallest
 
-    def _record_inductor(self, frame, reserve: int, held: StepBuffers, held_peak: int, fn):
+    def _record_inductor(self, frame, reserve: int, after: int, held: StepBuffers, held_peak: int, fn):
         """Record the graph's plan as inductor's code holds it (`held`; `held_peak`: the larger of
         its peak and the problem's, NOTE [ Inductor's code is the prediction ])."""
         g = self._graphs[frame]
-        plan = dataclasses.replace(g.plan, predicted_peak_bytes=held.peak(reserve))
+        plan = dataclasses.replace(g.plan, predicted_peak_bytes=held.peak(reserve, after))
         if plan.budget_bytes is not None and held_peak > plan.budget_bytes:
             # a fraction below what inductor's code can hold: planned at its smallest peak
             log.warning("graph %s: planned at its smallest feasible peak under inductor, %d B", frame, held_peak)

@@ -12,9 +12,11 @@ an input after its last reader. Walked in order, they give the bytes live at eve
 (`read_wrapper`); on the quick net, the forward's walk equals the allocator's peak to the byte.
 So, once both halves are compiled, the step's peak is read from them (`step_buffers`):
 - forward: its own buffers (the inputs and parameters are there before the step); what it
-  returns is held across the boundary: the saved values and the outputs (the caller holds them);
+  returns is held across the boundary: the saved values and the outputs (the caller holds them),
+  not the buffers it leaves to die at its return (NOTE [ A graph's locals die when it returns ]);
 - backward: that, plus the tangents, less each saved value its code deletes (not the
-  parameters, not an output the caller also holds), plus its own buffers;
+  parameters, but the copies the forward made of them: NOTE [ A saved input the forward
+  copied ]; not an output the caller also holds), plus its own buffers;
 - the scratch of the kernels inductor does not generate (extern kernels: oneDNN's convolutions,
   the CPU flash attention; fallbacks: any aten op inductor runs eagerly) is probed on real
   tensors of their shapes and of the strides inductor gave them, and charged while the kernel
