@@ -52,10 +52,11 @@ def _zoo(name: str):
             example = {**example, "use_cache": False}
         elif name == "llama":
             model, example = zoo.llama(4, 256, 688, 4, 4, 128, 2000)
-        elif name == "resnet50":
+        elif name in ("resnet50", "resnet_small"):
             from transformers import ResNetForImageClassification
 
-            model = zoo.hf_model(ResNetForImageClassification)
+            small = dict(depths=[3, 4, 6, 3], hidden_sizes=[64, 128, 256, 512], layer_type="bottleneck", num_labels=2)
+            model = zoo.hf_model(ResNetForImageClassification, **(small if name == "resnet_small" else {}))
             example = {"pixel_values": torch.randn(4, 3, 64, 64), "labels": torch.randint(0, 2, (4,))}
         else:
             model, example = zoo.ZOO["quick"].build()
@@ -68,6 +69,8 @@ MODELS = {
     "llama": (_zoo("llama"), "Llama (transformers) 4 layers, hidden 256, intermediate 688, 4 heads, vocab 2000, "
                              "batch 4 x seq 128, labels"),
     "resnet50": (_zoo("resnet50"), "ResNet-50 (transformers defaults, all 50 layers), input 4x3x64x64, labels"),
+    "resnet_small": (_zoo("resnet_small"), "ResNet (transformers, bottleneck, depths 3-4-6-3, widths 64-512), "
+                                           "input 4x3x64x64, labels"),
     "quick": (_zoo("quick"), "QuickNet as in the zoo (6 blocks, d=64, 16x32 tokens)"),
     "cnn": (cnn, "tests.models.TinyCNN on 32x3x32x32"),
 }
