@@ -370,7 +370,8 @@ def _saved_attributes(fn) -> tuple[str, ...]:
 # to its backward. Such tensors, where they are values of the graph, count as saved by the node
 # (the ctx is the autograd node, its attributes its `__dict__`): the tiny Mixtral's 16-byte
 # offsets, read as dead after their last forward reader, put the dry run 32 B over the simulator
-# (336,808 B against 336,776 B). Not others: a reentrant `torch.utils.checkpoint` keeps the RNG
+# (336,808 B against 336,776 B). Their producers are not recomputed: the ctx would keep the first
+# value beside the replayed one. Not others: a reentrant `torch.utils.checkpoint` keeps the RNG
 # state on its ctx, and the rewritten graph replaces that region with fxckpt's own replay.
 def _ctx_tensors(grad_fns: list) -> list[torch.Tensor]:
     found = []
@@ -459,6 +460,10 @@ class _Annotator(torch.fx.Interpreter):
                 self.memo[key] = counted
         grad_fns = self._claim_grad_fns(n.name, out)
         kept = [t for t in _ctx_tensors(grad_fns) if self._buffer(t) is not None]
+        for t in kept:  # replayed, its value would live twice: the ctx keeps the first
+            producer = self._buffer(t).rsplit(":", 1)[0]
+            if producer in self.costs and self.costs[producer].ban is None:
+                self.costs[producer] = replace(self.costs[producer], ban=f"{n.name} keeps its value on its ctx")
         cost = self._cost(n, out, [*saved, *kept], rec, counted)
         if rec.random:  # the RNG states a recipe of it would keep (NOTE [ RNG states the runtime holds ])
             cost = replace(cost, recipe_bytes=rng_state_bytes(tensor_leaves(self.fetch_args_kwargs_from_env(n))))

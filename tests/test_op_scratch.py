@@ -338,11 +338,17 @@ class _SortedRows(torch.nn.Module):
 def test_a_tensor_a_custom_function_keeps_on_its_ctx_is_charged():
     """NOTE [ Tensors a custom Function keeps on its ctx ] in passes/annotate.py: the sort's
     index (4,096 B) lives to the custom op's backward, seen by no saved-tensor hook; before, the
-    plan read it as dead after the op's forward and predicted 4,096 B under the allocator."""
+    plan read it as dead after the op's forward and predicted 4,096 B under the allocator. At the
+    floor too, where a replayed sort would leave the first index held by the ctx."""
     torch.manual_seed(0)
     model, x = _SortedRows(), torch.randn(512, 32, requires_grad=True)
-    ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0)
-    assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
+    for budget in (1.0, "floor"):
+        ckpt = fxckpt.auto_checkpoint(model, x, budget=1.0) if budget == 1.0 else fxckpt.auto_checkpoint(
+            model, x, budget_mb=fxckpt.min_feasible_budget(model, x) / MiB)
+        # the sort is not replayed: the ctx keeps its first index
+        (sort,) = [n for n in ckpt.problem.nodes if "argsort" in n.name]
+        assert "ctx" in (sort.ban or "") and sort.name not in ckpt.plan.recompute, ckpt.plan.summary()
+        assert allocator_step_peak(ckpt, x).peak_bytes == ckpt.plan.predicted_peak_bytes <= ckpt.plan.budget_bytes
 
 
 def test_an_in_place_op_is_charged_all_it_allocates():
